@@ -1,0 +1,64 @@
+"""The `kelm` command line. Commands are thin: they parse flags and call library functions."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from kelm import __version__
+from kelm.cli import data as data_cmd
+from kelm.cli import demo as demo_cmd
+from kelm.cli import kg as kg_cmd
+from kelm.errors import KelmError
+from kelm.progress import console
+
+app = typer.Typer(
+    name="kelm",
+    help="Train language models and knowledge graphs together.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(data_cmd.app, name="data")
+app.add_typer(kg_cmd.app, name="kg")
+app.command("demo")(demo_cmd.demo)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"kelm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """kelm: knowledge graphs and language models, one framework."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user mistakes become one line on stderr and a non-zero exit, never a traceback."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except KelmError as err:
+        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        return err.exit_code
+    except click.exceptions.Exit as err:
+        return err.exit_code
+    except click.ClickException as err:
+        err.show()
+        return err.exit_code
+    except click.exceptions.Abort:
+        console.print("aborted")
+        return 130
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())

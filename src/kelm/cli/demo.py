@@ -1,0 +1,5 @@
+"""`kelm demo`: the main job."""
+
+
+def demo() -> None:
+    """Run the offline demo."""

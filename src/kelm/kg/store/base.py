@@ -1,0 +1,271 @@
+"""One graph-store interface over LadybugDB, FalkorDB and Neo4j.
+
+The property-graph layout is the same on every backend::
+
+    (:Entity {id, label, description, types})
+    (:Relation {id, label, description})
+    (:Entity)-[:FACT {rel, split, source, confidence, time}]->(:Entity)
+
+Relation types are a property of one edge label so that every backend, including the
+schema-first LadybugDB, stores any number of relations without schema changes.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kelm.errors import ReadOnlyQueryError, StoreError
+from kelm.kg.model import Entity, GraphChunk, KnowledgeGraph, Provenance, Relation, Triple
+
+#: Called after each imported chunk with the number of triples it held.
+ProgressFn = Callable[[int], None]
+
+UNSPLIT = "unsplit"
+
+
+@dataclass
+class StoreStats:
+    """Counts of entities, relation types and facts per split."""
+
+    entities: int
+    relations: int
+    triples: int
+    splits: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "entities": self.entities,
+            "relations": self.relations,
+            "triples": self.triples,
+            "splits": dict(self.splits),
+        }
+
+
+@dataclass
+class ImportReport:
+    """What an import wrote."""
+
+    entities: int = 0
+    relations: int = 0
+    triples: int = 0
+    seconds: float = 0.0
+
+    @property
+    def triples_per_second(self) -> float:
+        return self.triples / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass(frozen=True, slots=True)
+class Fact:
+    """A stored triple with its split and provenance, as read back from a store."""
+
+    head: str
+    relation: str
+    tail: str
+    split: str | None = None
+    source: str | None = None
+    confidence: float | None = None
+    time: str | None = None
+
+    def triple(self) -> Triple:
+        prov = None
+        if self.source is not None or self.confidence is not None or self.time is not None:
+            prov = Provenance(self.source, self.confidence, self.time)
+        return Triple(self.head, self.relation, self.tail, prov)
+
+
+@dataclass
+class Subgraph:
+    """Entities within k hops of the seeds and the facts among them, with each entity's hop distance."""
+
+    seeds: list[str]
+    entities: dict[str, Entity]
+    facts: list[Fact]
+    hops: dict[str, int]
+    truncated: bool = False
+
+
+_WRITE_CLAUSE = re.compile(
+    r"\b(CREATE|MERGE|SET|DELETE|DETACH|REMOVE|DROP|ALTER|COPY|LOAD|INSTALL|ATTACH|IMPORT|EXPORT|"
+    r"CHECKPOINT|BEGIN|COMMIT|ROLLBACK|FOREACH)\b",
+    re.IGNORECASE,
+)
+_STRINGS_AND_COMMENTS = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|`[^`]*`|//[^\n]*|/\*.*?\*/", re.S)
+
+
+def ensure_read_only(cypher: str) -> None:
+    """Reject Cypher with a write clause (outside string literals and comments)."""
+    m = _WRITE_CLAUSE.search(_STRINGS_AND_COMMENTS.sub(" ", cypher))
+    if m:
+        raise ReadOnlyQueryError(f"query is read-only: '{m.group(1).upper()}' is not allowed")
+
+
+def triple_rows(triples: Sequence[Triple], split: str | None) -> list[dict[str, Any]]:
+    """Parameter rows for the FACT-creating statements."""
+    rows = []
+    for t in triples:
+        p = t.provenance
+        rows.append(
+            {
+                "h": t.head,
+                "r": t.relation,
+                "t": t.tail,
+                "split": split,
+                "source": p.source if p else None,
+                "confidence": p.confidence if p else None,
+                "time": p.time if p else None,
+            }
+        )
+    return rows
+
+
+def entity_rows(entities: Iterable[Entity]) -> list[dict[str, Any]]:
+    return [
+        {"id": e.id, "label": e.label, "description": e.description, "types": list(e.types)} for e in entities
+    ]
+
+
+def relation_rows(relations: Iterable[Relation]) -> list[dict[str, Any]]:
+    return [{"id": r.id, "label": r.label, "description": r.description} for r in relations]
+
+
+class GraphStore(ABC):
+    """A knowledge graph held in a graph database."""
+
+    backend: str = "abstract"
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> GraphStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection."""
+
+    # -- writing ---------------------------------------------------------------------------
+    @abstractmethod
+    def import_chunks(
+        self, chunks: Iterable[GraphChunk], *, replace: bool = False, progress: ProgressFn | None = None
+    ) -> ImportReport:
+        """Bulk import, all or nothing: if any chunk fails the store is left as it was.
+
+        Entities referenced by triples are created when missing. With ``replace`` the old
+        content is removed inside the same transaction.
+        """
+
+    def import_graph(
+        self, kg: KnowledgeGraph, *, replace: bool = False, progress: ProgressFn | None = None
+    ) -> ImportReport:
+        """Bulk import an in-memory graph (see `import_chunks`)."""
+        return self.import_chunks(kg.chunks(), replace=replace, progress=progress)
+
+    @abstractmethod
+    def upsert_entities(self, entities: Iterable[Entity]) -> int:
+        """Create entities or update their non-empty text fields. Returns how many were given."""
+
+    @abstractmethod
+    def upsert_facts(self, triples: Iterable[Triple], split: str | None = None) -> int:
+        """Create facts, or update provenance of an existing ``(head, relation, tail)``."""
+
+    @abstractmethod
+    def clear(self) -> None:
+        """Remove everything."""
+
+    # -- reading ---------------------------------------------------------------------------
+    @abstractmethod
+    def stats(self) -> StoreStats:
+        """Entity, relation and per-split fact counts."""
+
+    @abstractmethod
+    def query(self, cypher: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run read-only Cypher; rows come back as dicts keyed by the RETURN names."""
+
+    @abstractmethod
+    def get_entities(self, ids: Sequence[str]) -> dict[str, Entity]:
+        """Entities by id (missing ids are absent from the result)."""
+
+    @abstractmethod
+    def iter_entities(self) -> Iterator[Entity]:
+        """Every entity."""
+
+    @abstractmethod
+    def iter_relations(self) -> Iterator[Relation]:
+        """Every relation type."""
+
+    @abstractmethod
+    def iter_facts(self, split: str | None = None) -> Iterator[Fact]:
+        """Every fact, or those of one split."""
+
+    @abstractmethod
+    def incident_facts(self, ids: Sequence[str]) -> list[Fact]:
+        """Facts with head or tail in ``ids`` (each once)."""
+
+    # -- derived operations, shared by every backend ----------------------------------------
+    def neighbors(self, entity: str, direction: str = "both", limit: int | None = None) -> list[Fact]:
+        """Facts touching ``entity``: ``out`` (entity is head), ``in`` (tail) or ``both``."""
+        if direction not in ("out", "in", "both"):
+            raise StoreError(f"direction must be out, in or both, not '{direction}'")
+        if not self.get_entities([entity]):
+            raise StoreError(f"unknown entity '{entity}'")
+        facts = self.incident_facts([entity])
+        if direction == "out":
+            facts = [f for f in facts if f.head == entity]
+        elif direction == "in":
+            facts = [f for f in facts if f.tail == entity]
+        facts.sort(key=lambda f: (f.head, f.relation, f.tail))
+        return facts[:limit] if limit is not None else facts
+
+    def subgraph(self, seeds: Sequence[str], hops: int = 2, max_entities: int | None = None) -> Subgraph:
+        """The k-hop neighbourhood of ``seeds``: breadth-first, one query per hop.
+
+        ``max_entities`` caps the size; the frontier is cut in a deterministic (sorted) order
+        and ``truncated`` is set.
+        """
+        if hops < 0:
+            raise StoreError("hops must be >= 0")
+        seeds = list(dict.fromkeys(seeds))
+        found = self.get_entities(seeds)
+        missing = [s for s in seeds if s not in found]
+        if missing:
+            raise StoreError(f"unknown entit{'y' if len(missing) == 1 else 'ies'}: {', '.join(missing[:5])}")
+        dist = {s: 0 for s in seeds}
+        frontier = list(seeds)
+        truncated = False
+        for hop in range(1, hops + 1):
+            if not frontier:
+                break
+            new: set[str] = set()
+            for f in self.incident_facts(frontier):
+                for node in (f.head, f.tail):
+                    if node not in dist:
+                        new.add(node)
+            ordered = sorted(new)
+            if max_entities is not None and len(dist) + len(ordered) > max_entities:
+                ordered = ordered[: max(0, max_entities - len(dist))]
+                truncated = True
+            for node in ordered:
+                dist[node] = hop
+            frontier = ordered
+            if truncated:
+                break
+        facts = [f for f in self.incident_facts(list(dist)) if f.head in dist and f.tail in dist]
+        facts.sort(key=lambda f: (dist[f.head] + dist[f.tail], f.head, f.relation, f.tail))
+        return Subgraph(seeds, self.get_entities(list(dist)), facts, dist, truncated)
+
+    def export(self, name: str = "kg") -> KnowledgeGraph:
+        """Everything in the store as an in-memory graph; facts without a split go to ``unsplit``."""
+        kg = KnowledgeGraph(name=name)
+        for e in self.iter_entities():
+            kg.entities[e.id] = e
+        for r in self.iter_relations():
+            kg.relations[r.id] = r
+        for f in self.iter_facts():
+            kg.add_triples(f.split or UNSPLIT, [f.triple()])
+        return kg
