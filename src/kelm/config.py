@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kelm.errors import ConfigError
 
@@ -67,3 +67,29 @@ def load_config(
         return model.model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, str(path) if path else "config")) from None
+
+
+# --- sections ------------------------------------------------------------------------------
+class StoreConfig(Section):
+    """``[store]``: where the knowledge graph lives."""
+
+    backend: Literal["ladybug", "falkordb", "neo4j"] = "ladybug"
+    path: str | None = None
+    uri: str | None = None
+    user: str | None = None
+    password: str | None = None
+
+
+class DataConfig(Section):
+    """``[data]``: where named data sets are found and how strictly files are read."""
+
+    data_dir: str | None = None
+    skip_bad: bool = False
+    chunk_size: int = Field(50_000, gt=0)
+
+
+class KelmConfig(Section):
+    """A whole kelm config file. Every section is optional; each command reads the ones it needs."""
+
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    data: DataConfig = Field(default_factory=DataConfig)

@@ -12,6 +12,7 @@ schema-first LadybugDB, stores any number of relations without schema changes.
 
 from __future__ import annotations
 
+import random
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -222,30 +223,49 @@ class GraphStore(ABC):
         facts.sort(key=lambda f: (f.head, f.relation, f.tail))
         return facts[:limit] if limit is not None else facts
 
-    def subgraph(self, seeds: Sequence[str], hops: int = 2, max_entities: int | None = None) -> Subgraph:
-        """The k-hop neighbourhood of ``seeds``: breadth-first, one query per hop.
+    def subgraph(
+        self,
+        seeds: Sequence[str],
+        hops: int = 2,
+        max_entities: int | None = None,
+        fanout: int | None = None,
+        seed: int = 0,
+    ) -> Subgraph:
+        """The k-hop neighbourhood of ``seeds``: breadth-first, one query pair per hop.
 
-        ``max_entities`` caps the size; the frontier is cut in a deterministic (sorted) order
-        and ``truncated`` is set.
+        Edges are followed in both directions; the result holds every fact among the reached
+        entities (the induced subgraph). ``fanout`` keeps at most that many new neighbours per
+        entity and hop, sampled with ``seed`` (as GNN neighbour samplers do). ``max_entities``
+        caps the total, cutting the last hop in sorted order, and sets ``truncated``.
         """
         if hops < 0:
             raise StoreError("hops must be >= 0")
+        if fanout is not None and fanout < 1:
+            raise StoreError("fanout must be >= 1")
         seeds = list(dict.fromkeys(seeds))
         found = self.get_entities(seeds)
         missing = [s for s in seeds if s not in found]
         if missing:
             raise StoreError(f"unknown entit{'y' if len(missing) == 1 else 'ies'}: {', '.join(missing[:5])}")
+        rng = random.Random(seed)
         dist = {s: 0 for s in seeds}
         frontier = list(seeds)
         truncated = False
         for hop in range(1, hops + 1):
             if not frontier:
                 break
-            new: set[str] = set()
+            candidates: dict[str, set[str]] = {node: set() for node in frontier}
             for f in self.incident_facts(frontier):
-                for node in (f.head, f.tail):
-                    if node not in dist:
-                        new.add(node)
+                if f.head in candidates and f.tail not in dist:
+                    candidates[f.head].add(f.tail)
+                if f.tail in candidates and f.head not in dist:
+                    candidates[f.tail].add(f.head)
+            new: set[str] = set()
+            for node in frontier:
+                found_here = sorted(candidates[node])
+                if fanout is not None and len(found_here) > fanout:
+                    found_here = rng.sample(found_here, fanout)
+                new.update(found_here)
             ordered = sorted(new)
             if max_entities is not None and len(dist) + len(ordered) > max_entities:
                 ordered = ordered[: max(0, max_entities - len(dist))]

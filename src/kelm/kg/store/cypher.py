@@ -50,3 +50,21 @@ CREATE_FACTS = (
 MERGE_ENDPOINTS = "UNWIND $ids AS id MERGE (:Entity {id: id})"
 MERGE_RELATION_IDS = "UNWIND $ids AS id MERGE (:Relation {id: id})"
 DELETE_ALL = "MATCH (n) DETACH DELETE n"
+
+# Bulk creation of vocabulary rows whose ids are known to be new (callers track known ids).
+CREATE_ENTITIES = (
+    "UNWIND $rows AS row "
+    "CREATE (:Entity {id: row.id, label: row.label, description: row.description, types: row.types})"
+)
+CREATE_RELATIONS = (
+    "UNWIND $rows AS row CREATE (:Relation {id: row.id, label: row.label, description: row.description})"
+)
+ENTITY_IDS = "MATCH (e:Entity) RETURN e.id AS id"
+RELATION_IDS = "MATCH (r:Relation) RETURN r.id AS id"
+
+# MERGE_ENDPOINTS, MERGE_RELATION_IDS and MERGE_FACTS as one statement, for backends where a
+# single statement is the unit of atomicity (FalkorDB). Parameters: $ids, $rel_ids, $rows.
+UPSERT_FACTS = (
+    "UNWIND $ids AS id MERGE (:Entity {id: id}) WITH count(*) AS n_ids "
+    "UNWIND $rel_ids AS rid MERGE (:Relation {id: rid}) WITH count(*) AS n_rels " + MERGE_FACTS
+)

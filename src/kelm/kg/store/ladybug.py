@@ -40,6 +40,11 @@ SCHEMA = (
     "FROM Entity TO Entity, rel STRING, split STRING, source STRING, confidence DOUBLE, time STRING)",
 )
 
+# A parameter field that is null in every row is typed STRING; cast it for the DOUBLE property.
+_MERGE_FACTS = cypher.MERGE_FACTS.replace(
+    "coalesce(row.confidence,", "coalesce(CAST(row.confidence AS DOUBLE),"
+)
+
 _ENTITY_SCHEMA = pa.schema(
     [("id", pa.string()), ("label", pa.string()), ("description", pa.string()), ("types", pa.list_(pa.string()))]
 )
@@ -195,7 +200,7 @@ class LadybugStore(GraphStore):
         try:
             self._write(cypher.MERGE_ENDPOINTS, {"ids": ids})
             self._write(cypher.MERGE_RELATION_IDS, {"ids": rels})
-            self._write(cypher.MERGE_FACTS, {"rows": triple_rows(triples, split)})
+            self._write(_MERGE_FACTS, {"rows": triple_rows(triples, split)})
             self._conn.execute("COMMIT")
         except BaseException:
             self._conn.execute("ROLLBACK")

@@ -1,0 +1,65 @@
+"""Options shared by several commands, and the config they resolve to (flags override the file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kelm.config import KelmConfig, load_config
+from kelm.errors import ConfigError
+from kelm.kg.store import BACKENDS, GraphStore, open_store
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML config file; flags override its values.")
+]
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        "-s",
+        envvar="KELM_STORE",
+        help="Store: a folder for ladybug, a graph name for falkordb, a database for neo4j.",
+    ),
+]
+BackendOpt = Annotated[
+    str | None,
+    typer.Option("--backend", "-b", envvar="KELM_STORE_BACKEND", help=f"One of: {', '.join(BACKENDS)}."),
+]
+UriOpt = Annotated[
+    str | None, typer.Option("--uri", envvar="KELM_STORE_URI", help="Server URI for falkordb or neo4j.")
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Folder of data sets (default: $KELM_DATA_DIR, then cache, then bundled)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def resolve_config(
+    config: Path | None,
+    store: str | None = None,
+    backend: str | None = None,
+    uri: str | None = None,
+    data_dir: Path | None = None,
+    **extra: object,
+) -> KelmConfig:
+    """Load ``config`` (if any) and apply the flags that were given."""
+    overrides: dict[str, object] = {
+        "store.path": store,
+        "store.backend": backend,
+        "store.uri": uri,
+        "data.data_dir": None if data_dir is None else str(data_dir),
+    }
+    overrides.update(extra)
+    return load_config(KelmConfig, config, overrides)
+
+
+def store_from_config(cfg: KelmConfig, read_only: bool = False) -> GraphStore:
+    """Open the store a config names; ``--store`` is required."""
+    s = cfg.store
+    if not s.path:
+        raise ConfigError("no store given: pass --store PATH (or set [store] path in the config)")
+    options = {k: v for k, v in (("user", s.user), ("password", s.password)) if v is not None}
+    return open_store(s.path, backend=s.backend, uri=s.uri, read_only=read_only, **options)
