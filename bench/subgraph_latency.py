@@ -83,7 +83,8 @@ def main() -> None:
         assert sizes == reference, "falkordb subgraphs differ from networkx"
     for backend in ("ladybug", "falkordb"):
         results[f"{backend}_p50_vs_networkx"] = round(
-            results[backend]["p50_ms"] / results["networkx"]["p50_ms"], 2  # type: ignore[index]
+            results[backend]["p50_ms"] / results["networkx"]["p50_ms"],
+            2,  # type: ignore[index]
         )
     emit("subgraph_latency", results, args.json)
 

@@ -13,7 +13,12 @@ from kelm.cli import main
 from kelm.kg.io import load_kg
 from kelm.kg.tensors import TripleTensors
 
-UMLS = {"entities": 135, "relations": 46, "triples": 6529, "splits": {"test": 661, "train": 5216, "valid": 652}}
+UMLS = {
+    "entities": 135,
+    "relations": 46,
+    "triples": 6529,
+    "splits": {"test": 661, "train": 5216, "valid": 652},
+}
 
 
 def kelm(*args: str) -> subprocess.CompletedProcess[str]:
@@ -36,13 +41,21 @@ def umls_store(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path
 def test_version_and_help() -> None:
     res = kelm("--version")
     assert res.returncode == 0 and res.stdout.startswith("kelm ")
-    for cmd in (["--help"], ["kg", "--help"], ["kg", "import", "--help"], ["data", "--help"], ["demo", "--help"]):
+    for cmd in (
+        ["--help"],
+        ["kg", "--help"],
+        ["kg", "import", "--help"],
+        ["data", "--help"],
+        ["demo", "--help"],
+    ):
         res = kelm(*cmd)
         assert res.returncode == 0, res.stderr
         assert "Usage" in res.stdout
 
 
-def test_import_and_stats_match_the_issue_example(umls_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_import_and_stats_match_the_issue_example(
+    umls_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     capsys.readouterr()
     assert main(["kg", "stats", "--store", str(umls_store), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == UMLS
@@ -82,12 +95,18 @@ def test_export_tsv_round_trip(umls_store: Path, data_dir: Path, tmp_path: Path)
     exported, _ = load_kg(tmp_path)
     original, _ = load_kg(data_dir / "kg" / "umls")
     for split in ("train", "valid", "test"):
-        assert sorted(t.key() for t in exported.splits[split]) == sorted(t.key() for t in original.splits[split])
-    assert {e.id: e.label for e in exported.entities.values()} == {e.id: e.label for e in original.entities.values()}
+        assert sorted(t.key() for t in exported.splits[split]) == sorted(
+            t.key() for t in original.splits[split]
+        )
+    assert {e.id: e.label for e in exported.entities.values()} == {
+        e.id: e.label for e in original.entities.values()
+    }
 
 
 def test_export_tensors(umls_store: Path, tmp_path: Path) -> None:
-    assert main(["kg", "export", "--store", str(umls_store), "--out", str(tmp_path), "--format", "tensors"]) == 0
+    assert (
+        main(["kg", "export", "--store", str(umls_store), "--out", str(tmp_path), "--format", "tensors"]) == 0
+    )
     tt = TripleTensors.load(tmp_path)
     assert (tt.num_entities, tt.num_relations) == (135, 46)
     assert {s: t.shape[0] for s, t in tt.triples.items()} == UMLS["splits"]
@@ -107,7 +126,9 @@ def test_bad_file_names_file_and_line(tmp_path: Path) -> None:
     assert "skipped 1" in res.stdout
 
 
-def test_config_file_and_unknown_key(tmp_path: Path, umls_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_file_and_unknown_key(
+    tmp_path: Path, umls_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = tmp_path / "kelm.toml"
     cfg.write_text(f'[store]\nbackend = "ladybug"\npath = "{umls_store}"\n')
     capsys.readouterr()

@@ -35,8 +35,13 @@ def run_demo(store: str | Path, out: str | Path | None = None, hops: int = 2) ->
         sg = gs.subgraph(list(DEMO_SEEDS), hops=hops, fanout=3)
     result = DemoResult(Path(store), report, stats, sg)
     if out is not None:
-        payload = {"dataset": DEMO_DATASET, "store": str(store), "stats": stats.to_dict(),
-                   "import_seconds": report.seconds, "subgraph_entities": len(sg.entities),
-                   "subgraph_facts": len(sg.facts)}
+        payload = {
+            "dataset": DEMO_DATASET,
+            "store": str(store),
+            "stats": stats.to_dict(),
+            "import_seconds": report.seconds,
+            "subgraph_entities": len(sg.entities),
+            "subgraph_facts": len(sg.facts),
+        }
         write_text_atomic(Path(out) / "metrics.json", json.dumps(payload, indent=2))
     return result

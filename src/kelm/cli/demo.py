@@ -17,7 +17,8 @@ out = Console()
 
 def demo(
     store: Annotated[
-        Path | None, typer.Option("--store", "-s", help="Keep the demo store in this folder (default: temporary).")
+        Path | None,
+        typer.Option("--store", "-s", help="Keep the demo store in this folder (default: temporary)."),
     ] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Write metrics.json here.")] = None,
 ) -> None:

@@ -49,10 +49,14 @@ def import_cmd(
     cfg = resolve_config(
         config, store, backend, uri, data_dir, **{"data.skip_bad": skip_bad, "data.chunk_size": chunk_size}
     )
-    src = open_source(source, data_dir=cfg.data.data_dir, skip_bad=cfg.data.skip_bad, chunk_size=cfg.data.chunk_size)
+    src = open_source(
+        source, data_dir=cfg.data.data_dir, skip_bad=cfg.data.skip_bad, chunk_size=cfg.data.chunk_size
+    )
     with store_from_config(cfg) as gs, progress_bar() as bar:
         task = bar.add_task(f"importing {src.name}", total=src.total_triples, info="")
-        report = import_source(gs, src, replace=replace, append=append, progress=lambda n: bar.advance(task, n))
+        report = import_source(
+            gs, src, replace=replace, append=append, progress=lambda n: bar.advance(task, n)
+        )
     skipped = src.read_report.total_skipped
     out.print(
         f"imported {report.entities:,} new entities, {report.relations:,} new relations and "
@@ -61,9 +65,11 @@ def import_cmd(
         highlight=False,
     )
     if skipped:
-        out.print(f"skipped {skipped:,} bad lines: " + ", ".join(
-            f"{Path(f).name}: {n}" for f, n in src.read_report.skipped.items() if n
-        ), highlight=False)
+        out.print(
+            f"skipped {skipped:,} bad lines: "
+            + ", ".join(f"{Path(f).name}: {n}" for f, n in src.read_report.skipped.items() if n),
+            highlight=False,
+        )
     for warning in src.read_report.warnings:
         out.print(f"warning: {warning}", highlight=False)
 
@@ -164,7 +170,10 @@ def render_subgraph(sg: Subgraph, max_children: int = 6) -> Tree:
     children: dict[str, list[tuple[str, str]]] = {}
     placed = set(sg.seeds)
     for f in sg.facts:  # facts are sorted by hop distance, so parents come before children
-        for parent, child, arrow in ((f.head, f.tail, f"─{f.relation}→"), (f.tail, f.head, f"←{f.relation}─")):
+        for parent, child, arrow in (
+            (f.head, f.tail, f"─{f.relation}→"),
+            (f.tail, f.head, f"←{f.relation}─"),
+        ):
             if child not in placed and parent in sg.hops and sg.hops[child] == sg.hops[parent] + 1:
                 children.setdefault(parent, []).append((child, arrow))
                 placed.add(child)

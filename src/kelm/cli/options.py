@@ -32,7 +32,9 @@ UriOpt = Annotated[
 ]
 DataDirOpt = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="Folder of data sets (default: $KELM_DATA_DIR, then cache, then bundled)."),
+    typer.Option(
+        "--data-dir", help="Folder of data sets (default: $KELM_DATA_DIR, then cache, then bundled)."
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 

@@ -116,8 +116,10 @@ class KnowledgeGraph:
                 merge_entity(kg.entities, e)
             for r in chunk.relations:
                 old = kg.relations.get(r.id)
-                kg.relations[r.id] = r if old is None else Relation(
-                    r.id, r.label or old.label, r.description or old.description
+                kg.relations[r.id] = (
+                    r
+                    if old is None
+                    else Relation(r.id, r.label or old.label, r.description or old.description)
                 )
             if chunk.triples:
                 kg.add_triples(chunk.split or "train", chunk.triples)

@@ -85,4 +85,3 @@ class TripleTensors:
         raw = load_file(str(folder / TENSORS_FILE))
         triples = {s: raw[f"triples.{s}"] for s in vocab["splits"]}
         return cls(vocab["entities"], vocab["relations"], triples)
-

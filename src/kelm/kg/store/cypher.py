@@ -16,7 +16,9 @@ SPLIT_FACTS = f"MATCH (h:Entity)-[f:FACT]->(t:Entity) WHERE f.split = $split RET
 ENTITY_COLUMNS = "e.id AS id, e.label AS label, e.description AS description, e.types AS types"
 ENTITIES_BY_ID = f"MATCH (e:Entity) WHERE e.id IN $ids RETURN {ENTITY_COLUMNS}"
 ALL_ENTITIES = f"MATCH (e:Entity) RETURN {ENTITY_COLUMNS} ORDER BY e.id"
-ALL_RELATIONS = "MATCH (r:Relation) RETURN r.id AS id, r.label AS label, r.description AS description ORDER BY r.id"
+ALL_RELATIONS = (
+    "MATCH (r:Relation) RETURN r.id AS id, r.label AS label, r.description AS description ORDER BY r.id"
+)
 
 COUNT_ENTITIES = "MATCH (e:Entity) RETURN count(e) AS n"
 COUNT_RELATIONS = "MATCH (r:Relation) RETURN count(r) AS n"

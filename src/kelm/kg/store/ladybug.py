@@ -46,7 +46,12 @@ _MERGE_FACTS = cypher.MERGE_FACTS.replace(
 )
 
 _ENTITY_SCHEMA = pa.schema(
-    [("id", pa.string()), ("label", pa.string()), ("description", pa.string()), ("types", pa.list_(pa.string()))]
+    [
+        ("id", pa.string()),
+        ("label", pa.string()),
+        ("description", pa.string()),
+        ("types", pa.list_(pa.string())),
+    ]
 )
 _RELATION_SCHEMA = pa.schema([("id", pa.string()), ("label", pa.string()), ("description", pa.string())])
 _FACT_SCHEMA = pa.schema(
@@ -217,10 +222,7 @@ class LadybugStore(GraphStore):
 
     # -- reading --------------------------------------------------------------------------
     def stats(self) -> StoreStats:
-        splits = {
-            (row["split"] or "unsplit"): row["n"]
-            for row in self._rows(cypher.COUNT_SPLITS)
-        }
+        splits = {(row["split"] or "unsplit"): row["n"] for row in self._rows(cypher.COUNT_SPLITS)}
         return StoreStats(
             entities=self._rows(cypher.COUNT_ENTITIES)[0]["n"],
             relations=self._rows(cypher.COUNT_RELATIONS)[0]["n"],
