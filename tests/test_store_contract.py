@@ -297,6 +297,7 @@ def test_backends_agree_on_the_same_input(tmp_path: Path, falkordb_server: Falko
                 [Triple("e0", "r0", "e3", Provenance("up", 1.0, None)), Triple("e1", "r99", "e2")]
             )
             sub = store.subgraph(["e0", "e9"], hops=2, max_entities=60)
+            sampled = store.subgraph(["e3"], hops=2, fanout=2, seed=5)
             seen.append(
                 (
                     snapshot(store),
@@ -306,6 +307,7 @@ def test_backends_agree_on_the_same_input(tmp_path: Path, falkordb_server: Falko
                         if store.get_entities([f"e{i}"])
                     ],
                     (sub.hops, sub.truncated, sorted(sub.entities), Counter(sub.facts)),
+                    (sampled.hops, Counter(sampled.facts)),
                     sorted(store.incident_facts(["e1", "e2", "e3"]), key=repr),
                 )
             )

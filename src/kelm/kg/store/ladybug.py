@@ -7,6 +7,7 @@ back, and a killed process leaves only an uncommitted WAL that the next open dis
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from kelm.errors import StoreError
 from kelm.kg.model import Entity, GraphChunk, Relation, Triple
 from kelm.kg.store import cypher
 from kelm.kg.store.base import (
+    UNSPLIT,
     Fact,
     GraphStore,
     ImportReport,
@@ -108,10 +110,16 @@ class LadybugStore(GraphStore):
     def _copy(self, table: str, data: pa.Table) -> None:
         if data.num_rows:
             # Ladybug resolves the Arrow table by its Python variable name.
-            self._conn.execute(f"COPY {table} FROM data")
+            try:
+                self._conn.execute(f"COPY {table} FROM data")
+            except RuntimeError as err:
+                raise StoreError(f"LadybugDB: COPY {table}: {err}") from None
 
-    def _write(self, cypher_text: str, params: dict[str, Any]) -> None:
-        self._conn.execute(cypher_text, params)
+    def _write(self, cypher_text: str, params: dict[str, Any] | None = None) -> None:
+        try:
+            self._conn.execute(cypher_text, params or {})
+        except RuntimeError as err:
+            raise StoreError(f"LadybugDB: {err}") from None
 
     def _existing_ids(self, label: str) -> set[str]:
         return {row["id"] for row in self._rows(f"MATCH (n:{label}) RETURN n.id AS id")}
@@ -123,10 +131,10 @@ class LadybugStore(GraphStore):
         self._require_writable()
         report = ImportReport()
         start = time.perf_counter()
-        self._conn.execute("BEGIN TRANSACTION")
+        self._write("BEGIN TRANSACTION")
         try:
             if replace:
-                self._conn.execute(cypher.DELETE_ALL)
+                self._write(cypher.DELETE_ALL)
             known_e = self._existing_ids("Entity")
             known_r = self._existing_ids("Relation")
             for chunk in chunks:
@@ -142,9 +150,9 @@ class LadybugStore(GraphStore):
                     report.triples += len(rows)
                     if progress is not None:
                         progress(len(rows))
-            self._conn.execute("COMMIT")
+            self._write("COMMIT")
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            self._rollback()
             raise
         report.seconds = time.perf_counter() - start
         return report
@@ -201,20 +209,25 @@ class LadybugStore(GraphStore):
             return 0
         ids = sorted({t.head for t in triples} | {t.tail for t in triples})
         rels = sorted({t.relation for t in triples})
-        self._conn.execute("BEGIN TRANSACTION")
+        self._write("BEGIN TRANSACTION")
         try:
             self._write(cypher.MERGE_ENDPOINTS, {"ids": ids})
             self._write(cypher.MERGE_RELATION_IDS, {"ids": rels})
             self._write(_MERGE_FACTS, {"rows": triple_rows(triples, split)})
-            self._conn.execute("COMMIT")
+            self._write("COMMIT")
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            self._rollback()
             raise
         return len(triples)
 
     def clear(self) -> None:
         self._require_writable()
-        self._conn.execute(cypher.DELETE_ALL)
+        self._write(cypher.DELETE_ALL)
+
+    def _rollback(self) -> None:
+        """Roll back the open transaction; the engine may already have done so after a failed statement."""
+        with contextlib.suppress(RuntimeError):
+            self._conn.execute("ROLLBACK")
 
     def _require_writable(self) -> None:
         if self.read_only:
@@ -222,7 +235,10 @@ class LadybugStore(GraphStore):
 
     # -- reading --------------------------------------------------------------------------
     def stats(self) -> StoreStats:
-        splits = {(row["split"] or "unsplit"): row["n"] for row in self._rows(cypher.COUNT_SPLITS)}
+        splits: dict[str, int] = {}
+        for row in self._rows(cypher.COUNT_SPLITS):
+            name = row["split"] or UNSPLIT
+            splits[name] = splits.get(name, 0) + row["n"]
         return StoreStats(
             entities=self._rows(cypher.COUNT_ENTITIES)[0]["n"],
             relations=self._rows(cypher.COUNT_RELATIONS)[0]["n"],

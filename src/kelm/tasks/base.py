@@ -1,0 +1,70 @@
+"""What a task gives the training engine: a model, data, a loss and metrics.
+
+The engine (`kelm.train.Trainer`) knows nothing else about a task, so adding a task never
+touches the loop. Batches are built by `collate` from a list of samples; the engine moves
+tensors to the device, shards samples across ranks and keeps the data position for resume.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+Batch = dict[str, Any]
+
+
+class Task(ABC):
+    """A learning problem the engine can train."""
+
+    #: Registry name, e.g. ``causal-lm``.
+    name: str = "task"
+    #: ``min`` if a lower value of `monitor` is better (loss, perplexity), ``max`` otherwise.
+    monitor: str = "loss"
+    monitor_mode: str = "min"
+
+    @abstractmethod
+    def build_model(self) -> nn.Module:
+        """A fresh model. Parameters must be created deterministically from the global seed."""
+
+    @abstractmethod
+    def train_data(self) -> Sequence[Any]:
+        """Indexable training samples."""
+
+    def eval_data(self) -> Sequence[Any] | None:
+        """Indexable held-out samples, or None."""
+        return None
+
+    @abstractmethod
+    def collate(self, samples: list[Any]) -> Batch:
+        """Turn samples into a batch of tensors."""
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean loss over the batch and any per-batch metrics to log."""
+
+    def batch_weight(self, batch: Batch) -> int:
+        """How many units (samples or tokens) the batch's mean loss averages over."""
+        return len(next(iter(batch.values())))
+
+    def tokens(self, batch: Batch) -> int:
+        """Items per batch for throughput figures (tokens for LMs, triples for KGE)."""
+        return self.batch_weight(batch)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Sequence[Batch]) -> dict[str, float]:
+        """Default evaluation: the weighted mean loss over the given batches."""
+        total, weight = 0.0, 0
+        for batch in batches:
+            loss, _ = self.loss(model, batch)
+            w = self.batch_weight(batch)
+            total += float(loss) * w
+            weight += w
+        return {"loss": total / max(weight, 1)}
+
+    def model_config(self) -> dict[str, Any]:
+        """What is needed to rebuild the model for inference (saved beside the weights)."""
+        return {"task": self.name}
