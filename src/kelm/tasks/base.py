@@ -65,6 +65,10 @@ class Task(ABC):
             weight += w
         return {"loss": total / max(weight, 1)}
 
+    def finalize_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Derive metrics that are not plain means (e.g. perplexity) after ranks are combined."""
+        return metrics
+
     def model_config(self) -> dict[str, Any]:
         """What is needed to rebuild the model for inference (saved beside the weights)."""
         return {"task": self.name}

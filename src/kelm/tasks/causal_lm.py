@@ -1,0 +1,128 @@
+"""Byte-level causal language modelling on plain text: the engine's first task.
+
+Text is encoded as UTF-8 bytes (vocabulary 256), concatenated, and packed into windows of
+``seq_len + 1`` tokens, so no compute goes to padding. The last ``valid_fraction`` of the
+stream is held out; evaluation reports loss and perplexity.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from kelm.config import Section
+from kelm.errors import DataError
+from kelm.models.gpt import GPT, GPTConfig
+from kelm.tasks.base import Batch, Task
+
+
+class CausalLMConfig(Section):
+    """``[task]`` for ``causal-lm``."""
+
+    name: str = "causal-lm"
+    text: list[str] = Field(default_factory=list, description="text files or folders of .txt files")
+    seq_len: int = Field(64, ge=2)
+    valid_fraction: float = Field(0.1, gt=0, lt=1)
+    d_model: int = Field(128, ge=8)
+    n_layer: int = Field(2, ge=1)
+    n_head: int = Field(4, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class PackedWindows(Sequence[torch.Tensor]):
+    """Non-overlapping windows of ``length`` tokens over a 1-D token tensor."""
+
+    def __init__(self, tokens: torch.Tensor, length: int):
+        self.tokens, self.length = tokens, length
+
+    def __len__(self) -> int:
+        return len(self.tokens) // self.length
+
+    def __getitem__(self, i: int) -> torch.Tensor:  # type: ignore[override]
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.tokens[i * self.length : (i + 1) * self.length]
+
+
+def read_corpus(paths: list[str]) -> bytes:
+    """Concatenate text files (folders: their ``*.txt`` in sorted order), separated by newlines."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(sorted(p.rglob("*.txt")))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError("text file not found", p)
+    chunks = []
+    for f in files:
+        data = f.read_bytes()
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = data[: err.start].count(b"\n") + 1
+            raise DataError("invalid UTF-8", f, line) from None
+        chunks.append(data)
+    corpus = b"\n".join(chunks)
+    if not corpus.strip():
+        raise DataError("the text corpus is empty", ", ".join(paths) or "<no files>")
+    return corpus
+
+
+class CausalLMTask(Task):
+    name = "causal-lm"
+    monitor = "loss"
+    monitor_mode = "min"
+
+    def __init__(self, cfg: CausalLMConfig, corpus: bytes | None = None):
+        self.cfg = cfg
+        data = corpus if corpus is not None else read_corpus(cfg.text)
+        tokens = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(torch.int64)
+        window = cfg.seq_len + 1
+        n_valid = max(window, int(len(tokens) * cfg.valid_fraction))
+        if len(tokens) < n_valid + window:
+            raise DataError(f"corpus too small: {len(tokens)} bytes for seq_len {cfg.seq_len}", "task.text")
+        self._train = PackedWindows(tokens[:-n_valid], window)
+        self._valid = PackedWindows(tokens[-n_valid:], window)
+
+    def gpt_config(self) -> GPTConfig:
+        c = self.cfg
+        return GPTConfig(256, c.seq_len, c.d_model, c.n_layer, c.n_head, c.dropout)
+
+    def build_model(self) -> nn.Module:
+        return GPT(self.gpt_config())
+
+    def train_data(self) -> Sequence[Any]:
+        return self._train
+
+    def eval_data(self) -> Sequence[Any]:
+        return self._valid
+
+    def collate(self, samples: list[Any]) -> Batch:
+        return {"ids": torch.stack(samples)}
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        ids = batch["ids"]
+        logits_BTV = model(ids[:, :-1])
+        loss = F.cross_entropy(logits_BTV.reshape(-1, logits_BTV.shape[-1]).float(), ids[:, 1:].reshape(-1))
+        return loss, {}
+
+    def batch_weight(self, batch: Batch) -> int:
+        return batch["ids"].shape[0]
+
+    def tokens(self, batch: Batch) -> int:
+        ids = batch["ids"]
+        return ids.shape[0] * (ids.shape[1] - 1)
+
+    def finalize_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        return {**metrics, "perplexity": math.exp(min(metrics["loss"], 50.0))}
+
+    def model_config(self) -> dict[str, Any]:
+        return {"task": self.name, "model": {"kind": "gpt", **self.gpt_config().to_dict()}}

@@ -1,0 +1,91 @@
+"""Run logging on rank 0: a CSV of every logged value, TensorBoard scalars, and a Rich progress bar."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from kelm.atomic import write_text_atomic
+from kelm.progress import progress_bar
+
+METRICS_CSV = "metrics.csv"
+RUN_JSON = "metrics.json"
+
+
+def git_revision() -> str | None:
+    """The source revision kelm runs from, when it runs from a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+class RunLogger:
+    """Appends ``step,split,name,value`` rows; mirrors them to TensorBoard; drives the progress bar."""
+
+    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool, total_steps: int, start_step: int):
+        self.out_dir, self.enabled = out_dir, enabled
+        self._writer = None
+        self._bar_cm = None
+        if not enabled:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / METRICS_CSV
+        new = not path.exists()
+        self._csv_file = path.open("a", newline="", encoding="utf-8")
+        self._csv = csv.writer(self._csv_file)
+        if new:
+            self._csv.writerow(["step", "split", "name", "value"])
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+            except ImportError:
+                self._writer = None
+        self._bar_cm = progress_bar(transient=False)
+        self._bar = self._bar_cm.__enter__()
+        self._task = self._bar.add_task("training", total=total_steps, completed=start_step, info="")
+
+    def log(self, step: int, split: str, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        for name, value in values.items():
+            self._csv.writerow([step, split, name, f"{value:.9g}"])
+            if self._writer is not None:
+                self._writer.add_scalar(f"{split}/{name}", value, step)
+        self._csv_file.flush()
+
+    def progress(self, step: int, info: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        text = "  ".join(f"{k} {v:.4g}" for k, v in info.items())
+        self._bar.update(self._task, completed=step, info=text)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._bar_cm is not None:
+            self._bar_cm.__exit__(None, None, None)
+        if self._writer is not None:
+            self._writer.close()
+        self._csv_file.close()
+
+
+def write_run_summary(out_dir: Path, summary: dict[str, Any]) -> None:
+    write_text_atomic(out_dir / RUN_JSON, json.dumps(summary, indent=2, default=str))
+
+
+def timer() -> float:
+    return time.perf_counter()

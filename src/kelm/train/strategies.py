@@ -1,0 +1,194 @@
+"""Parallelism strategies, applied from outside the model.
+
+A strategy wraps the model, decides when gradients are synchronised, and may act after each
+optimizer step (DiLoCo's outer step). The Trainer calls the same methods for every strategy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from kelm.errors import ConfigError
+from kelm.train.config import STRATEGIES, TrainConfig
+from kelm.train.distributed import DistInfo
+
+
+def parallel_units(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks to shard or checkpoint one by one (``model.blocks`` or ``model.layers``)."""
+    for name in ("blocks", "layers"):
+        units = getattr(model, name, None)
+        if isinstance(units, nn.ModuleList):
+            return list(units)
+    return []
+
+
+class Strategy:
+    """Single process: no wrapping, no communication."""
+
+    name = "single"
+
+    def __init__(self, cfg: TrainConfig, info: DistInfo):
+        self.cfg, self.info = cfg, info
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        if self.cfg.activation_checkpointing:
+            apply_activation_checkpointing(model)
+        return model
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        return model
+
+    @contextlib.contextmanager
+    def sync(self, model: nn.Module, last_micro_batch: bool) -> Iterator[None]:
+        """Context for one backward pass; gradients are synchronised on the last micro-batch only."""
+        yield
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        """Hook after each optimizer step."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class DDPStrategy(Strategy):
+    """DistributedDataParallel, optionally with the PowerSGD gradient-compression hook."""
+
+    name = "ddp"
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        model = super().wrap(model)
+        ddp = DistributedDataParallel(
+            model, device_ids=[self.info.local_rank] if self.info.device.type == "cuda" else None
+        )
+        if self.cfg.powersgd:
+            from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd
+
+            self._psgd_state = psgd.PowerSGDState(
+                process_group=None,
+                matrix_approximation_rank=self.cfg.powersgd_rank,
+                start_powerSGD_iter=2,
+                use_error_feedback=True,
+                warm_start=True,
+                random_seed=self.cfg.seed,
+            )
+            ddp.register_comm_hook(self._psgd_state, psgd.powerSGD_hook)
+        else:
+            from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+            ddp.register_comm_hook(None, default_hooks.allreduce_hook)
+        return ddp
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        return model.module if isinstance(model, DistributedDataParallel) else model
+
+    @contextlib.contextmanager
+    def sync(self, model: nn.Module, last_micro_batch: bool) -> Iterator[None]:
+        if last_micro_batch or not isinstance(model, DistributedDataParallel):
+            yield
+        else:
+            with model.no_sync():
+                yield
+
+
+class FSDP2Strategy(Strategy):
+    """``fully_shard`` on each repeated block, then on the root (parameters become DTensors)."""
+
+    name = "fsdp2"
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        if self.cfg.activation_checkpointing:
+            apply_activation_checkpointing(model)
+        mesh = init_device_mesh(self.info.device.type, (self.info.world_size,))
+        for unit in parallel_units(model):
+            fully_shard(unit, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        return model
+
+    @contextlib.contextmanager
+    def sync(self, model: nn.Module, last_micro_batch: bool) -> Iterator[None]:
+        setter = getattr(model, "set_requires_gradient_sync", None)
+        if setter is not None:
+            setter(last_micro_batch)
+        yield
+
+
+class DiLoCoStrategy(Strategy):
+    """Local SGD / DiLoCo: each rank steps its inner optimizer alone; every H steps the ranks
+    average the pseudo-gradient (global − local parameters) and apply an outer Nesterov SGD step
+    to the shared global parameters. Communication happens only then."""
+
+    name = "diloco"
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        model = super().wrap(model)
+        # Same start everywhere: rank 0's initial parameters.
+        for p in model.parameters():
+            dist.broadcast(p.data, src=0)
+        self._global = [p.detach().clone() for p in model.parameters()]
+        self._outer = torch.optim.SGD(
+            self._global, lr=self.cfg.outer_lr, momentum=self.cfg.outer_momentum, nesterov=True
+        )
+        return model
+
+    @torch.no_grad()
+    def after_step(self, model: nn.Module, step: int) -> None:
+        if step % self.cfg.diloco_h:
+            return
+        world = self.info.world_size
+        params = list(model.parameters())
+        flat = torch.cat([(g - p.detach()).reshape(-1) for g, p in zip(self._global, params, strict=True)])
+        dist.all_reduce(flat)
+        flat /= world
+        offset = 0
+        for g in self._global:
+            n = g.numel()
+            g.grad = flat[offset : offset + n].view_as(g).clone()
+            offset += n
+        self._outer.step()
+        self._outer.zero_grad(set_to_none=True)
+        for g, p in zip(self._global, params, strict=True):
+            p.copy_(g)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"global": [g.detach().clone() for g in self._global], "outer": self._outer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for g, saved in zip(self._global, state["global"], strict=True):
+                g.copy_(saved)
+        self._outer.load_state_dict(state["outer"])
+
+
+def apply_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each block's activations in the backward pass instead of storing them."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    units = parallel_units(model)
+    if not units:
+        raise ConfigError("activation checkpointing needs a model with repeated blocks (model.blocks)")
+    container = model.blocks if hasattr(model, "blocks") else model.layers
+    for i, unit in enumerate(units):
+        container[i] = checkpoint_wrapper(unit)
+
+
+def build_strategy(cfg: TrainConfig, info: DistInfo) -> Strategy:
+    name = cfg.strategy
+    if name == "single" and info.world_size > 1:
+        raise ConfigError(f"strategy 'single' runs one process, but {info.world_size} were launched")
+    classes = {"single": Strategy, "ddp": DDPStrategy, "fsdp2": FSDP2Strategy, "diloco": DiLoCoStrategy}
+    if name not in classes:
+        raise ConfigError(f"unknown strategy '{name}' (choose one of: {', '.join(STRATEGIES)})")
+    return classes[name](cfg, info)

@@ -1,0 +1,291 @@
+"""The one training loop. Every task and every world size runs through `Trainer.fit`."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from kelm.errors import ConfigError
+from kelm.tasks.base import Batch, Task
+from kelm.train import comm
+from kelm.train.checkpoint import (
+    find_checkpoint,
+    load_checkpoint,
+    model_fingerprint,
+    save_checkpoint,
+)
+from kelm.train.config import TrainConfig
+from kelm.train.data import ShardedBatches, eval_batches
+from kelm.train.distributed import DistInfo, init_distributed
+from kelm.train.export import export_model
+from kelm.train.logging import RunLogger, git_revision, timer, write_run_summary
+from kelm.train.schedule import build_scheduler
+from kelm.train.strategies import build_strategy
+
+
+@dataclass
+class TrainState:
+    """What besides weights and optimizer a checkpoint must hold to continue exactly."""
+
+    step: int = 0
+    best: float | None = None
+    bad_evals: int = 0
+    tokens: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adagrad":
+        return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+
+
+def autocast_context(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on devices that support it (``auto``: CUDA with bf16), else nothing."""
+    use = cfg.amp == "bf16" or (
+        cfg.amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    )
+    if not use:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+class Trainer:
+    """Trains ``task`` with ``cfg`` into ``out_dir``: checkpoints, logs, metrics and the final model."""
+
+    def __init__(
+        self,
+        task: Task,
+        cfg: TrainConfig,
+        out_dir: str | Path,
+        resume: str | Path | None = None,
+        run_config: dict[str, Any] | None = None,
+    ):
+        self.task, self.cfg, self.out_dir = task, cfg, Path(out_dir)
+        self.resume = Path(resume) if resume is not None else None
+        self.run_config = run_config or {"train": cfg.model_dump()}
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _setup(self, info: DistInfo) -> None:
+        cfg = self.cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        comm.install()
+        seed_everything(cfg.seed)
+        self.strategy = build_strategy(cfg, info)
+        base = self.task.build_model().to(info.device)
+        self.fingerprint = model_fingerprint(base)
+        self.model = self.strategy.wrap(base)
+        self.optimizer = build_optimizer(cfg, [p for p in self.model.parameters() if p.requires_grad])
+        self.loader = ShardedBatches(
+            self.task.train_data(), self.task.collate, cfg.batch_size, info.rank, info.world_size, cfg.seed
+        )
+        steps_per_epoch = self.loader.batches_per_epoch() // cfg.grad_accum
+        if steps_per_epoch == 0:
+            raise ConfigError("train.batch_size x train.grad_accum exceeds one epoch of data")
+        self.total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+        self.scheduler = build_scheduler(
+            self.optimizer, self.total_steps, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio
+        )
+        self.state = TrainState()
+        eval_data = self.task.eval_data()
+        self.eval_set = (
+            eval_batches(
+                eval_data,
+                self.task.collate,
+                cfg.eval_batch_size or cfg.batch_size,
+                info.rank,
+                info.world_size,
+            )
+            if eval_data is not None
+            else None
+        )
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {
+            "trainer": self.state.__dict__.copy(),
+            "scheduler": self.scheduler.state_dict(),
+            "data": self.loader.position.state_dict(),
+            "strategy": self.strategy.state_dict(),
+        }
+
+    def _restore(self, path: Path, info: DistInfo) -> int:
+        ckpt = find_checkpoint(path)
+        extra, saved_world = load_checkpoint(
+            ckpt, self.model, self.optimizer, self._extra_state(), self.fingerprint
+        )
+        self.state = TrainState(**extra["trainer"])
+        self.scheduler.load_state_dict(extra["scheduler"])
+        self.loader.position.load_state_dict(extra["data"])
+        self.strategy.load_state_dict(extra["strategy"])
+        if saved_world != info.world_size:
+            # RNG streams are per rank; at a new world size each rank reseeds from (seed, step, rank).
+            seed_everything(self.cfg.seed + 7919 * self.state.step + info.rank)
+        return self.state.step
+
+    def _auto_resume_point(self) -> Path | None:
+        """After an elastic restart, continue from the run's own latest checkpoint."""
+        if self.resume is not None:
+            return self.resume
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        if restarted and (self.out_dir / "checkpoints" / "latest").is_file():
+            return self.out_dir
+        return None
+
+    # -- pieces of the loop -----------------------------------------------------------------
+    def _micro_batches(self) -> Any:
+        """Endless stream of this rank's micro-batches, advancing epochs."""
+        while True:
+            yield from self.loader
+
+    def _evaluate(self, info: DistInfo) -> dict[str, float]:
+        if self.eval_set is None:
+            return {}
+        self.model.eval()
+        with torch.no_grad(), autocast_context(self.cfg, info.device):
+            local = self.task.evaluate(self.model, [_to(b, info.device) for b in self.eval_set])
+        self.model.train()
+        n = float(sum(self.task.batch_weight(b) for b in self.eval_set))
+        keys = sorted(local)
+        buf = torch.tensor([local[k] * n for k in keys] + [n], dtype=torch.float64)
+        dist.all_reduce(buf)
+        return self.task.finalize_metrics({k: float(buf[i] / buf[-1]) for i, k in enumerate(keys)})
+
+    def _should_stop(self, metrics: dict[str, float]) -> bool:
+        cfg, st = self.cfg, self.state
+        value = metrics.get(self.task.monitor)
+        if value is None or cfg.early_stopping_patience is None:
+            return False
+        better = st.best is None or (value < st.best if self.task.monitor_mode == "min" else value > st.best)
+        if better:
+            st.best, st.bad_evals = value, 0
+            return False
+        st.bad_evals += 1
+        return st.bad_evals >= cfg.early_stopping_patience
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        info = init_distributed()
+        self._setup(info)
+        cfg = self.cfg
+        resume_from = self._auto_resume_point()
+        start_step = self._restore(resume_from, info) if resume_from is not None else 0
+        ckpt_root = self.out_dir / "checkpoints"
+        logger = RunLogger(self.out_dir, info.is_main, cfg.tensorboard, self.total_steps, start_step)
+        bytes_at_start = comm.bytes_sent()
+        wall0 = timer()
+        tokens_this_run = 0
+        stream = self._micro_batches()
+        window_loss = torch.zeros(2, dtype=torch.float64)
+        final_eval: dict[str, float] = {}
+        stopped_early = False
+        self.model.train()
+        try:
+            while self.state.step < self.total_steps:
+                for micro in range(cfg.grad_accum):
+                    batch = _to(next(stream), info.device)
+                    last = micro == cfg.grad_accum - 1
+                    with self.strategy.sync(self.model, last), autocast_context(cfg, info.device):
+                        loss, _ = self.task.loss(self.model, batch)
+                    (loss / cfg.grad_accum).backward()
+                    w = self.task.batch_weight(batch)
+                    window_loss += torch.tensor([float(loss.detach()) * w, w], dtype=torch.float64)
+                    tokens_this_run += self.task.tokens(batch)
+                if cfg.clip_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.state.step += 1
+                step = self.state.step
+                self.strategy.after_step(self.model, step)
+
+                if step % cfg.log_every == 0 or step == self.total_steps:
+                    dist.all_reduce(window_loss)
+                    train_loss = float(window_loss[0] / window_loss[1])
+                    window_loss.zero_()
+                    lr = self.scheduler.get_last_lr()[0]
+                    logger.log(step, "train", {"loss": train_loss, "lr": lr})
+                    self.state.history.append({"step": step, "loss": train_loss})
+                    logger.progress(step, {"loss": train_loss, "tok/s": tokens_this_run / (timer() - wall0)})
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < self.total_steps:
+                    metrics = self._evaluate(info)
+                    logger.log(step, "valid", metrics)
+                    if self._should_stop(metrics):
+                        stopped_early = True
+                        final_eval = metrics
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < self.total_steps:
+                    save_checkpoint(
+                        ckpt_root,
+                        step,
+                        self.model,
+                        self.optimizer,
+                        self._extra_state(),
+                        self.fingerprint,
+                        cfg.keep_checkpoints,
+                    )
+                if stopped_early:
+                    break
+            if not stopped_early:
+                final_eval = self._evaluate(info)
+                if final_eval:
+                    logger.log(self.state.step, "valid", final_eval)
+            save_checkpoint(
+                ckpt_root,
+                self.state.step,
+                self.model,
+                self.optimizer,
+                self._extra_state(),
+                self.fingerprint,
+                cfg.keep_checkpoints,
+            )
+            export_model(self.out_dir / "model", self.model, {**self.task.model_config(), **self.run_config})
+        finally:
+            logger.close()
+        wall = timer() - wall0
+        tok = torch.tensor([tokens_this_run, comm.bytes_sent() - bytes_at_start], dtype=torch.float64)
+        dist.all_reduce(tok)
+        summary = {
+            "task": self.task.name,
+            "strategy": cfg.strategy,
+            "world_size": info.world_size,
+            "git_revision": git_revision(),
+            "steps": self.state.step,
+            "start_step": start_step,
+            "stopped_early": stopped_early,
+            "wall_seconds": wall,
+            "tokens_per_second": float(tok[0]) / wall if wall > 0 else math.nan,
+            "bytes_communicated": int(tok[1]),
+            "final_train_loss": self.state.history[-1]["loss"] if self.state.history else None,
+            "valid": final_eval,
+            "config": self.run_config,
+        }
+        if info.is_main:
+            write_run_summary(self.out_dir, summary)
+        return summary
+
+
+def _to(batch: Batch, device: torch.device) -> Batch:
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+    }
