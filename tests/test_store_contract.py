@@ -241,6 +241,59 @@ def test_query_is_read_only(store: GraphStore) -> None:
     assert store.stats().entities == 8
 
 
+NODE_B = {"id": "b", "label": "Beta", "types": []}
+PLAIN_QUERIES = {
+    # Nodes and edges are dicts of their non-null properties, the same on every backend.
+    "MATCH (h:Entity)-[f:FACT]->(t:Entity) WHERE h.id = 'a' AND f.split = 'train' AND t.id = 'b' "
+    "RETURN h, f, t, t.description AS missing": [
+        {
+            "h": {"id": "a", "label": "Alpha", "description": "the first", "types": ["letter", "vowel"]},
+            "f": {"rel": "next", "split": "train", "source": "wiki", "confidence": 0.9, "time": "2020-01-01"},
+            "t": NODE_B,
+            "missing": None,
+        }
+    ],
+    "MATCH p = (:Entity {id: 'c'})-[:FACT]->(:Entity) RETURN p": [
+        {
+            "p": {
+                "nodes": [{"id": "c", "types": []}, {"id": "d", "types": []}],
+                "edges": [{"rel": "next", "split": "train", "source": "book"}],
+            }
+        }
+    ],
+    "MATCH p = (:Entity {id: 'b'})-[:FACT*2..2]->(:Entity) RETURN p": [
+        {
+            "p": {
+                "nodes": [NODE_B, {"id": "c", "types": []}, {"id": "d", "types": []}],
+                "edges": [
+                    {"rel": "next", "split": "train"},
+                    {"rel": "next", "split": "train", "source": "book"},
+                ],
+            }
+        }
+    ],
+    "MATCH (e:Entity) WHERE e.id = 'b' RETURN collect(e) AS nodes, {nodes: collect(e), n: count(e)} AS m": [
+        {"nodes": [NODE_B], "m": {"nodes": [NODE_B], "n": 1}}
+    ],
+}
+
+
+@pytest.mark.parametrize("text", list(PLAIN_QUERIES))
+def test_query_returns_plain_values(store: GraphStore, text: str) -> None:
+    store.import_graph(small_graph())
+    assert store.query(text) == PLAIN_QUERIES[text]
+
+
+def test_facts_without_split_and_split_named_unsplit_add_up(store: GraphStore) -> None:
+    store.import_graph(small_graph())
+    store.upsert_facts([Triple("a", "r", "b")])
+    store.import_chunks([GraphChunk(triples=[Triple("b", "r", "c"), Triple("c", "r", "d")], split="unsplit")])
+    stats = store.stats()
+    assert (stats.triples, stats.splits) == (10, {"test": 2, "train": 4, "unsplit": 3, "valid": 1})
+    assert len(store.export().splits["unsplit"]) == 3
+    assert sorted(f.split or "-" for f in store.iter_facts() if f.relation == "r") == ["-", "unsplit", "unsplit"]
+
+
 def test_read_only_store_rejects_writes(open_: Opener) -> None:
     with open_() as writer:
         writer.import_graph(small_graph())

@@ -19,6 +19,7 @@ from typing import Any
 import neo4j
 import pytest
 from neo4j.exceptions import ConstraintError, Neo4jError, ServiceUnavailable
+from neo4j.graph import Graph, Node, Path
 
 from kelm.errors import ReadOnlyQueryError, StoreError
 from kelm.kg.model import Entity, GraphChunk, KnowledgeGraph, Provenance, Relation, Triple
@@ -183,6 +184,9 @@ class Record:
 
     def data(self) -> dict[str, Any]:
         return dict(self._row)
+
+    def items(self) -> list[tuple[str, Any]]:
+        return list(self._row.items())
 
 
 class Result:
@@ -498,6 +502,49 @@ def test_query_runs_in_a_read_transaction(server: FakeServer) -> None:
         with pytest.raises(ReadOnlyQueryError, match="read access mode"):
             store.query("CALL db.createLabel('Z')")
         assert server.calls[-1].mode == neo4j.READ_ACCESS
+
+
+def test_query_returns_plain_values_like_the_other_backends(server: FakeServer) -> None:
+    graph = Graph()
+    c = Node(graph, "4:g:0", 0, ["Entity"], {"id": "c", "types": []})
+    d = Node(graph, "4:g:1", 1, ["Entity"], {"id": "d", "types": []})
+    fact = graph.relationship_type("FACT")(graph, "5:g:0", 0, {"rel": "next", "split": "train", "source": "book"})
+    fact._start_node, fact._end_node = c, d
+    text = "MATCH p = (c:Entity {id: 'c'})-[f:FACT]->(d:Entity) RETURN p, c, f, [d] AS ds, {node: d, n: 1} AS m"
+    server.canned[text] = [{"p": Path(c, fact), "c": c, "f": fact, "ds": [d], "m": {"node": d, "n": 1}}]
+    with Neo4jStore("") as store:
+        assert store.query(text) == [
+            {
+                "p": {
+                    "nodes": [{"id": "c", "types": []}, {"id": "d", "types": []}],
+                    "edges": [{"rel": "next", "split": "train", "source": "book"}],
+                },
+                "c": {"id": "c", "types": []},
+                "f": {"rel": "next", "split": "train", "source": "book"},
+                "ds": [{"id": "d", "types": []}],
+                "m": {"node": {"id": "d", "types": []}, "n": 1},
+            }
+        ]
+
+
+def test_stats_and_incident_facts_read_in_one_transaction(server: FakeServer) -> None:
+    with Neo4jStore("") as store:
+        store.import_graph(small_graph())
+        store.upsert_facts([Triple("a", "r", "b")])
+        store.import_chunks([GraphChunk(triples=[Triple("b", "r", "c")], split="unsplit")])
+        server.calls.clear()
+        commits = server.commits
+        assert store.stats().splits == {"test": 1, "train": 2, "unsplit": 2}
+        assert len(store.incident_facts(["b"])) == 4
+        assert server.commits == commits + 2
+        assert server.statements() == [
+            cypher.COUNT_ENTITIES,
+            cypher.COUNT_RELATIONS,
+            cypher.COUNT_SPLITS,
+            cypher.OUT_FACTS,
+            cypher.IN_FACTS,
+        ]
+        assert {c.kind for c in server.calls} == {"read"}
 
 
 def test_read_only_store(server: FakeServer) -> None:

@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kelm.kg.io.formats import DEFAULT_BASE_IRI, DEFAULT_CHUNK_SIZE, triple_format
 from kelm.kg.io.lines import require_file
-from kelm.kg.io.rdf import TripleFilter, chunk_rdf, iter_rdf_triples, no_triples_error
+from kelm.kg.io.rdf import RdfMapper, iter_rdf_triples, map_rdf
 from kelm.kg.io.report import ReadReport
+from kelm.kg.io.streams import Numbered, TripleFilter, chunk_numbered, require_triples
 from kelm.kg.io.triples import iter_numbered_triples
 from kelm.kg.model import GraphChunk, Triple
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How files are read: bad lines skipped or fatal, chunk size, the report, the base IRI."""
+
+    skip_bad: bool = False
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    report: ReadReport = field(default_factory=ReadReport)
+    base_iri: str | None = DEFAULT_BASE_IRI
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1:
+            raise ValueError("chunk_size must be positive")
 
 
 def iter_triples(
@@ -30,59 +46,23 @@ def iter_triples(
     report = report if report is not None else ReadReport()
     if triple_format(path) != "delimited":
         return iter_rdf_triples(path, skip_bad=skip_bad, report=report, base_iri=base_iri)
-    return _iter_delimited_nonempty(path, delimiter, skip_bad, report)
-
-
-def _iter_delimited_nonempty(
-    path: Path, delimiter: str | None, skip_bad: bool, report: ReadReport
-) -> Iterator[Triple]:
-    skipped_before = report.skipped.get(str(path), 0)
-    count = 0
-    for _, triple in iter_numbered_triples(path, delimiter=delimiter, skip_bad=skip_bad, report=report):
-        count += 1
-        yield triple
-    if count == 0:
-        raise no_triples_error(path, report, skipped_before)
+    numbered = iter_numbered_triples(path, delimiter=delimiter, skip_bad=skip_bad, report=report)
+    return (triple for _, triple in require_triples(path, report, numbered))
 
 
 def chunk_file(
-    path: str | Path,
-    *,
-    split: str = "train",
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    skip_bad: bool = False,
-    report: ReadReport | None = None,
-    base_iri: str | None = DEFAULT_BASE_IRI,
-    accept: TripleFilter | None = None,
+    path: str | Path, split: str, options: ReadOptions, accept: TripleFilter | None = None
 ) -> Iterator[GraphChunk]:
     """Stream one triple file as chunks of ``split``; ``accept`` may drop or reject triples."""
-    if chunk_size < 1:
-        raise ValueError("chunk_size must be positive")
     path = require_file(path)
-    report = report if report is not None else ReadReport()
-    if triple_format(path) != "delimited":
-        yield from chunk_rdf(
-            path,
-            split=split,
-            chunk_size=chunk_size,
-            skip_bad=skip_bad,
-            report=report,
-            base_iri=base_iri,
-            accept=accept,
-        )
-        return
-    skipped_before = report.skipped.get(str(path), 0)
-    count = 0
-    batch: list[Triple] = []
-    for line, triple in iter_numbered_triples(path, skip_bad=skip_bad, report=report):
-        count += 1
-        if accept is not None and not accept(triple, line):
-            continue
-        batch.append(triple)
-        if len(batch) >= chunk_size:
-            yield GraphChunk(triples=batch, split=split)
-            batch = []
-    if count == 0:
-        raise no_triples_error(path, report, skipped_before)
-    if batch:
-        yield GraphChunk(triples=batch, split=split)
+    mapper = None
+    numbered: Numbered
+    if triple_format(path) == "delimited":
+        numbered = iter_numbered_triples(path, skip_bad=options.skip_bad, report=options.report)
+    else:
+        mapper = RdfMapper(options.base_iri, options.report)
+        numbered = map_rdf(path, mapper, skip_bad=options.skip_bad, report=options.report)
+    numbered = require_triples(path, options.report, numbered)
+    yield from chunk_numbered(
+        numbered, split=split, chunk_size=options.chunk_size, accept=accept, vocabulary=mapper
+    )

@@ -6,12 +6,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from kelm.errors import DataError
-from kelm.kg.io.chunks import chunk_file
+from kelm.kg.io.chunks import ReadOptions, chunk_file
 from kelm.kg.io.codex import ENTITY_TYPES, read_entity_types
 from kelm.kg.io.formats import DEFAULT_BASE_IRI, DEFAULT_CHUNK_SIZE, TRIPLE_SUFFIXES, triple_format
 from kelm.kg.io.lines import reject
-from kelm.kg.io.rdf import TripleFilter
 from kelm.kg.io.report import ReadReport
+from kelm.kg.io.streams import TripleFilter
 from kelm.kg.io.text import (
     ENTITY_IDS,
     RELATION_IDS,
@@ -73,9 +73,7 @@ class _Vocabulary:
             self.relations.add(t.relation)
 
 
-def _unseen_filter(
-    train: _Vocabulary, path: Path, dropped: list[int], *, skip_bad: bool, report: ReadReport
-) -> TripleFilter:
+def _unseen_filter(train: _Vocabulary, path: Path, dropped: list[int], options: ReadOptions) -> TripleFilter:
     """Reject (or drop and count) triples naming an entity or relation absent from train."""
 
     def accept(triple: Triple, line: int) -> bool:
@@ -88,7 +86,7 @@ def _unseen_filter(
             problem = f"relation {triple.relation!r} does not occur in the train split"
         if problem is None:
             return True
-        reject(problem, path, line, skip_bad=skip_bad, report=report)
+        reject(problem, path, line, skip_bad=options.skip_bad, report=options.report)
         dropped[0] += 1
         return False
 
@@ -96,15 +94,10 @@ def _unseen_filter(
 
 
 def _text_chunks(
-    seen: _Vocabulary,
-    text_folder: Path | None,
-    types_source: Path | None,
-    *,
-    chunk_size: int,
-    skip_bad: bool,
-    report: ReadReport,
+    seen: _Vocabulary, text_folder: Path | None, types_source: Path | None, options: ReadOptions
 ) -> Iterator[GraphChunk]:
     """Text and types for the ids in the graph (plus ids listed in entities/relations.txt)."""
+    skip_bad, report = options.skip_bad, options.report
     entities: dict[str, Entity] = {}
     relations: dict[str, Relation] = {}
     if text_folder is not None:
@@ -129,8 +122,8 @@ def _text_chunks(
     if relations:
         yield GraphChunk(relations=list(relations.values()))
     values = list(entities.values())
-    for start in range(0, len(values), chunk_size):
-        yield GraphChunk(entities=values[start : start + chunk_size])
+    for start in range(0, len(values), options.chunk_size):
+        yield GraphChunk(entities=values[start : start + options.chunk_size])
 
 
 def _listed_ids(path: Path, skip_bad: bool, report: ReadReport) -> list[str]:
@@ -156,30 +149,15 @@ def _resolve_types(path: Path, types_dir: str | Path | None) -> Path | None:
 
 
 def _iter_folder(
-    folder: Path,
-    files: dict[str, Path],
-    *,
-    skip_bad: bool,
-    chunk_size: int,
-    report: ReadReport,
-    base_iri: str | None,
-    types_dir: str | Path | None,
+    folder: Path, files: dict[str, Path], types_dir: str | Path | None, options: ReadOptions
 ) -> Iterator[GraphChunk]:
     seen, train = _Vocabulary(), _Vocabulary()
     for split, path in files.items():
         dropped = [0]
         accept = None
         if split in EVALUATION_SPLITS:
-            accept = _unseen_filter(train, path, dropped, skip_bad=skip_bad, report=report)
-        for chunk in chunk_file(
-            path,
-            split=split,
-            chunk_size=chunk_size,
-            skip_bad=skip_bad,
-            report=report,
-            base_iri=base_iri,
-            accept=accept,
-        ):
+            accept = _unseen_filter(train, path, dropped, options)
+        for chunk in chunk_file(path, split, options, accept):
             seen.add(chunk.triples)
             seen.entities.update(e.id for e in chunk.entities)
             seen.relations.update(r.id for r in chunk.relations)
@@ -187,39 +165,19 @@ def _iter_folder(
                 train.add(chunk.triples)
             yield chunk
         if dropped[0]:
-            report.warn(f"{dropped[0]} triples of {path} dropped: entity or relation not in train")
-    yield from _text_chunks(
-        seen,
-        folder,
-        _resolve_types(folder, types_dir),
-        chunk_size=chunk_size,
-        skip_bad=skip_bad,
-        report=report,
-    )
+            options.report.warn(f"{dropped[0]} triples of {path} dropped: entity or relation not in train")
+    yield from _text_chunks(seen, folder, _resolve_types(folder, types_dir), options)
 
 
-def _iter_file(
-    path: Path,
-    *,
-    split: str,
-    skip_bad: bool,
-    chunk_size: int,
-    report: ReadReport,
-    base_iri: str | None,
-    types_dir: str | Path | None,
-) -> Iterator[GraphChunk]:
+def _iter_file(path: Path, split: str, types_dir: str | Path | None, options: ReadOptions) -> Iterator[GraphChunk]:
     seen = _Vocabulary()
-    for chunk in chunk_file(
-        path, split=split, chunk_size=chunk_size, skip_bad=skip_bad, report=report, base_iri=base_iri
-    ):
+    for chunk in chunk_file(path, split, options):
         if types_dir is not None:
             seen.add(chunk.triples)
             seen.entities.update(e.id for e in chunk.entities)
         yield chunk
     if types_dir is not None:
-        yield from _text_chunks(
-            seen, None, Path(types_dir), chunk_size=chunk_size, skip_bad=skip_bad, report=report
-        )
+        yield from _text_chunks(seen, None, Path(types_dir), options)
 
 
 def iter_chunks(
@@ -238,17 +196,14 @@ def iter_chunks(
     splits are checked against train, or text and types are matched to the graph). A file's
     triples all go to ``split``. Text and types from side files come in chunks at the end.
     """
-    if chunk_size < 1:
-        raise ValueError("chunk_size must be positive")
+    options = ReadOptions(skip_bad, chunk_size, report if report is not None else ReadReport(), base_iri)
     path = Path(path)
-    report = report if report is not None else ReadReport()
     if not path.exists():
         raise DataError("file or folder not found", path)
-    options = dict(skip_bad=skip_bad, chunk_size=chunk_size, report=report, base_iri=base_iri)
     if path.is_dir():
-        return _iter_folder(path, find_split_files(path), types_dir=types_dir, **options)
+        return _iter_folder(path, find_split_files(path), types_dir, options)
     triple_format(path)
-    return _iter_file(path, split=split, types_dir=types_dir, **options)
+    return _iter_file(path, split, types_dir, options)
 
 
 def _relations_from_entities(kg: KnowledgeGraph) -> None:

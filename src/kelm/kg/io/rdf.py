@@ -7,7 +7,7 @@ is kept as a triple, and any other literal-valued triple is counted and skipped.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from rdflib import Literal
@@ -19,6 +19,7 @@ from kelm.kg.io.formats import DEFAULT_BASE_IRI, DEFAULT_CHUNK_SIZE, triple_form
 from kelm.kg.io.iris import term_to_id
 from kelm.kg.io.rdf_syntax import RdfStatement, iter_ntriples, iter_turtle
 from kelm.kg.io.report import ReadReport
+from kelm.kg.io.streams import chunk_numbered, require_triples
 from kelm.kg.model import Entity, GraphChunk, Relation, Triple
 
 LABEL_PREDICATES = frozenset(
@@ -35,9 +36,6 @@ DESCRIPTION_PREDICATES = frozenset(
 #: ``x rdf:type C`` with one of these classes declares ``x`` a relation instead of a fact.
 PROPERTY_CLASSES = frozenset({str(RDF.Property), str(OWL.ObjectProperty)})
 RDF_TYPE = str(RDF.type)
-
-#: Called with each triple and its line; returns whether to keep it (or raises).
-TripleFilter = Callable[[Triple, int], bool]
 
 
 def _language_rank(literal: Literal) -> int:
@@ -135,46 +133,12 @@ def iter_rdf_statements(
     raise DataError("not an RDF file (expected .nt or .ttl)", path)
 
 
-def no_triples_error(path: str | Path, report: ReadReport, skipped_before: int) -> DataError:
-    """The error for a triple file that held no triples, noting skipped lines."""
-    skipped = report.skipped.get(str(path), 0) - skipped_before
-    note = f" ({skipped} bad lines skipped)" if skipped else ""
-    return DataError(f"no triples in file{note}", path)
-
-
-def chunk_rdf(
-    path: str | Path,
-    *,
-    split: str = "train",
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    skip_bad: bool = False,
-    report: ReadReport | None = None,
-    base_iri: str | None = DEFAULT_BASE_IRI,
-    accept: TripleFilter | None = None,
-) -> Iterator[GraphChunk]:
-    """`iter_rdf_chunks` with an optional filter deciding, per triple and line, what to keep."""
-    if chunk_size < 1:
-        raise ValueError("chunk_size must be positive")
-    report = report if report is not None else ReadReport()
-    mapper = RdfMapper(base_iri, report)
-    skipped_before = report.skipped.get(str(path), 0)
-    triples: list[Triple] = []
-    count = 0
+def map_rdf(
+    path: str | Path, mapper: RdfMapper, *, skip_bad: bool = False, report: ReadReport | None = None
+) -> Iterator[tuple[int, Triple | None]]:
+    """``(line, triple)`` for each statement of an RDF file; None where it only carries text."""
     for line, s, p, o in iter_rdf_statements(path, skip_bad=skip_bad, report=report):
-        triple = mapper.map(s, p, o)
-        if triple is not None:
-            count += 1
-            if accept is None or accept(triple, line):
-                triples.append(triple)
-        if len(triples) >= chunk_size or mapper.pending >= chunk_size:
-            entities, relations = mapper.take_vocabulary()
-            yield GraphChunk(entities, relations, triples, split)
-            triples = []
-    if count == 0:
-        raise no_triples_error(path, report, skipped_before)
-    if triples or mapper.pending:
-        entities, relations = mapper.take_vocabulary()
-        yield GraphChunk(entities, relations, triples, split)
+        yield line, mapper.map(s, p, o)
 
 
 def iter_rdf_chunks(
@@ -191,9 +155,10 @@ def iter_rdf_chunks(
     Each chunk carries the entities and relations whose text or types were read since the
     previous chunk. IRIs under ``base_iri`` are turned back into plain ids (None keeps them).
     """
-    return chunk_rdf(
-        path, split=split, chunk_size=chunk_size, skip_bad=skip_bad, report=report, base_iri=base_iri
-    )
+    report = report if report is not None else ReadReport()
+    mapper = RdfMapper(base_iri, report)
+    numbered = require_triples(path, report, map_rdf(path, mapper, skip_bad=skip_bad, report=report))
+    return chunk_numbered(numbered, split=split, chunk_size=chunk_size, vocabulary=mapper)
 
 
 def iter_rdf_triples(
@@ -206,14 +171,8 @@ def iter_rdf_triples(
     """Stream the entity-to-entity triples of an RDF file; text literals are dropped."""
     report = report if report is not None else ReadReport()
     mapper = RdfMapper(base_iri, report)
-    skipped_before = report.skipped.get(str(path), 0)
-    count = 0
-    for _, s, p, o in iter_rdf_statements(path, skip_bad=skip_bad, report=report):
-        triple = mapper.map(s, p, o)
+    for _, triple in require_triples(path, report, map_rdf(path, mapper, skip_bad=skip_bad, report=report)):
         if triple is not None:
-            count += 1
             yield triple
         elif mapper.pending >= DEFAULT_CHUNK_SIZE:
             mapper.take_vocabulary()
-    if count == 0:
-        raise no_triples_error(path, report, skipped_before)

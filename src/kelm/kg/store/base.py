@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Any
 
 from kelm.errors import ReadOnlyQueryError, StoreError
 from kelm.kg.model import Entity, GraphChunk, KnowledgeGraph, Provenance, Relation, Triple
+from kelm.kg.store import cypher
 
 #: Called after each imported chunk with the number of triples it held.
 ProgressFn = Callable[[int], None]
@@ -58,6 +60,15 @@ class ImportReport:
     @property
     def triples_per_second(self) -> float:
         return self.triples / self.seconds if self.seconds > 0 else float("inf")
+
+    def add(self, entities: int, relations: int, triples: int, progress: ProgressFn | None = None) -> None:
+        """Count one imported chunk; ``progress`` hears of each chunk that holds triples."""
+        self.entities += entities
+        self.relations += relations
+        if triples:
+            self.triples += triples
+            if progress is not None:
+                progress(triples)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +162,6 @@ class GraphStore(ABC):
         """Release the connection."""
 
     # -- writing ---------------------------------------------------------------------------
-    @abstractmethod
     def import_chunks(
         self, chunks: Iterable[GraphChunk], *, replace: bool = False, progress: ProgressFn | None = None
     ) -> ImportReport:
@@ -160,6 +170,22 @@ class GraphStore(ABC):
         Entities referenced by triples are created when missing. With ``replace`` the old
         content is removed inside the same transaction.
         """
+        self._require_writable()
+        report = ImportReport()
+        start = time.perf_counter()
+        self._import(chunks, replace, report, progress)
+        report.seconds = time.perf_counter() - start
+        return report
+
+    @abstractmethod
+    def _import(
+        self, chunks: Iterable[GraphChunk], replace: bool, report: ImportReport, progress: ProgressFn | None
+    ) -> None:
+        """Write ``chunks`` atomically (see `import_chunks`), counting them into ``report``."""
+
+    @abstractmethod
+    def _require_writable(self) -> None:
+        """Raise `StoreError` if the store is open read-only."""
 
     def import_graph(
         self, kg: KnowledgeGraph, *, replace: bool = False, progress: ProgressFn | None = None
@@ -179,34 +205,83 @@ class GraphStore(ABC):
     def clear(self) -> None:
         """Remove everything."""
 
-    # -- reading ---------------------------------------------------------------------------
+    # -- reading: the shared Cypher of `cypher`, run through `_rows` -------------------------
     @abstractmethod
+    def _rows(self, text: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run one read-only statement: rows keyed by the RETURN names, values as the driver gives them."""
+
+    def _read_all(self, statements: Sequence[tuple[str, dict[str, Any] | None]]) -> list[list[dict[str, Any]]]:
+        """The rows of several read statements; backends with transactions run them in one."""
+        return [self._rows(text, params) for text, params in statements]
+
+    def _properties(self, value: Any) -> dict[str, Any] | None:
+        """The properties of a node or edge as `_rows` returns it; None for any other value."""
+        return None
+
+    def _path(self, value: Any) -> tuple[list[Any], list[Any]] | None:
+        """The nodes and edges of a path as `_rows` returns it; None for any other value."""
+        return None
+
+    def _plain(self, value: Any) -> Any:
+        """A query value as plain Python, the same on every backend.
+
+        Nodes and edges become dicts of their non-null properties, paths become
+        ``{"nodes": [...], "edges": [...]}``; lists and maps are converted inside.
+        """
+        props = self._properties(value)
+        if props is not None:
+            return {k: self._plain(v) for k, v in props.items() if v is not None}
+        path = self._path(value)
+        if path is not None:
+            nodes, edges = path
+            return {"nodes": [self._plain(n) for n in nodes], "edges": [self._plain(e) for e in edges]}
+        if isinstance(value, list):
+            return [self._plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self._plain(v) for k, v in value.items()}
+        return value
+
+    def query(self, cypher_text: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run read-only Cypher; rows come back as dicts keyed by the RETURN names (see `_plain`)."""
+        ensure_read_only(cypher_text)
+        return [{k: self._plain(v) for k, v in row.items()} for row in self._rows(cypher_text, params)]
+
     def stats(self) -> StoreStats:
-        """Entity, relation and per-split fact counts."""
+        """Entity, relation and per-split fact counts; facts without a split count as ``unsplit``."""
+        entities, relations, split_rows = self._read_all(
+            [(cypher.COUNT_ENTITIES, None), (cypher.COUNT_RELATIONS, None), (cypher.COUNT_SPLITS, None)]
+        )
+        splits: dict[str, int] = {}
+        for row in split_rows:
+            key = row["split"] or UNSPLIT
+            splits[key] = splits.get(key, 0) + row["n"]
+        return StoreStats(entities[0]["n"], relations[0]["n"], sum(splits.values()), dict(sorted(splits.items())))
 
-    @abstractmethod
-    def query(self, cypher: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Run read-only Cypher; rows come back as dicts keyed by the RETURN names."""
-
-    @abstractmethod
     def get_entities(self, ids: Sequence[str]) -> dict[str, Entity]:
         """Entities by id (missing ids are absent from the result)."""
+        return {r["id"]: _entity(r) for r in self._rows(cypher.ENTITIES_BY_ID, {"ids": list(ids)})}
 
-    @abstractmethod
     def iter_entities(self) -> Iterator[Entity]:
-        """Every entity."""
+        """Every entity, by id."""
+        for r in self._rows(cypher.ALL_ENTITIES):
+            yield _entity(r)
 
-    @abstractmethod
     def iter_relations(self) -> Iterator[Relation]:
-        """Every relation type."""
+        """Every relation type, by id."""
+        for r in self._rows(cypher.ALL_RELATIONS):
+            yield Relation(r["id"], r["label"], r["description"])
 
-    @abstractmethod
     def iter_facts(self, split: str | None = None) -> Iterator[Fact]:
         """Every fact, or those of one split."""
+        text, params = (cypher.ALL_FACTS, None) if split is None else (cypher.SPLIT_FACTS, {"split": split})
+        for r in self._rows(text, params):
+            yield Fact(**r)
 
-    @abstractmethod
     def incident_facts(self, ids: Sequence[str]) -> list[Fact]:
         """Facts with head or tail in ``ids`` (each once)."""
+        params = {"ids": list(ids)}
+        out, into = self._read_all([(cypher.OUT_FACTS, params), (cypher.IN_FACTS, params)])
+        return [Fact(**r) for r in out + into]
 
     # -- derived operations, shared by every backend ----------------------------------------
     def neighbors(self, entity: str, direction: str = "both", limit: int | None = None) -> list[Fact]:
@@ -289,3 +364,7 @@ class GraphStore(ABC):
         for f in self.iter_facts():
             kg.add_triples(f.split or UNSPLIT, [f.triple()])
         return kg
+
+
+def _entity(row: dict[str, Any]) -> Entity:
+    return Entity(row["id"], row["label"], row["description"], tuple(row["types"] or ()))

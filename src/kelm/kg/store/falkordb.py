@@ -14,10 +14,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 import redis
@@ -25,20 +24,10 @@ from falkordb import Edge, FalkorDB, Graph, Node, Path
 from redis.exceptions import RedisError, ResponseError
 
 from kelm.errors import ReadOnlyQueryError, StoreError
-from kelm.kg.model import Entity, GraphChunk, Provenance, Relation, Triple
+from kelm.kg.model import Entity, GraphChunk, Triple
 from kelm.kg.store import cypher
-from kelm.kg.store.base import (
-    UNSPLIT,
-    Fact,
-    GraphStore,
-    ImportReport,
-    ProgressFn,
-    StoreStats,
-    ensure_read_only,
-    entity_rows,
-    relation_rows,
-    triple_rows,
-)
+from kelm.kg.store.base import GraphStore, ImportReport, ProgressFn, entity_rows, triple_rows
+from kelm.kg.store.planning import batches, collapse_entities, collapse_triples, write_chunks
 
 DEFAULT_URI = "redis://127.0.0.1:6379"
 BATCH_SIZE = 10_000
@@ -94,110 +83,6 @@ def with_params(text: str, params: dict[str, Any] | None) -> str:
     if not params:
         return text
     return "CYPHER " + " ".join(f"{_key(k)}={cypher_literal(v)}" for k, v in params.items()) + " " + text
-
-
-def _plain(value: Any) -> Any:
-    """Nodes and edges as dicts of their properties; paths, lists and maps converted inside."""
-    if isinstance(value, Node | Edge):
-        return {k: _plain(v) for k, v in value.properties.items()}
-    if isinstance(value, Path):
-        return {"nodes": [_plain(n) for n in value.nodes()], "edges": [_plain(e) for e in value.edges()]}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
-def _first(*values: Any) -> Any:
-    return next((v for v in values if v is not None), None)
-
-
-def collapse_entities(entities: Iterable[Entity]) -> list[Entity]:
-    """One entity per id, as if each were upserted in turn (later non-empty fields win)."""
-    out: dict[str, Entity] = {}
-    for e in entities:
-        old = out.get(e.id)
-        if old is not None:
-            e = Entity(
-                e.id, _first(e.label, old.label), _first(e.description, old.description), e.types or old.types
-            )
-        out[e.id] = e
-    return list(out.values())
-
-
-def collapse_triples(triples: Iterable[Triple]) -> list[Triple]:
-    """One triple per ``(head, relation, tail)``, as if each were upserted in turn.
-
-    FalkorDB applies the SETs of one statement to a twice-matched edge in no sequential order.
-    """
-    out: dict[tuple[str, str, str], Triple] = {}
-    for t in triples:
-        old = out.get(t.key())
-        if old is None or old.provenance is None:
-            out[t.key()] = t
-        elif t.provenance is not None:
-            p, q = t.provenance, old.provenance
-            prov = Provenance(
-                _first(p.source, q.source), _first(p.confidence, q.confidence), _first(p.time, q.time)
-            )
-            out[t.key()] = Triple(t.head, t.relation, t.tail, prov)
-    return list(out.values())
-
-
-@dataclass
-class ChunkWrites:
-    """The statements (with parameter rows) that write one chunk, and how many ids are new."""
-
-    statements: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
-    entities: int = 0
-    relations: int = 0
-
-
-def chunk_writes(chunk: GraphChunk, known_entities: set[str], known_relations: set[str]) -> ChunkWrites:
-    """Plan a chunk for a store that holds ``known_*`` ids (the sets are updated).
-
-    New entities and relations (given, or only referenced by triples) are CREATEd, text of
-    known ones is MERGEd, and the triples are CREATEd as facts.
-    """
-    writes = ChunkWrites()
-    new_e: dict[str, Entity] = {}
-    old_e = []
-    for e in chunk.entities:
-        if e.id in known_entities:
-            old_e.append(e)
-        else:
-            new_e[e.id] = e
-    new_r: dict[str, Relation] = {}
-    old_r = []
-    for r in chunk.relations:
-        if r.id in known_relations:
-            old_r.append(r)
-        else:
-            new_r[r.id] = r
-    for t in chunk.triples:
-        for node in (t.head, t.tail):
-            if node not in known_entities and node not in new_e:
-                new_e[node] = Entity(node)
-        if t.relation not in known_relations and t.relation not in new_r:
-            new_r[t.relation] = Relation(t.relation)
-    known_entities.update(new_e)
-    known_relations.update(new_r)
-    plan = [
-        (cypher.CREATE_ENTITIES, entity_rows(new_e.values())),
-        (cypher.MERGE_ENTITIES, entity_rows(collapse_entities(old_e))),
-        (cypher.CREATE_RELATIONS, relation_rows(new_r.values())),
-        (cypher.MERGE_RELATIONS, relation_rows(old_r)),
-        (cypher.CREATE_FACTS, triple_rows(chunk.triples, chunk.split)),
-    ]
-    writes.statements = [(text, rows) for text, rows in plan if rows]
-    writes.entities, writes.relations = len(new_e), len(new_r)
-    return writes
-
-
-def _batches(rows: list[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(rows), size):
-        yield rows[start : start + size]
 
 
 class FalkorDBStore(GraphStore):
@@ -274,7 +159,7 @@ class FalkorDBStore(GraphStore):
     def _client_id(self) -> int:
         return int(self._command("CLIENT", "ID"))
 
-    def _rows(self, text: str, params: dict[str, Any] | None = None, plain: bool = False) -> list[dict]:
+    def _rows(self, text: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run a read-only statement through ``GRAPH.RO_QUERY``."""
         if self._db is None:
             raise StoreError(f"FalkorDB store '{self.name}' is closed")
@@ -287,9 +172,13 @@ class FalkorDBStore(GraphStore):
                 raise ReadOnlyQueryError(f"query is read-only: {err}") from None
             raise StoreError(f"FalkorDB: {err}") from None
         names = [col[1] for col in result.header]
-        if plain:
-            return [dict(zip(names, map(_plain, row), strict=True)) for row in result.result_set]
         return [dict(zip(names, row, strict=True)) for row in result.result_set]
+
+    def _properties(self, value: Any) -> dict[str, Any] | None:
+        return value.properties if isinstance(value, Node | Edge) else None
+
+    def _path(self, value: Any) -> tuple[list[Any], list[Any]] | None:
+        return (value.nodes(), value.edges()) if isinstance(value, Path) else None
 
     def _write(self, graph: Graph, text: str, params: dict[str, Any]) -> None:
         self._require_writable()
@@ -299,7 +188,7 @@ class FalkorDBStore(GraphStore):
             raise StoreError(f"FalkorDB: {err}") from None
 
     def _write_batches(self, graph: Graph, text: str, rows: list[Any], key: str = "rows") -> None:
-        for batch in _batches(rows, self.batch_size):
+        for batch in batches(rows, self.batch_size):
             self._write(graph, text, {key: batch})
 
     def _ensure_indexes(self, graph: Graph) -> None:
@@ -337,12 +226,10 @@ class FalkorDBStore(GraphStore):
         return stale
 
     # -- writing --------------------------------------------------------------------------
-    def import_chunks(
-        self, chunks: Iterable[GraphChunk], *, replace: bool = False, progress: ProgressFn | None = None
-    ) -> ImportReport:
-        self._require_writable()
-        report = ImportReport()
-        start = time.perf_counter()
+    def _import(
+        self, chunks: Iterable[GraphChunk], replace: bool, report: ImportReport, progress: ProgressFn | None
+    ) -> None:
+        """Copy-on-write: write into a staging copy of the graph, then rename it over the graph."""
         owner = self._client_id()
         staging_name = f"{self.name}{STAGING}{owner}.{uuid.uuid4().hex[:12]}"
         staging = self._db.select_graph(staging_name)
@@ -356,16 +243,7 @@ class FalkorDBStore(GraphStore):
                 raise StoreError(f"FalkorDB: {err}") from None
             known_e = self._ids(staging, cypher.ENTITY_IDS) if copied else set()
             known_r = self._ids(staging, cypher.RELATION_IDS) if copied else set()
-            for chunk in chunks:
-                writes = chunk_writes(chunk, known_e, known_r)
-                for text, rows in writes.statements:
-                    self._write_batches(staging, text, rows)
-                report.entities += writes.entities
-                report.relations += writes.relations
-                if chunk.triples:
-                    report.triples += len(chunk.triples)
-                    if progress is not None:
-                        progress(len(chunk.triples))
+            write_chunks(chunks, known_e, known_r, partial(self._write_batches, staging), report, progress)
             # A reconnect would give a new id: then a concurrent open may have dropped the staging key.
             if self._client_id() != owner:
                 raise StoreError(f"connection to FalkorDB at {self.uri} was lost during the import")
@@ -374,8 +252,6 @@ class FalkorDBStore(GraphStore):
             self._drop(staging_name)
             raise
         self._graph.schema.clear()
-        report.seconds = time.perf_counter() - start
-        return report
 
     def _drop(self, key: str) -> None:
         """Best-effort delete; a key left behind is removed by the next open."""
@@ -392,7 +268,7 @@ class FalkorDBStore(GraphStore):
         """Each batch is one atomic statement: endpoints, relation ids and facts together."""
         self._require_writable()
         triples = list(triples)
-        for batch in _batches(collapse_triples(triples), self.batch_size):
+        for batch in batches(collapse_triples(triples), self.batch_size):
             params = {
                 "ids": sorted({t.head for t in batch} | {t.tail for t in batch}),
                 "rel_ids": sorted({t.relation for t in batch}),
@@ -406,49 +282,7 @@ class FalkorDBStore(GraphStore):
         self._write(self._graph, cypher.DELETE_ALL, {})
 
     # -- reading --------------------------------------------------------------------------
-    def stats(self) -> StoreStats:
-        splits: dict[str, int] = {}
-        for row in self._rows(cypher.COUNT_SPLITS):
-            key = row["split"] or UNSPLIT
-            splits[key] = splits.get(key, 0) + row["n"]
-        return StoreStats(
-            entities=self._rows(cypher.COUNT_ENTITIES)[0]["n"],
-            relations=self._rows(cypher.COUNT_RELATIONS)[0]["n"],
-            triples=sum(splits.values()),
-            splits=dict(sorted(splits.items())),
-        )
-
     def query(self, cypher_text: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        ensure_read_only(cypher_text)
         # Another client may have rebuilt the graph: re-read label and property names.
         self._graph.schema.clear()
-        return self._rows(cypher_text, params, plain=True)
-
-    def get_entities(self, ids: Sequence[str]) -> dict[str, Entity]:
-        rows = self._rows(cypher.ENTITIES_BY_ID, {"ids": list(ids)})
-        return {r["id"]: _entity(r) for r in rows}
-
-    def iter_entities(self) -> Iterator[Entity]:
-        for r in self._rows(cypher.ALL_ENTITIES):
-            yield _entity(r)
-
-    def iter_relations(self) -> Iterator[Relation]:
-        for r in self._rows(cypher.ALL_RELATIONS):
-            yield Relation(r["id"], r["label"], r["description"])
-
-    def iter_facts(self, split: str | None = None) -> Iterator[Fact]:
-        if split is None:
-            rows = self._rows(cypher.ALL_FACTS)
-        else:
-            rows = self._rows(cypher.SPLIT_FACTS, {"split": split})
-        for r in rows:
-            yield Fact(**r)
-
-    def incident_facts(self, ids: Sequence[str]) -> list[Fact]:
-        params = {"ids": list(ids)}
-        rows = self._rows(cypher.OUT_FACTS, params) + self._rows(cypher.IN_FACTS, params)
-        return [Fact(**r) for r in rows]
-
-
-def _entity(row: dict[str, Any]) -> Entity:
-    return Entity(row["id"], row["label"], row["description"], tuple(row["types"] or ()))
+        return super().query(cypher_text, params)

@@ -8,8 +8,7 @@ back, and a killed process leaves only an uncommitted WAL that the next open dis
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +16,10 @@ import ladybug
 import pyarrow as pa
 
 from kelm.errors import StoreError
-from kelm.kg.model import Entity, GraphChunk, Relation, Triple
+from kelm.kg.model import Entity, GraphChunk, Triple
 from kelm.kg.store import cypher
-from kelm.kg.store.base import (
-    UNSPLIT,
-    Fact,
-    GraphStore,
-    ImportReport,
-    ProgressFn,
-    StoreStats,
-    ensure_read_only,
-    entity_rows,
-    relation_rows,
-    triple_rows,
-)
+from kelm.kg.store.base import GraphStore, ImportReport, ProgressFn, entity_rows, relation_rows, triple_rows
+from kelm.kg.store.planning import Vocabulary, plan_vocabulary
 
 DB_FILE = "graph.lbug"
 
@@ -107,6 +96,17 @@ class LadybugStore(GraphStore):
         names = result.get_column_names()
         return [dict(zip(names, row, strict=True)) for row in result.get_all()]
 
+    def _properties(self, value: Any) -> dict[str, Any] | None:
+        """Nodes and edges come back as dicts with internal ``_ID`` and ``_LABEL`` keys."""
+        if isinstance(value, dict) and "_ID" in value and "_LABEL" in value:
+            return {k: v for k, v in value.items() if not k.startswith("_")}
+        return None
+
+    def _path(self, value: Any) -> tuple[list[Any], list[Any]] | None:
+        if isinstance(value, dict) and "_NODES" in value and "_RELS" in value:
+            return value["_NODES"], value["_RELS"]
+        return None
+
     def _copy(self, table: str, data: pa.Table) -> None:
         if data.num_rows:
             # Ladybug resolves the Arrow table by its Python variable name.
@@ -121,25 +121,23 @@ class LadybugStore(GraphStore):
         except RuntimeError as err:
             raise StoreError(f"LadybugDB: {err}") from None
 
-    def _existing_ids(self, label: str) -> set[str]:
-        return {row["id"] for row in self._rows(f"MATCH (n:{label}) RETURN n.id AS id")}
+    def _existing_ids(self, text: str) -> set[str]:
+        return {row["id"] for row in self._rows(text)}
 
     # -- writing --------------------------------------------------------------------------
-    def import_chunks(
-        self, chunks: Iterable[GraphChunk], *, replace: bool = False, progress: ProgressFn | None = None
-    ) -> ImportReport:
-        self._require_writable()
-        report = ImportReport()
-        start = time.perf_counter()
+    def _import(
+        self, chunks: Iterable[GraphChunk], replace: bool, report: ImportReport, progress: ProgressFn | None
+    ) -> None:
+        """One transaction: COPY for new rows, MERGE for text of known entities and relations."""
         self._write("BEGIN TRANSACTION")
         try:
             if replace:
                 self._write(cypher.DELETE_ALL)
-            known_e = self._existing_ids("Entity")
-            known_r = self._existing_ids("Relation")
+            known_e = self._existing_ids(cypher.ENTITY_IDS)
+            known_r = self._existing_ids(cypher.RELATION_IDS)
             for chunk in chunks:
-                report.entities += self._add_entities(chunk.entities, chunk.triples, known_e)
-                report.relations += self._add_relations(chunk.relations, chunk.triples, known_r)
+                vocab = plan_vocabulary(chunk, known_e, known_r)
+                self._add_vocabulary(vocab)
                 if chunk.triples:
                     rows = triple_rows(chunk.triples, chunk.split)
                     data = pa.Table.from_pylist(
@@ -147,53 +145,24 @@ class LadybugStore(GraphStore):
                         schema=_FACT_SCHEMA,
                     )
                     self._copy("FACT", data)
-                    report.triples += len(rows)
-                    if progress is not None:
-                        progress(len(rows))
+                report.add(len(vocab.new_entities), len(vocab.new_relations), len(chunk.triples), progress)
             self._write("COMMIT")
         except BaseException:
             self._rollback()
             raise
-        report.seconds = time.perf_counter() - start
-        return report
 
-    def _add_entities(self, entities: list[Entity], triples: list[Triple], known: set[str]) -> int:
-        """COPY entities not in the store; MERGE text onto those already there."""
-        new: dict[str, Entity] = {}
-        updates = []
-        for e in entities:
-            if e.id in known:
-                updates.append(e)
-            else:
-                new[e.id] = e
-        for t in triples:
-            for node in (t.head, t.tail):
-                if node not in known and node not in new:
-                    new[node] = Entity(node)
-        if new:
-            self._copy("Entity", pa.Table.from_pylist(entity_rows(new.values()), schema=_ENTITY_SCHEMA))
-            known.update(new)
-        if updates:
-            self._write(cypher.MERGE_ENTITIES, {"rows": entity_rows(updates)})
-        return len(new)
-
-    def _add_relations(self, relations: list[Relation], triples: list[Triple], known: set[str]) -> int:
-        new: dict[str, Relation] = {}
-        updates = []
-        for r in relations:
-            if r.id in known:
-                updates.append(r)
-            else:
-                new[r.id] = r
-        for t in triples:
-            if t.relation not in known and t.relation not in new:
-                new[t.relation] = Relation(t.relation)
-        if new:
-            self._copy("Relation", pa.Table.from_pylist(relation_rows(new.values()), schema=_RELATION_SCHEMA))
-            known.update(new)
-        if updates:
-            self._write(cypher.MERGE_RELATIONS, {"rows": relation_rows(updates)})
-        return len(new)
+    def _add_vocabulary(self, vocab: Vocabulary) -> None:
+        """COPY entities and relations not in the store; MERGE text onto those already there."""
+        if vocab.new_entities:
+            rows = entity_rows(vocab.new_entities.values())
+            self._copy("Entity", pa.Table.from_pylist(rows, schema=_ENTITY_SCHEMA))
+        if vocab.old_entities:
+            self._write(cypher.MERGE_ENTITIES, {"rows": entity_rows(vocab.old_entities)})
+        if vocab.new_relations:
+            rows = relation_rows(vocab.new_relations.values())
+            self._copy("Relation", pa.Table.from_pylist(rows, schema=_RELATION_SCHEMA))
+        if vocab.old_relations:
+            self._write(cypher.MERGE_RELATIONS, {"rows": relation_rows(vocab.old_relations)})
 
     def upsert_entities(self, entities: Iterable[Entity]) -> int:
         self._require_writable()
@@ -233,52 +202,6 @@ class LadybugStore(GraphStore):
         if self.read_only:
             raise StoreError(f"store {self.path} is open read-only")
 
-    # -- reading --------------------------------------------------------------------------
-    def stats(self) -> StoreStats:
-        splits: dict[str, int] = {}
-        for row in self._rows(cypher.COUNT_SPLITS):
-            name = row["split"] or UNSPLIT
-            splits[name] = splits.get(name, 0) + row["n"]
-        return StoreStats(
-            entities=self._rows(cypher.COUNT_ENTITIES)[0]["n"],
-            relations=self._rows(cypher.COUNT_RELATIONS)[0]["n"],
-            triples=sum(splits.values()),
-            splits=dict(sorted(splits.items())),
-        )
-
-    def query(self, cypher_text: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        ensure_read_only(cypher_text)
-        return self._rows(cypher_text, params)
-
-    def get_entities(self, ids: Sequence[str]) -> dict[str, Entity]:
-        rows = self._rows(cypher.ENTITIES_BY_ID, {"ids": list(ids)})
-        return {r["id"]: _entity(r) for r in rows}
-
-    def iter_entities(self) -> Iterator[Entity]:
-        for r in self._rows(cypher.ALL_ENTITIES):
-            yield _entity(r)
-
-    def iter_relations(self) -> Iterator[Relation]:
-        for r in self._rows(cypher.ALL_RELATIONS):
-            yield Relation(r["id"], r["label"], r["description"])
-
-    def iter_facts(self, split: str | None = None) -> Iterator[Fact]:
-        if split is None:
-            rows = self._rows(cypher.ALL_FACTS)
-        else:
-            rows = self._rows(cypher.SPLIT_FACTS, {"split": split})
-        for r in rows:
-            yield Fact(**r)
-
-    def incident_facts(self, ids: Sequence[str]) -> list[Fact]:
-        params = {"ids": list(ids)}
-        rows = self._rows(cypher.OUT_FACTS, params) + self._rows(cypher.IN_FACTS, params)
-        return [Fact(**r) for r in rows]
-
 
 def _fact_props(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row[k] for k in ("split", "source", "confidence", "time")}
-
-
-def _entity(row: dict[str, Any]) -> Entity:
-    return Entity(row["id"], row["label"], row["description"], tuple(row["types"] or ()))

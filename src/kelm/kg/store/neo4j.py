@@ -9,28 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import neo4j
 from neo4j.exceptions import DriverError, Neo4jError
+from neo4j.graph import Node, Path, Relationship
 
 from kelm.errors import ReadOnlyQueryError, StoreError
-from kelm.kg.model import Entity, GraphChunk, Relation, Triple
+from kelm.kg.model import Entity, GraphChunk, Triple
 from kelm.kg.store import cypher
-from kelm.kg.store.base import (
-    UNSPLIT,
-    Fact,
-    GraphStore,
-    ImportReport,
-    ProgressFn,
-    StoreStats,
-    ensure_read_only,
-    entity_rows,
-    triple_rows,
-)
-from kelm.kg.store.falkordb import chunk_writes, collapse_entities, collapse_triples
+from kelm.kg.store.base import GraphStore, ImportReport, ProgressFn, entity_rows, triple_rows
+from kelm.kg.store.planning import batches, collapse_entities, collapse_triples, write_chunks
 
 DEFAULT_URI = "bolt://localhost:7687"
 DEFAULT_DATABASE = "neo4j"
@@ -45,12 +36,13 @@ Tx = Any  # a neo4j Transaction or ManagedTransaction: both have run()
 
 
 def _run(tx: Tx, text: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    return [record.data() for record in tx.run(text, params or {})]
+    """Rows keyed by the RETURN names, with the driver's node, relationship and path objects."""
+    return [dict(record.items()) for record in tx.run(text, params or {})]
 
 
 def _run_batches(tx: Tx, text: str, rows: list[dict[str, Any]], size: int) -> None:
-    for start in range(0, len(rows), size):
-        tx.run(text, {"rows": rows[start : start + size]}).consume()
+    for batch in batches(rows, size):
+        tx.run(text, {"rows": batch}).consume()
 
 
 class Neo4jStore(GraphStore):
@@ -103,11 +95,26 @@ class Neo4jStore(GraphStore):
         try:
             with self._session(read=True) as session:
                 return session.execute_read(work)
-        except (Neo4jError, DriverError) as err:
+        except Neo4jError as err:
+            # The server refuses writes in a read transaction (Neo.ClientError.Statement.AccessMode).
+            if "AccessMode" in (err.code or ""):
+                raise ReadOnlyQueryError(f"query is read-only: {err.message or err}") from None
+            raise StoreError(f"Neo4j: {err}") from None
+        except DriverError as err:
             raise StoreError(f"Neo4j: {err}") from None
 
     def _rows(self, text: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         return self._read(lambda tx: _run(tx, text, params))
+
+    def _read_all(self, statements: Sequence[tuple[str, dict[str, Any] | None]]) -> list[list[dict[str, Any]]]:
+        """One read transaction for all the statements: their results are consistent."""
+        return self._read(lambda tx: [_run(tx, text, params) for text, params in statements])
+
+    def _properties(self, value: Any) -> dict[str, Any] | None:
+        return dict(value.items()) if isinstance(value, Node | Relationship) else None
+
+    def _path(self, value: Any) -> tuple[list[Any], list[Any]] | None:
+        return (list(value.nodes), list(value.relationships)) if isinstance(value, Path) else None
 
     def _write(self, work: Callable[[Tx], T]) -> T:
         self._require_writable()
@@ -122,17 +129,15 @@ class Neo4jStore(GraphStore):
             raise StoreError(f"Neo4j database '{self.database}' is open read-only")
 
     # -- writing --------------------------------------------------------------------------
-    def import_chunks(
-        self, chunks: Iterable[GraphChunk], *, replace: bool = False, progress: ProgressFn | None = None
-    ) -> ImportReport:
-        self._require_writable()
-        report = ImportReport()
-        start = time.perf_counter()
+    def _import(
+        self, chunks: Iterable[GraphChunk], replace: bool, report: ImportReport, progress: ProgressFn | None
+    ) -> None:
+        """One explicit transaction, committed at the end or rolled back."""
         try:
             with self._session() as session:
                 tx = session.begin_transaction()
                 try:
-                    self._import(tx, chunks, replace, progress, report)
+                    self._import_in(tx, chunks, replace, progress, report)
                     tx.commit()
                 except BaseException:
                     with contextlib.suppress(Exception):
@@ -140,10 +145,8 @@ class Neo4jStore(GraphStore):
                     raise
         except (Neo4jError, DriverError) as err:
             raise StoreError(f"Neo4j import into '{self.database}' was rolled back: {err}") from None
-        report.seconds = time.perf_counter() - start
-        return report
 
-    def _import(
+    def _import_in(
         self,
         tx: Tx,
         chunks: Iterable[GraphChunk],
@@ -158,16 +161,8 @@ class Neo4jStore(GraphStore):
         else:
             known_e = {row["id"] for row in _run(tx, cypher.ENTITY_IDS)}
             known_r = {row["id"] for row in _run(tx, cypher.RELATION_IDS)}
-        for chunk in chunks:
-            writes = chunk_writes(chunk, known_e, known_r)
-            for text, rows in writes.statements:
-                _run_batches(tx, text, rows, self.batch_size)
-            report.entities += writes.entities
-            report.relations += writes.relations
-            if chunk.triples:
-                report.triples += len(chunk.triples)
-                if progress is not None:
-                    progress(len(chunk.triples))
+        write = partial(_run_batches, tx, size=self.batch_size)
+        write_chunks(chunks, known_e, known_r, write, report, progress)
 
     def upsert_entities(self, entities: Iterable[Entity]) -> int:
         entities = list(entities)
@@ -196,59 +191,3 @@ class Neo4jStore(GraphStore):
 
     def clear(self) -> None:
         self._write(lambda tx: tx.run(cypher.DELETE_ALL).consume())
-
-    # -- reading --------------------------------------------------------------------------
-    def stats(self) -> StoreStats:
-        def work(tx: Tx) -> tuple[int, int, list[dict[str, Any]]]:
-            entities = _run(tx, cypher.COUNT_ENTITIES)[0]["n"]
-            relations = _run(tx, cypher.COUNT_RELATIONS)[0]["n"]
-            return entities, relations, _run(tx, cypher.COUNT_SPLITS)
-
-        entities, relations, split_rows = self._read(work)
-        splits: dict[str, int] = {}
-        for row in split_rows:
-            key = row["split"] or UNSPLIT
-            splits[key] = splits.get(key, 0) + row["n"]
-        return StoreStats(entities, relations, sum(splits.values()), dict(sorted(splits.items())))
-
-    def query(self, cypher_text: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        ensure_read_only(cypher_text)
-        try:
-            with self._session(read=True) as session:
-                return session.execute_read(lambda tx: _run(tx, cypher_text, params))
-        except Neo4jError as err:
-            # The server refuses writes in a read transaction (Neo.ClientError.Statement.AccessMode).
-            if "AccessMode" in (err.code or ""):
-                raise ReadOnlyQueryError(f"query is read-only: {err.message or err}") from None
-            raise StoreError(f"Neo4j: {err}") from None
-        except DriverError as err:
-            raise StoreError(f"Neo4j: {err}") from None
-
-    def get_entities(self, ids: Sequence[str]) -> dict[str, Entity]:
-        rows = self._rows(cypher.ENTITIES_BY_ID, {"ids": list(ids)})
-        return {r["id"]: _entity(r) for r in rows}
-
-    def iter_entities(self) -> Iterator[Entity]:
-        for r in self._rows(cypher.ALL_ENTITIES):
-            yield _entity(r)
-
-    def iter_relations(self) -> Iterator[Relation]:
-        for r in self._rows(cypher.ALL_RELATIONS):
-            yield Relation(r["id"], r["label"], r["description"])
-
-    def iter_facts(self, split: str | None = None) -> Iterator[Fact]:
-        if split is None:
-            rows = self._rows(cypher.ALL_FACTS)
-        else:
-            rows = self._rows(cypher.SPLIT_FACTS, {"split": split})
-        for r in rows:
-            yield Fact(**r)
-
-    def incident_facts(self, ids: Sequence[str]) -> list[Fact]:
-        params = {"ids": list(ids)}
-        rows = self._read(lambda tx: _run(tx, cypher.OUT_FACTS, params) + _run(tx, cypher.IN_FACTS, params))
-        return [Fact(**r) for r in rows]
-
-
-def _entity(row: dict[str, Any]) -> Entity:
-    return Entity(row["id"], row["label"], row["description"], tuple(row["types"] or ()))
