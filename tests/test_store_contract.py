@@ -365,3 +365,36 @@ def test_backends_agree_on_the_same_input(tmp_path: Path, falkordb_server: Falko
                 )
             )
     assert seen[0] == seen[1]
+
+
+def reference_subgraph(kg: KnowledgeGraph, seeds: list[str], hops: int) -> tuple[dict[str, int], Counter]:
+    """Brute force: undirected BFS distances, then every fact with both ends reached."""
+    adj: dict[str, set[str]] = {}
+    facts = [t for ts in kg.splits.values() for t in ts]
+    for t in facts:
+        adj.setdefault(t.head, set()).add(t.tail)
+        adj.setdefault(t.tail, set()).add(t.head)
+    dist = {s: 0 for s in seeds}
+    frontier = list(seeds)
+    for hop in range(1, hops + 1):
+        nxt = sorted({n for f in frontier for n in adj.get(f, ()) if n not in dist})
+        dist.update({n: hop for n in nxt})
+        frontier = nxt
+    inside = Counter((t.head, t.relation, t.tail) for t in facts if t.head in dist and t.tail in dist)
+    return dist, inside
+
+
+@pytest.mark.parametrize("hops", [0, 1, 2, 3])
+def test_subgraph_equals_brute_force_on_a_random_graph(open_: Opener, hops: int) -> None:
+    rng = random.Random(hops)
+    kg = KnowledgeGraph()
+    triples = [Triple(f"e{rng.randrange(60)}", f"r{rng.randrange(4)}", f"e{rng.randrange(60)}") for _ in range(150)]
+    kg.add_triples("train", triples[:120])
+    kg.add_triples("test", triples[120:])
+    seeds = sorted(kg.entities)[:2]
+    with open_() as gs:
+        gs.import_graph(kg)
+        sg = gs.subgraph(seeds, hops=hops)
+    dist, inside = reference_subgraph(kg, seeds, hops)
+    assert sg.hops == dist
+    assert Counter((f.head, f.relation, f.tail) for f in sg.facts) == inside

@@ -164,6 +164,13 @@ HANDLERS: dict[str, Callable[[State, dict], list]] = {
     cypher.IN_FACTS: lambda s, p: [
         _fact_row(f) for f in s.facts if f["t"] in p["ids"] and f["h"] not in p["ids"]
     ],
+    cypher.INNER_FACTS: lambda s, p: [_fact_row(f) for f in s.facts if f["h"] in p["ids"] and f["t"] in p["ids"]],
+    cypher.OUT_NEIGHBORS: lambda s, p: [
+        {"src": h, "dst": t} for h, t in dict.fromkeys((f["h"], f["t"]) for f in s.facts if f["h"] in p["ids"])
+    ],
+    cypher.IN_NEIGHBORS: lambda s, p: [
+        {"src": t, "dst": h} for t, h in dict.fromkeys((f["t"], f["h"]) for f in s.facts if f["t"] in p["ids"])
+    ],
 }
 WRITES = set(CONSTRAINTS) | {
     cypher.CREATE_ENTITIES,

@@ -11,6 +11,8 @@ from kelm import __version__
 from kelm.cli import data as data_cmd
 from kelm.cli import demo as demo_cmd
 from kelm.cli import kg as kg_cmd
+from kelm.cli import plot as plot_cmd
+from kelm.cli import train as train_cmd
 from kelm.errors import KelmError
 from kelm.progress import console
 
@@ -24,6 +26,8 @@ app = typer.Typer(
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(kg_cmd.app, name="kg")
 app.command("demo")(demo_cmd.demo)
+app.command("train")(train_cmd.train)
+app.command("plot")(plot_cmd.plot)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,63 @@
+"""The task registry: a ``[task]`` table names a task and holds that task's settings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError, create_model
+
+from kelm.config import Section, format_validation_error
+from kelm.errors import ConfigError
+from kelm.tasks.base import Task
+
+DEFAULT_TASK = "causal-lm"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A registered task: its config model and a factory taking a validated config."""
+
+    config: type[Section]
+    factory: Callable[[Any], Task]
+
+
+def _causal_lm() -> TaskSpec:
+    from kelm.tasks.causal_lm import CausalLMConfig, CausalLMTask
+
+    return TaskSpec(CausalLMConfig, CausalLMTask)
+
+
+#: Task name → a loader of its spec (imported on first use).
+TASKS: dict[str, Callable[[], TaskSpec]] = {"causal-lm": _causal_lm}
+
+
+def task_names() -> list[str]:
+    return sorted(TASKS)
+
+
+def validate_task(section: dict[str, Any], source: str = "config") -> tuple[TaskSpec, Section]:
+    """Check a ``[task]`` table against its task's config model; errors name ``task.<key>``."""
+    section = dict(section)
+    name = section.setdefault("name", DEFAULT_TASK)
+    if name not in TASKS:
+        raise ConfigError(f"{source}: task.name: unknown task '{name}' (known: {', '.join(task_names())})")
+    spec = TASKS[name]()
+    wrapper = create_model("TaskTable", __base__=Section, task=(spec.config, ...))
+    try:
+        cfg = wrapper.model_validate({"task": section}).task  # type: ignore[attr-defined]
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+    if "text" in spec.config.model_fields and not cfg.text:
+        raise ConfigError(f"{source}: task.text: no text files given (set task.text or pass --text FILE)")
+    return spec, cfg
+
+
+def build_task(task_section: dict[str, Any], source: str = "config") -> Task:
+    """The task a ``[task]`` table describes (``name`` defaults to ``causal-lm``)."""
+    spec, cfg = validate_task(task_section, source)
+    return spec.factory(cfg)
+
+
+__all__ = ["TASKS", "Task", "TaskSpec", "build_task", "task_names", "validate_task"]

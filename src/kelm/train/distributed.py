@@ -10,6 +10,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+_SELF_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+_state = {"own_env": False}
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -29,12 +32,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def env_rank() -> int:
+    """This process's global rank from the launcher's environment (0 when not launched)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def launched_by_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
 def init_distributed(device: str | None = None) -> DistInfo:
     """Join (or create, when not launched by torchrun) the default process group."""
-    if "RANK" not in os.environ:
+    if not dist.is_initialized() and "RANK" not in os.environ:
         os.environ.update(
             RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
         )
+        _state["own_env"] = True
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -47,5 +60,10 @@ def init_distributed(device: str | None = None) -> DistInfo:
 
 
 def shutdown() -> None:
+    """Destroy the default group; forget the single-process environment `init_distributed` made up."""
     if dist.is_initialized():
         dist.destroy_process_group()
+    if _state["own_env"]:
+        for key in _SELF_ENV:
+            os.environ.pop(key, None)
+        _state["own_env"] = False

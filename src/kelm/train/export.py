@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from kelm.atomic import atomic_path, write_text_atomic
+from kelm.errors import DataError
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.toml"
@@ -41,8 +43,13 @@ def export_model(out_dir: Path, model: nn.Module, config: dict[str, Any]) -> Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / WEIGHTS) as tmp:
         save_file(tensors, str(tmp))
-    write_text_atomic(out_dir / CONFIG, tomli_w.dumps(_toml_safe(config)))
+    write_toml(out_dir / CONFIG, config)
     return out_dir / WEIGHTS
+
+
+def write_toml(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as TOML, atomically (None values are left out, tuples become arrays)."""
+    write_text_atomic(path, tomli_w.dumps(_toml_safe(data)))
 
 
 def load_weights(model: nn.Module, folder: Path) -> nn.Module:
@@ -53,6 +60,22 @@ def load_weights(model: nn.Module, folder: Path) -> nn.Module:
     if really_missing or unexpected:
         raise ValueError(f"weights do not match the model: missing {really_missing}, unexpected {unexpected}")
     return model
+
+
+def load_model(folder: str | Path) -> nn.Module:
+    """Rebuild an exported model from ``config.toml`` and load ``model.safetensors`` into it."""
+    folder = Path(folder)
+    try:
+        with (folder / CONFIG).open("rb") as fh:
+            spec = dict(tomllib.load(fh).get("model", {}))
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise DataError(f"cannot read the exported model config ({err})", folder / CONFIG) from None
+    kind = spec.pop("kind", None)
+    if kind != "gpt":
+        raise DataError(f"unknown model kind {kind!r} in [model]", folder / CONFIG)
+    from kelm.models.gpt import GPT, GPTConfig
+
+    return load_weights(GPT(GPTConfig(**spec)), folder)
 
 
 def _toml_safe(value: Any) -> Any:

@@ -6,14 +6,41 @@ import csv
 import json
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kelm.atomic import write_text_atomic
+from kelm.atomic import atomic_path, write_text_atomic
 from kelm.progress import progress_bar
 
 METRICS_CSV = "metrics.csv"
 RUN_JSON = "metrics.json"
+CSV_HEADER = ("step", "split", "name", "value")
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    step: int
+    split: str
+    name: str
+    value: float
+
+
+def read_metrics(run_dir: Path, upto: int | None = None) -> list[MetricRow]:
+    """The rows of ``run_dir``'s metrics CSV (those with ``step <= upto``, if given); [] without one."""
+    path = Path(run_dir) / METRICS_CSV
+    if not path.is_file():
+        return []
+    rows = []
+    with path.open(newline="", encoding="utf-8") as fh:
+        for rec in csv.DictReader(fh):
+            try:
+                row = MetricRow(int(rec["step"]), rec["split"], rec["name"], float(rec["value"]))
+            except (KeyError, TypeError, ValueError):
+                continue  # a line cut short by a crash
+            if upto is None or row.step <= upto:
+                rows.append(row)
+    return rows
 
 
 def git_revision() -> str | None:
@@ -34,7 +61,17 @@ def git_revision() -> str | None:
 class RunLogger:
     """Appends ``step,split,name,value`` rows; mirrors them to TensorBoard; drives the progress bar."""
 
-    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool, total_steps: int, start_step: int):
+    def __init__(
+        self,
+        out_dir: Path,
+        enabled: bool,
+        tensorboard: bool,
+        total_steps: int,
+        start_step: int,
+        history_from: Path | None = None,
+    ):
+        """``start_step > 0`` continues a run: rows up to that step are kept (copied from
+        ``history_from``'s CSV when the run continues in another folder), later ones dropped."""
         self.out_dir, self.enabled = out_dir, enabled
         self._writer = None
         self._bar_cm = None
@@ -42,16 +79,19 @@ class RunLogger:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / METRICS_CSV
-        new = not path.exists()
+        kept = read_metrics(history_from or out_dir, upto=start_step) if start_step else []
+        with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(CSV_HEADER)
+            writer.writerows([r.step, r.split, r.name, f"{r.value:.9g}"] for r in kept)
         self._csv_file = path.open("a", newline="", encoding="utf-8")
         self._csv = csv.writer(self._csv_file)
-        if new:
-            self._csv.writerow(["step", "split", "name", "value"])
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+                # Events at or after purge_step left by an interrupted attempt are discarded.
+                self._writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=start_step + 1)
             except ImportError:
                 self._writer = None
         self._bar_cm = progress_bar(transient=False)

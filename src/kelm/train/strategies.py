@@ -47,7 +47,8 @@ class Strategy:
 
     @contextlib.contextmanager
     def sync(self, model: nn.Module, last_micro_batch: bool) -> Iterator[None]:
-        """Context for one backward pass; gradients are synchronised on the last micro-batch only."""
+        """Context for one micro-batch's forward pass; gradients are synchronised on the last
+        micro-batch only. The backward pass may run inside or after the block."""
         yield
 
     def after_step(self, model: nn.Module, step: int) -> None:
@@ -119,6 +120,7 @@ class FSDP2Strategy(Strategy):
 
     @contextlib.contextmanager
     def sync(self, model: nn.Module, last_micro_batch: bool) -> Iterator[None]:
+        # The flag holds until the next call, so the backward pass may run after the block.
         setter = getattr(model, "set_requires_gradient_sync", None)
         if setter is not None:
             setter(last_micro_batch)
@@ -127,49 +129,59 @@ class FSDP2Strategy(Strategy):
 
 class DiLoCoStrategy(Strategy):
     """Local SGD / DiLoCo: each rank steps its inner optimizer alone; every H steps the ranks
-    average the pseudo-gradient (global − local parameters) and apply an outer Nesterov SGD step
-    to the shared global parameters. Communication happens only then."""
+    average the pseudo-gradient (global − local parameters) in one flat all-reduce and apply an
+    outer Nesterov SGD step to the shared global parameters, which then replace every rank's
+    local ones. Communication happens only then (and once in `wrap`, to start from rank 0's
+    parameters). With ``outer_lr=1`` and ``outer_momentum=0`` a sync is plain averaging."""
 
     name = "diloco"
 
     def wrap(self, model: nn.Module) -> nn.Module:
         model = super().wrap(model)
-        # Same start everywhere: rank 0's initial parameters.
-        for p in model.parameters():
-            dist.broadcast(p.data, src=0)
-        self._global = [p.detach().clone() for p in model.parameters()]
-        self._outer = torch.optim.SGD(
-            self._global, lr=self.cfg.outer_lr, momentum=self.cfg.outer_momentum, nesterov=True
-        )
+        params = list(model.parameters())
+        with torch.no_grad():
+            flat = _flatten(params)
+            dist.broadcast(flat, src=0)
+            _unflatten_into(flat, params)
+        self._global = flat
+        # Zero-initialised momentum gives the same first step as SGD's lazily created buffer,
+        # and a state_dict whose structure does not depend on whether a sync has happened yet.
+        self._momentum = torch.zeros_like(flat)
         return model
 
     @torch.no_grad()
     def after_step(self, model: nn.Module, step: int) -> None:
         if step % self.cfg.diloco_h:
             return
-        world = self.info.world_size
         params = list(model.parameters())
-        flat = torch.cat([(g - p.detach()).reshape(-1) for g, p in zip(self._global, params, strict=True)])
-        dist.all_reduce(flat)
-        flat /= world
-        offset = 0
-        for g in self._global:
-            n = g.numel()
-            g.grad = flat[offset : offset + n].view_as(g).clone()
-            offset += n
-        self._outer.step()
-        self._outer.zero_grad(set_to_none=True)
-        for g, p in zip(self._global, params, strict=True):
-            p.copy_(g)
+        delta = self._global - _flatten(params)
+        dist.all_reduce(delta)
+        delta /= self.info.world_size
+        mu = self.cfg.outer_momentum
+        self._momentum.mul_(mu).add_(delta)
+        update = delta.add_(self._momentum, alpha=mu) if mu else delta
+        self._global.sub_(update, alpha=self.cfg.outer_lr)
+        _unflatten_into(self._global, params)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"global": [g.detach().clone() for g in self._global], "outer": self._outer.state_dict()}
+        return {"global": self._global.clone(), "momentum": self._momentum.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        with torch.no_grad():
-            for g, saved in zip(self._global, state["global"], strict=True):
-                g.copy_(saved)
-        self._outer.load_state_dict(state["outer"])
+        self._global.copy_(state["global"])
+        self._momentum.copy_(state["momentum"])
+
+
+def _flatten(params: list[nn.Parameter]) -> torch.Tensor:
+    """A new 1-D tensor holding all parameters (detached), in order."""
+    return torch.cat([p.detach().reshape(-1) for p in params])
+
+
+def _unflatten_into(flat: torch.Tensor, params: list[nn.Parameter]) -> None:
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.data.copy_(flat[offset : offset + n].view_as(p))
+        offset += n
 
 
 def apply_activation_checkpointing(model: nn.Module) -> None:
@@ -188,6 +200,8 @@ def build_strategy(cfg: TrainConfig, info: DistInfo) -> Strategy:
     name = cfg.strategy
     if name == "single" and info.world_size > 1:
         raise ConfigError(f"strategy 'single' runs one process, but {info.world_size} were launched")
+    if cfg.powersgd and name != "ddp":
+        raise ConfigError(f"train.powersgd compresses DDP gradients; it does not apply to strategy '{name}'")
     classes = {"single": Strategy, "ddp": DDPStrategy, "fsdp2": FSDP2Strategy, "diloco": DiLoCoStrategy}
     if name not in classes:
         raise ConfigError(f"unknown strategy '{name}' (choose one of: {', '.join(STRATEGIES)})")

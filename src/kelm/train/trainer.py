@@ -6,7 +6,7 @@ import contextlib
 import math
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ from kelm.errors import ConfigError
 from kelm.tasks.base import Batch, Task
 from kelm.train import comm
 from kelm.train.checkpoint import (
+    CheckpointError,
+    checkpoint_dirs,
     find_checkpoint,
     load_checkpoint,
     model_fingerprint,
@@ -27,7 +29,8 @@ from kelm.train.checkpoint import (
 from kelm.train.config import TrainConfig
 from kelm.train.data import ShardedBatches, eval_batches
 from kelm.train.distributed import DistInfo, init_distributed
-from kelm.train.export import export_model
+from kelm.train.export import export_model, write_toml
+from kelm.train.fault import maybe_fail
 from kelm.train.logging import RunLogger, git_revision, timer, write_run_summary
 from kelm.train.schedule import build_scheduler
 from kelm.train.strategies import build_strategy
@@ -40,8 +43,38 @@ class TrainState:
     step: int = 0
     best: float | None = None
     bad_evals: int = 0
-    tokens: int = 0
+    # (sum of loss x weight, sum of weight) since the last log line, summed over ranks
+    window: list[float] = field(default_factory=lambda: [0.0, 0.0])
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+RUN_CONFIG = "config.toml"
+
+
+def run_dir_of(ckpt: Path) -> Path | None:
+    """The run folder a checkpoint folder belongs to (``RUN/checkpoints/step_N``), if it does."""
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
+
+
+def plan_resume(out_dir: Path, resume: Path | None) -> Path | None:
+    """The checkpoint a run into ``out_dir`` starts from, or None for a fresh start.
+
+    After an elastic restart (``TORCHELASTIC_RESTART_COUNT > 0``) the run's own latest
+    checkpoint wins. A fresh run, or one resumed from elsewhere, into a folder that already holds
+    checkpoints is refused rather than mixing two runs."""
+    own = out_dir / "checkpoints"
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    if restarted and checkpoint_dirs(own):
+        return find_checkpoint(out_dir)
+    ckpt = find_checkpoint(resume) if resume is not None else None
+    source = run_dir_of(ckpt) if ckpt is not None else None
+    continues_here = source is not None and source.resolve() == out_dir.resolve()
+    if checkpoint_dirs(own) and not continues_here:
+        raise ConfigError(
+            f"{out_dir} already holds checkpoints of a run; pass --resume {out_dir} to continue it "
+            "or choose another output folder"
+        )
+    return ckpt
 
 
 def seed_everything(seed: int) -> None:
@@ -122,35 +155,61 @@ class Trainer:
         )
 
     def _extra_state(self) -> dict[str, Any]:
+        """Rank 0's part of a checkpoint besides model and optimizer."""
         return {
-            "trainer": self.state.__dict__.copy(),
+            "trainer": asdict(self.state),
             "scheduler": self.scheduler.state_dict(),
             "data": self.loader.position.state_dict(),
-            "strategy": self.strategy.state_dict(),
+            "strategy": {"name": self.cfg.strategy, "state": self.strategy.state_dict()},
         }
 
-    def _restore(self, path: Path, info: DistInfo) -> int:
-        ckpt = find_checkpoint(path)
-        extra, saved_world = load_checkpoint(
-            ckpt, self.model, self.optimizer, self._extra_state(), self.fingerprint
+    def _local_state(self, info: DistInfo) -> dict[str, Any] | None:
+        """Per-rank state: DiLoCo replicas drift apart between syncs, so each rank keeps its own."""
+        if self.cfg.strategy != "diloco" or info.world_size == 1:
+            return None
+        return {"model": self.model.state_dict(), "optim": self.optimizer.state_dict()}
+
+    def _save(self, info: DistInfo, window: torch.Tensor) -> None:
+        # The open log window is summed onto rank 0, so it survives a change of world size.
+        dist.all_reduce(window)
+        if not info.is_main:
+            window.zero_()
+        self.state.window = window.tolist()
+        save_checkpoint(
+            self.out_dir / "checkpoints",
+            self.state.step,
+            self.model,
+            self.optimizer,
+            self._extra_state(),
+            self.fingerprint,
+            self.cfg.keep_checkpoints,
+            local=self._local_state(info),
         )
+        self._saved_step = self.state.step
+
+    def _restore(self, ckpt: Path, info: DistInfo) -> int:
+        extra, local, saved_world = load_checkpoint(ckpt, self.model, self.optimizer, self.fingerprint)
+        saved_strategy = extra["strategy"]["name"]
+        if saved_strategy == self.cfg.strategy:
+            self.strategy.load_state_dict(extra["strategy"]["state"])
+        elif self.strategy.state_dict():
+            raise CheckpointError(
+                f"checkpoint {ckpt} was saved with strategy '{saved_strategy}'; strategy "
+                f"'{self.cfg.strategy}' continues only from its own checkpoints"
+            )
         self.state = TrainState(**extra["trainer"])
+        if not info.is_main:
+            self.state.window = [0.0, 0.0]
         self.scheduler.load_state_dict(extra["scheduler"])
         self.loader.position.load_state_dict(extra["data"])
-        self.strategy.load_state_dict(extra["strategy"])
+        if local is not None:
+            self.model.load_state_dict(local["model"])
+            self.optimizer.load_state_dict(local["optim"])
         if saved_world != info.world_size:
             # RNG streams are per rank; at a new world size each rank reseeds from (seed, step, rank).
             seed_everything(self.cfg.seed + 7919 * self.state.step + info.rank)
+        self._saved_step = self.state.step
         return self.state.step
-
-    def _auto_resume_point(self) -> Path | None:
-        """After an elastic restart, continue from the run's own latest checkpoint."""
-        if self.resume is not None:
-            return self.resume
-        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-        if restarted and (self.out_dir / "checkpoints" / "latest").is_file():
-            return self.out_dir
-        return None
 
     # -- pieces of the loop -----------------------------------------------------------------
     def _micro_batches(self) -> Any:
@@ -181,27 +240,41 @@ class Trainer:
             st.best, st.bad_evals = value, 0
             return False
         st.bad_evals += 1
-        return st.bad_evals >= cfg.early_stopping_patience
+        return self._patience_exhausted()
+
+    def _patience_exhausted(self) -> bool:
+        patience = self.cfg.early_stopping_patience
+        return patience is not None and self.state.bad_evals >= patience
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         info = init_distributed()
-        self._setup(info)
         cfg = self.cfg
-        resume_from = self._auto_resume_point()
-        start_step = self._restore(resume_from, info) if resume_from is not None else 0
-        ckpt_root = self.out_dir / "checkpoints"
-        logger = RunLogger(self.out_dir, info.is_main, cfg.tensorboard, self.total_steps, start_step)
+        ckpt = plan_resume(self.out_dir, self.resume)
+        self._setup(info)
+        self._saved_step = -1
+        start_step = self._restore(ckpt, info) if ckpt is not None else 0
+        if info.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            write_toml(self.out_dir / RUN_CONFIG, self.run_config)
+        logger = RunLogger(
+            self.out_dir,
+            info.is_main,
+            cfg.tensorboard,
+            self.total_steps,
+            start_step,
+            history_from=run_dir_of(ckpt) if ckpt is not None else None,
+        )
         bytes_at_start = comm.bytes_sent()
         wall0 = timer()
         tokens_this_run = 0
         stream = self._micro_batches()
-        window_loss = torch.zeros(2, dtype=torch.float64)
+        window = torch.tensor(self.state.window, dtype=torch.float64)
         final_eval: dict[str, float] = {}
-        stopped_early = False
+        stopped_early = self._patience_exhausted()
         self.model.train()
         try:
-            while self.state.step < self.total_steps:
+            while self.state.step < self.total_steps and not stopped_early:
                 for micro in range(cfg.grad_accum):
                     batch = _to(next(stream), info.device)
                     last = micro == cfg.grad_accum - 1
@@ -209,7 +282,7 @@ class Trainer:
                         loss, _ = self.task.loss(self.model, batch)
                     (loss / cfg.grad_accum).backward()
                     w = self.task.batch_weight(batch)
-                    window_loss += torch.tensor([float(loss.detach()) * w, w], dtype=torch.float64)
+                    window += torch.tensor([float(loss.detach()) * w, w], dtype=torch.float64)
                     tokens_this_run += self.task.tokens(batch)
                 if cfg.clip_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
@@ -219,15 +292,17 @@ class Trainer:
                 self.state.step += 1
                 step = self.state.step
                 self.strategy.after_step(self.model, step)
+                maybe_fail("step", step, info.rank)
 
                 if step % cfg.log_every == 0 or step == self.total_steps:
-                    dist.all_reduce(window_loss)
-                    train_loss = float(window_loss[0] / window_loss[1])
-                    window_loss.zero_()
+                    dist.all_reduce(window)
+                    train_loss = float(window[0] / window[1])
+                    window.zero_()
                     lr = self.scheduler.get_last_lr()[0]
                     logger.log(step, "train", {"loss": train_loss, "lr": lr})
                     self.state.history.append({"step": step, "loss": train_loss})
-                    logger.progress(step, {"loss": train_loss, "tok/s": tokens_this_run / (timer() - wall0)})
+                    rate = tokens_this_run * info.world_size / max(timer() - wall0, 1e-9)
+                    logger.progress(step, {"loss": train_loss, "tok/s": rate})
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < self.total_steps:
                     metrics = self._evaluate(info)
                     logger.log(step, "valid", metrics)
@@ -235,31 +310,15 @@ class Trainer:
                         stopped_early = True
                         final_eval = metrics
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < self.total_steps:
-                    save_checkpoint(
-                        ckpt_root,
-                        step,
-                        self.model,
-                        self.optimizer,
-                        self._extra_state(),
-                        self.fingerprint,
-                        cfg.keep_checkpoints,
-                    )
-                if stopped_early:
-                    break
-            if not stopped_early:
+                    self._save(info, window)
+            if not final_eval:
                 final_eval = self._evaluate(info)
                 if final_eval:
                     logger.log(self.state.step, "valid", final_eval)
-            save_checkpoint(
-                ckpt_root,
-                self.state.step,
-                self.model,
-                self.optimizer,
-                self._extra_state(),
-                self.fingerprint,
-                cfg.keep_checkpoints,
-            )
-            export_model(self.out_dir / "model", self.model, {**self.task.model_config(), **self.run_config})
+            if self._saved_step != self.state.step:
+                self._save(info, window)
+            model_spec = {k: v for k, v in self.task.model_config().items() if k != "task"}
+            export_model(self.out_dir / "model", self.model, {**self.run_config, **model_spec})
         finally:
             logger.close()
         wall = timer() - wall0
@@ -271,9 +330,13 @@ class Trainer:
             "world_size": info.world_size,
             "git_revision": git_revision(),
             "steps": self.state.step,
+            "total_steps": self.total_steps,
             "start_step": start_step,
+            "resumed_from": str(ckpt) if ckpt is not None else None,
+            "epoch": self.loader.position.epoch,
             "stopped_early": stopped_early,
             "wall_seconds": wall,
+            "tokens": int(tok[0]),
             "tokens_per_second": float(tok[0]) / wall if wall > 0 else math.nan,
             "bytes_communicated": int(tok[1]),
             "final_train_loss": self.state.history[-1]["loss"] if self.state.history else None,

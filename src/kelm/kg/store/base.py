@@ -149,6 +149,9 @@ class GraphStore(ABC):
     """A knowledge graph held in a graph database."""
 
     backend: str = "abstract"
+    #: Statement for facts entering a set of entities (a backend may need a planner-friendly form).
+    in_facts_cypher: str = cypher.IN_FACTS
+    in_neighbors_cypher: str = cypher.IN_NEIGHBORS
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> GraphStore:
@@ -280,10 +283,19 @@ class GraphStore(ABC):
     def incident_facts(self, ids: Sequence[str]) -> list[Fact]:
         """Facts with head or tail in ``ids`` (each once)."""
         params = {"ids": list(ids)}
-        out, into = self._read_all([(cypher.OUT_FACTS, params), (cypher.IN_FACTS, params)])
+        out, into = self._read_all([(cypher.OUT_FACTS, params), (self.in_facts_cypher, params)])
         return [Fact(**r) for r in out + into]
 
     # -- derived operations, shared by every backend ----------------------------------------
+    def neighbor_ids(self, ids: Sequence[str]) -> dict[str, set[str]]:
+        """For each of ``ids``, the entities one fact away in either direction."""
+        params = {"ids": list(ids)}
+        out, into = self._read_all([(cypher.OUT_NEIGHBORS, params), (self.in_neighbors_cypher, params)])
+        found: dict[str, set[str]] = {}
+        for row in out + into:
+            found.setdefault(row["src"], set()).add(row["dst"])
+        return found
+
     def neighbors(self, entity: str, direction: str = "both", limit: int | None = None) -> list[Fact]:
         """Facts touching ``entity``: ``out`` (entity is head), ``in`` (tail) or ``both``."""
         if direction not in ("out", "in", "both"):
@@ -306,7 +318,7 @@ class GraphStore(ABC):
         fanout: int | None = None,
         seed: int = 0,
     ) -> Subgraph:
-        """The k-hop neighbourhood of ``seeds``: breadth-first, one query pair per hop.
+        """The k-hop neighbourhood of ``seeds``: breadth-first over neighbour ids, then one query for the facts.
 
         Edges are followed in both directions; the result holds every fact among the reached
         entities (the induced subgraph). ``fanout`` keeps at most that many new neighbours per
@@ -329,15 +341,10 @@ class GraphStore(ABC):
         for hop in range(1, hops + 1):
             if not frontier:
                 break
-            candidates: dict[str, set[str]] = {node: set() for node in frontier}
-            for f in self.incident_facts(frontier):
-                if f.head in candidates and f.tail not in dist:
-                    candidates[f.head].add(f.tail)
-                if f.tail in candidates and f.head not in dist:
-                    candidates[f.tail].add(f.head)
+            candidates = self.neighbor_ids(frontier)
             new: set[str] = set()
             for node in frontier:
-                found_here = sorted(candidates[node])
+                found_here = sorted(n for n in candidates.get(node, ()) if n not in dist)
                 if fanout is not None and len(found_here) > fanout:
                     found_here = rng.sample(found_here, fanout)
                 new.update(found_here)
@@ -350,7 +357,7 @@ class GraphStore(ABC):
             frontier = ordered
             if truncated:
                 break
-        facts = [f for f in self.incident_facts(list(dist)) if f.head in dist and f.tail in dist]
+        facts = [Fact(**r) for r in self._rows(cypher.INNER_FACTS, {"ids": list(dist)})]
         facts.sort(key=lambda f: (dist[f.head] + dist[f.tail], f.head, f.relation, f.tail))
         return Subgraph(seeds, self.get_entities(list(dist)), facts, dist, truncated)
 

@@ -8,7 +8,22 @@ FACT_COLUMNS = (
 # Facts leaving any of $ids, then facts entering them from outside $ids: each fact once.
 OUT_FACTS = f"MATCH (h:Entity)-[f:FACT]->(t:Entity) WHERE h.id IN $ids RETURN {FACT_COLUMNS}"
 IN_FACTS = (
-    f"MATCH (h:Entity)-[f:FACT]->(t:Entity) WHERE t.id IN $ids AND NOT h.id IN $ids RETURN {FACT_COLUMNS}"
+    f"MATCH (t:Entity)<-[f:FACT]-(h:Entity) WHERE t.id IN $ids AND NOT h.id IN $ids RETURN {FACT_COLUMNS}"
+)
+# FalkorDB's planner starts a labelled pattern from a label scan of `h` (a full scan); leaving `h`
+# unlabelled makes it start from the index on :Entity(id). Same answer, ~100x faster on CoDEx-M.
+IN_FACTS_UNLABELLED_HEAD = (
+    f"MATCH (t:Entity) WHERE t.id IN $ids MATCH (h)-[f:FACT]->(t) WHERE NOT h.id IN $ids RETURN {FACT_COLUMNS}"
+)
+# Facts with both ends in $ids. Two MATCH clauses so every planner starts from the index on h.
+# Neighbour ids only (for breadth-first search), both directions, each pair once.
+OUT_NEIGHBORS = "MATCH (h:Entity)-[:FACT]->(t:Entity) WHERE h.id IN $ids RETURN DISTINCT h.id AS src, t.id AS dst"
+IN_NEIGHBORS = "MATCH (t:Entity)<-[:FACT]-(h:Entity) WHERE t.id IN $ids RETURN DISTINCT t.id AS src, h.id AS dst"
+IN_NEIGHBORS_UNLABELLED_HEAD = (
+    "MATCH (t:Entity) WHERE t.id IN $ids MATCH (h)-[:FACT]->(t) RETURN DISTINCT t.id AS src, h.id AS dst"
+)
+INNER_FACTS = (
+    f"MATCH (h:Entity) WHERE h.id IN $ids MATCH (h)-[f:FACT]->(t:Entity) WHERE t.id IN $ids RETURN {FACT_COLUMNS}"
 )
 ALL_FACTS = f"MATCH (h:Entity)-[f:FACT]->(t:Entity) RETURN {FACT_COLUMNS}"
 SPLIT_FACTS = f"MATCH (h:Entity)-[f:FACT]->(t:Entity) WHERE f.split = $split RETURN {FACT_COLUMNS}"

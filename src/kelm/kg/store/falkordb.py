@@ -89,6 +89,8 @@ class FalkorDBStore(GraphStore):
     """A graph store in one named graph on a FalkorDB server."""
 
     backend = "falkordb"
+    in_facts_cypher = cypher.IN_FACTS_UNLABELLED_HEAD
+    in_neighbors_cypher = cypher.IN_NEIGHBORS_UNLABELLED_HEAD
 
     def __init__(
         self,

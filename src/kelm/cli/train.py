@@ -1,0 +1,114 @@
+"""`kelm train`: train a task from a TOML config, in this process or on several through torchrun."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+out = Console(highlight=False)
+
+
+def _worker_args(config: Path | None, out_dir: Path, resume: Path | None, flags: dict[str, Any]) -> list[str]:
+    """The same command for each worker: absolute paths, no launch flags."""
+    args = ["train"]
+    if config is not None:
+        args.append(str(config.resolve()))
+    args += ["--out", str(out_dir.resolve())]
+    if resume is not None:
+        args += ["--resume", str(resume.resolve())]
+    for flag, value in flags.items():
+        if value is None:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            args += [flag, str(item)]
+    return args
+
+
+def train(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, metrics, model.")],
+    config: Annotated[
+        Path | None, typer.Argument(help="TOML config with train and task tables; flags override it.")
+    ] = None,
+    strategy: Annotated[str | None, typer.Option(help="single, ddp, fsdp2 or diloco.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps (wins over --epochs).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Passes over the training data.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Global batch size, summed over processes.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for initialisation and data order.")] = None,
+    text: Annotated[
+        list[Path] | None, typer.Option("--text", metavar="FILE", help="Text file or folder for causal-lm (repeatable).")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue from a run folder or checkpoint folder.")
+    ] = None,
+    nproc: Annotated[int | None, typer.Option(help="Processes on this node (launches torchrun).")] = None,
+    max_restarts: Annotated[
+        int | None, typer.Option(help="Restart a failed job this often; it resumes from its last checkpoint.")
+    ] = None,
+    nnodes: Annotated[str | None, typer.Option(help="Nodes in the job: N or MIN:MAX.")] = None,
+    node_rank: Annotated[int | None, typer.Option(help="This node's rank (static rendezvous).")] = None,
+    rdzv_endpoint: Annotated[
+        str | None, typer.Option(help="HOST:PORT on the first node where the nodes meet.")
+    ] = None,
+    rdzv_id: Annotated[str | None, typer.Option(help="Job id shared by all nodes (c10d rendezvous).")] = None,
+) -> None:
+    """Train a model: checkpoints every N steps, metrics (CSV, TensorBoard, metrics.json), final model."""
+    from kelm.train.distributed import env_rank, launched_by_torchrun
+    from kelm.train.run import load_run_config, preflight, run_training
+
+    texts = [str(t.resolve()) for t in text] if text else None
+    overrides = {
+        "train.strategy": strategy,
+        "train.max_steps": max_steps,
+        "train.epochs": epochs,
+        "train.batch_size": batch_size,
+        "train.lr": lr,
+        "train.seed": seed,
+        "task.text": texts,
+    }
+    run = load_run_config(config, overrides, resume)
+    launch_flags = (nproc, max_restarts, nnodes, node_rank, rdzv_endpoint, rdzv_id)
+    if any(v is not None for v in launch_flags) and not launched_by_torchrun():
+        from kelm.train.launch import LaunchSpec, check_spec, launch
+
+        spec = LaunchSpec(
+            nproc=nproc if nproc is not None else 1,
+            max_restarts=max_restarts or 0,
+            nnodes=nnodes or "1",
+            node_rank=node_rank,
+            rdzv_endpoint=rdzv_endpoint,
+            rdzv_id=rdzv_id,
+        )
+        check_spec(spec)
+        preflight(run, out_dir, resume, spec.world_size or spec.nproc)
+        flags = {
+            "--strategy": strategy,
+            "--max-steps": max_steps,
+            "--epochs": epochs,
+            "--batch-size": batch_size,
+            "--lr": lr,
+            "--seed": seed,
+            "--text": texts,
+        }
+        launch(spec, _worker_args(config, out_dir, resume, flags), threads=run.config.train.threads)
+        return
+    summary = run_training(run, out_dir, resume=resume)
+    if env_rank() == 0:
+        print_summary(summary, out_dir)
+
+
+def print_summary(summary: dict[str, Any], out_dir: Path) -> None:
+    procs = summary["world_size"]
+    resumed = f", resumed at step {summary['start_step']}" if summary.get("start_step") else ""
+    early = ", stopped early" if summary.get("stopped_early") else ""
+    out.print(
+        f"[bold]trained[/] {summary['task']} for {summary['steps']} steps{resumed}{early} "
+        f"({summary['strategy']}, {procs} process{'es' if procs != 1 else ''}) in "
+        f"{summary['wall_seconds']:.1f} s, {summary['tokens_per_second']:,.0f} tokens/s"
+    )
+    if summary.get("valid"):
+        out.print("valid " + ", ".join(f"{k} {v:.4f}" for k, v in summary["valid"].items()))
+    out.print(f"run folder {out_dir}: metrics.csv, metrics.json, checkpoints/, model/")
