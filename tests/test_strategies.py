@@ -228,11 +228,7 @@ def _diloco_worker(rank: int, world: int, ckpt_dir: str) -> dict[str, Any]:
         opt.step()
         opt.zero_grad(set_to_none=True)
         strategy.after_step(model, step)
-        after = comm.stats()
-        out["comm"].append(
-            {op: (c.calls - before.get(op, comm.OpCount()).calls, c.bytes - before.get(op, comm.OpCount()).bytes)
-             for op, c in after.items()}
-        )
+        out["comm"].append({op: (c.calls, c.bytes) for op, c in comm.since(before).items()})
         out["after"].append(_flat(model))
     with torch.no_grad():
         out["loss_after"] = float(task.loss(model, held_out)[0])
@@ -286,9 +282,8 @@ def test_diloco_communicates_one_flat_all_reduce_every_h_steps(diloco_run: list[
     for res in diloco_run:
         flat_bytes = res["numel"] * 4
         for step, counts in enumerate(res["comm"], start=1):
-            sent = {op: c for op, c in counts.items() if c[0]}
             expected = {"all_reduce": (1, flat_bytes)} if step % H == 0 else {}
-            assert sent == expected, f"step {step}"
+            assert counts == expected, f"step {step}"
 
 
 def test_diloco_sync_makes_ranks_identical(diloco_run: list[dict[str, Any]]) -> None:
@@ -355,13 +350,11 @@ def _psgd_worker(rank: int, world: int) -> dict[str, Any]:
         per_step = []
         for step in range(PSGD_STEPS):
             x, y = xs[step % 2][rank::world], ys[step % 2][rank::world]
-            before = (comm.calls("all_reduce"), comm.bytes_sent("all_reduce"), comm.bytes_sent())
+            before = comm.stats()
             F.mse_loss(model(x), y).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            per_step.append(
-                (comm.calls("all_reduce") - before[0], comm.bytes_sent("all_reduce") - before[1], comm.bytes_sent() - before[2])
-            )
+            per_step.append({op: (c.calls, c.bytes) for op, c in comm.since(before).items()})
         out["powersgd" if powersgd else "plain"] = {
             "loss": (loss_before, full_loss(model.module)),
             "per_step": per_step,
@@ -387,10 +380,11 @@ def test_powersgd_sends_fewer_bytes_than_ddp(psgd_run: list[dict[str, Any]]) -> 
     # After two plain iterations: one all-reduce of the biases, one of P, one of Q (rank 2).
     compressed = 4 * (2 * WIDTH + 2 * (WIDTH * RANK) + 2 * (WIDTH * RANK))
     for res in psgd_run:
-        assert res["plain"]["per_step"] == [(1, full, full)] * PSGD_STEPS
-        assert res["powersgd"]["per_step"] == [(1, full, full)] * 2 + [(3, compressed, compressed)] * (PSGD_STEPS - 2)
-        plain_total = sum(b for _, b, _ in res["plain"]["per_step"])
-        psgd_total = sum(b for _, b, _ in res["powersgd"]["per_step"])
+        plain, psgd = res["plain"]["per_step"], res["powersgd"]["per_step"]
+        assert plain == [{"all_reduce": (1, full)}] * PSGD_STEPS
+        assert psgd == [{"all_reduce": (1, full)}] * 2 + [{"all_reduce": (3, compressed)}] * (PSGD_STEPS - 2)
+        plain_total = sum(s["all_reduce"][1] for s in plain)
+        psgd_total = sum(s["all_reduce"][1] for s in psgd)
         assert psgd_total < plain_total / 3
 
 
@@ -474,7 +468,8 @@ def test_trainer_ddp_losses_equal_single_process(
     reference = torch.tensor(single["single"]["losses"], dtype=torch.float64)
     assert len(reference) == TRAINER_STEPS
     for name in ("ddp", "fsdp2"):
-        torch.testing.assert_close(torch.tensor(multi[0][name]["losses"], dtype=torch.float64), reference, atol=1e-5, rtol=0)
+        losses = torch.tensor(multi[0][name]["losses"], dtype=torch.float64)
+        torch.testing.assert_close(losses, reference, atol=1e-5, rtol=0)
     _assert_close_dicts(multi[0]["ddp"]["params"], single["single"]["params"], atol=1e-5)
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-out = Console(highlight=False)
+out = Console(highlight=False, soft_wrap=True)
 
 
 def plot(

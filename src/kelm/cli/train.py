@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-out = Console(highlight=False)
+out = Console(highlight=False, soft_wrap=True)
 
 
 def _worker_args(config: Path | None, out_dir: Path, resume: Path | None, flags: dict[str, Any]) -> list[str]:
@@ -39,10 +39,11 @@ def train(
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for initialisation and data order.")] = None,
     text: Annotated[
-        list[Path] | None, typer.Option("--text", metavar="FILE", help="Text file or folder for causal-lm (repeatable).")
+        list[Path] | None,
+        typer.Option("--text", metavar="FILE", help="Text file or folder for causal-lm (repeatable)."),
     ] = None,
     resume: Annotated[
-        Path | None, typer.Option(help="Continue from a run folder or checkpoint folder.")
+        Path | None, typer.Option(help="Continue from a run or checkpoint folder (no CONFIG: reuse that run's config).")
     ] = None,
     nproc: Annotated[int | None, typer.Option(help="Processes on this node (launches torchrun).")] = None,
     max_restarts: Annotated[
@@ -50,9 +51,7 @@ def train(
     ] = None,
     nnodes: Annotated[str | None, typer.Option(help="Nodes in the job: N or MIN:MAX.")] = None,
     node_rank: Annotated[int | None, typer.Option(help="This node's rank (static rendezvous).")] = None,
-    rdzv_endpoint: Annotated[
-        str | None, typer.Option(help="HOST:PORT on the first node where the nodes meet.")
-    ] = None,
+    rdzv_endpoint: Annotated[str | None, typer.Option(help="HOST:PORT on the first node where the nodes meet.")] = None,
     rdzv_id: Annotated[str | None, typer.Option(help="Job id shared by all nodes (c10d rendezvous).")] = None,
 ) -> None:
     """Train a model: checkpoints every N steps, metrics (CSV, TensorBoard, metrics.json), final model."""

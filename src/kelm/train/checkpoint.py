@@ -206,6 +206,10 @@ def read_meta(ckpt: Path) -> dict[str, Any]:
             raise CheckpointError(
                 f"checkpoint {ckpt} is corrupt: {name} has {f.stat().st_size} bytes, {size} were written"
             )
+    try:  # DCP's own index; reading it here keeps DCP from logging its fallbacks on a bad one
+        dcp.FileSystemReader(str(ckpt)).read_metadata()
+    except Exception as err:
+        raise CheckpointError(f"checkpoint {ckpt} is corrupt: cannot read .metadata ({_first_line(err)})") from None
     return meta
 
 

@@ -106,6 +106,16 @@ def stats() -> dict[str, OpCount]:
         return {name: OpCount(c.calls, c.bytes) for name, c in _counts.items()}
 
 
+def since(snapshot: dict[str, OpCount]) -> dict[str, OpCount]:
+    """Counts since an earlier `stats` snapshot, for collectives called at least once since."""
+    out = {}
+    for name, now in stats().items():
+        then = snapshot.get(name, OpCount())
+        if now.calls > then.calls:
+            out[name] = OpCount(now.calls - then.calls, now.bytes - then.bytes)
+    return out
+
+
 def bytes_sent(op: str | None = None) -> int:
     """Payload bytes this process handed to counted collectives (of one kind, if ``op``) since `install`."""
     with _lock:

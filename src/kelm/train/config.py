@@ -40,6 +40,7 @@ class TrainConfig(Section):
     powersgd_rank: int = Field(2, ge=1)
     activation_checkpointing: bool = False
     diloco_h: int = Field(50, ge=1, description="inner steps between DiLoCo synchronisations")
+    diloco_compression: Literal["none", "bf16", "int8"] = "none"
     outer_lr: float = Field(0.7, gt=0)
     outer_momentum: float = Field(0.9, ge=0, lt=1)
     # checkpoints and logging

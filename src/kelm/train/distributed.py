@@ -55,7 +55,16 @@ def init_distributed(device: str | None = None) -> DistInfo:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        if launched_by_torchrun():
+            # The agent's store outlives a restart with the failed attempt's keys in it (peer
+            # addresses of dead processes); a prefix per attempt keeps the new group clear of them.
+            store, rank, world = next(dist.rendezvous("env://"))
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            prefixed = dist.PrefixStore(f"kelm/attempt_{attempt}", store)
+            dist.init_process_group(backend=backend, store=prefixed, rank=rank, world_size=world)
+        else:
+            dist.init_process_group(backend=backend)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dev)
 
 

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kelm.errors import ConfigError, KelmError
 
@@ -99,8 +101,7 @@ def launch(spec: LaunchSpec, worker_args: list[str], threads: int | None = None)
 
     check_spec(spec)
     argv = torchrun_argv(spec, worker_args)
-    limit, _ = local_capacity()
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads or max(1, limit // spec.nproc)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads or max(1, (os.cpu_count() or 1) // spec.nproc)))
     with tempfile.TemporaryDirectory(prefix="kelm-launch-") as error_dir:
         os.environ[ERROR_DIR_ENV] = error_dir
         try:
@@ -111,15 +112,19 @@ def launch(spec: LaunchSpec, worker_args: list[str], threads: int | None = None)
             os.environ.pop(ERROR_DIR_ENV, None)
 
 
-def _job_error(err: Exception, error_dir: Path, spec: LaunchSpec) -> KelmError:
-    reports = sorted(error_dir.glob("attempt*_rank*.txt"), key=_report_order)
+def _job_error(err: Any, error_dir: Path, spec: LaunchSpec) -> KelmError:
+    # only the last attempt's reports: an earlier attempt's error was followed by a restart
+    reports = [p for p in error_dir.glob("attempt*_rank*.txt") if _report_key(p)[0] == spec.max_restarts]
+    reports.sort(key=_report_key)
     if reports:
         code, _, message = reports[0].read_text(encoding="utf-8").partition("\n")
         failure = KelmError(message.strip())
         failure.exit_code = int(code)
         return failure
-    failures = getattr(err, "failures", {})
-    rank, first = min(failures.items()) if failures else (0, None)
+    # The root cause: the agent stops the other workers with SIGTERM once one has failed.
+    failures = sorted(getattr(err, "failures", {}).items())
+    causes = [(r, f) for r, f in failures if f.exitcode != -signal.SIGTERM] or failures
+    rank, first = causes[0] if causes else (0, None)
     if first is None:
         what = "failed"
     elif first.exitcode < 0:
@@ -130,10 +135,10 @@ def _job_error(err: Exception, error_dir: Path, spec: LaunchSpec) -> KelmError:
     return LaunchError(f"training failed{tries}: rank {rank} {what} (its output is above)")
 
 
-def _report_order(path: Path) -> tuple[int, int]:
-    """Latest attempt first, then lowest rank."""
+def _report_key(path: Path) -> tuple[int, int]:
+    """(attempt, rank) of a worker's error report."""
     attempt, rank = (int(x) for x in re.findall(r"\d+", path.name)[:2])
-    return (-attempt, rank)
+    return attempt, rank
 
 
 def report_worker_error(err: KelmError, rank: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from kelm.config import KelmConfig, Section, format_validation_error, read_toml,
 from kelm.errors import ConfigError
 from kelm.tasks import TaskSpec, validate_task
 from kelm.tasks.base import Task
-from kelm.train.checkpoint import CheckpointError, check_compatible, find_checkpoint, model_fingerprint, read_meta
+from kelm.train.checkpoint import check_compatible, find_checkpoint, model_fingerprint, read_meta
 from kelm.train.distributed import shutdown
 from kelm.train.trainer import RUN_CONFIG, Trainer, plan_resume, run_dir_of
 
@@ -39,10 +40,7 @@ class RunConfig:
 
 def _resume_config(resume: str | Path) -> Path | None:
     """The ``config.toml`` of the run a resume path belongs to, if it has one."""
-    try:
-        run_dir = run_dir_of(find_checkpoint(Path(resume)))
-    except CheckpointError:
-        return None
+    run_dir = run_dir_of(find_checkpoint(Path(resume)))
     path = run_dir / RUN_CONFIG if run_dir is not None else None
     return path if path is not None and path.is_file() else None
 
@@ -65,7 +63,8 @@ def load_run_config(
         data, source = read_toml(path), str(path)
         texts = data.get("task", {}).get("text") if isinstance(data.get("task"), dict) else None
         if isinstance(texts, list):
-            data["task"]["text"] = [str(path.parent / t) if isinstance(t, str) else t for t in texts]
+            base = path.parent.absolute()
+            data["task"]["text"] = [os.path.normpath(base / t) if isinstance(t, str) else t for t in texts]
     else:
         data, source = {}, "config"
     for key, value in (overrides or {}).items():
@@ -106,8 +105,10 @@ def run_training(
     run = config if isinstance(config, RunConfig) else load_run_config(config, overrides, resume)
     task = run.build_task()
     owns_group = not dist.is_initialized()
+    trainer = Trainer(task, run.config.train, out_dir, resume=resume, run_config=run.as_dict())
     try:
-        return Trainer(task, run.config.train, out_dir, resume=resume, run_config=run.as_dict()).fit()
+        return trainer.fit()
     finally:
+        trainer.close()
         if owns_group:
             shutdown()

@@ -147,6 +147,8 @@ class DiLoCoStrategy(Strategy):
         # Zero-initialised momentum gives the same first step as SGD's lazily created buffer,
         # and a state_dict whose structure does not depend on whether a sync has happened yet.
         self._momentum = torch.zeros_like(flat)
+        # What compression dropped at the last sync, added back at the next (error feedback).
+        self._residual = torch.zeros_like(flat)
         return model
 
     @torch.no_grad()
@@ -155,20 +157,66 @@ class DiLoCoStrategy(Strategy):
             return
         params = list(model.parameters())
         delta = self._global - _flatten(params)
-        dist.all_reduce(delta)
-        delta /= self.info.world_size
+        delta = self._average(delta)
         mu = self.cfg.outer_momentum
         self._momentum.mul_(mu).add_(delta)
         update = delta.add_(self._momentum, alpha=mu) if mu else delta
         self._global.sub_(update, alpha=self.cfg.outer_lr)
         _unflatten_into(self._global, params)
 
+    def _average(self, delta: torch.Tensor) -> torch.Tensor:
+        """Mean pseudo-gradient over ranks, sent as fp32, bf16 or blockwise int8 (with error feedback)."""
+        world, kind = self.info.world_size, self.cfg.diloco_compression
+        if kind == "none":
+            dist.all_reduce(delta)
+            return delta.div_(world)
+        delta += self._residual
+        if kind == "bf16":
+            sent = delta.to(torch.bfloat16)
+            self._residual = delta - sent.float()
+            gathered = torch.empty(world * sent.numel(), dtype=sent.dtype)
+            dist.all_gather_into_tensor(gathered, sent)
+            return gathered.float().view(world, -1).mean(0)
+        q, scale = quantize_int8(delta)
+        self._residual = delta - dequantize_int8(q, scale, delta.numel())
+        all_q = torch.empty(world * q.numel(), dtype=torch.int8)
+        all_scale = torch.empty(world * scale.numel(), dtype=scale.dtype)
+        dist.all_gather_into_tensor(all_q, q)
+        dist.all_gather_into_tensor(all_scale, scale)
+        parts = [
+            dequantize_int8(qi, si, delta.numel())
+            for qi, si in zip(all_q.view(world, -1), all_scale.view(world, -1), strict=True)
+        ]
+        return torch.stack(parts).mean(0)
+
     def state_dict(self) -> dict[str, Any]:
-        return {"global": self._global.clone(), "momentum": self._momentum.clone()}
+        return {
+            "global": self._global.clone(),
+            "momentum": self._momentum.clone(),
+            "residual": self._residual.clone(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._global.copy_(state["global"])
         self._momentum.copy_(state["momentum"])
+        if "residual" in state:
+            self._residual.copy_(state["residual"])
+
+
+INT8_BLOCK = 1024
+
+
+def quantize_int8(x: torch.Tensor, block: int = INT8_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric blockwise int8: each block of ``block`` values shares one fp32 scale (absmax / 127)."""
+    n = x.numel()
+    padded = torch.nn.functional.pad(x, (0, (-n) % block)).view(-1, block)
+    scale = padded.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+    q = torch.round(padded / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q.reshape(-1), scale
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, n: int, block: int = INT8_BLOCK) -> torch.Tensor:
+    return (q.view(-1, block).float() * scale[:, None]).reshape(-1)[:n]
 
 
 def _flatten(params: list[nn.Parameter]) -> torch.Tensor:

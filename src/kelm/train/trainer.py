@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import random
@@ -95,9 +96,7 @@ def build_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim
 
 def autocast_context(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast on devices that support it (``auto``: CUDA with bf16), else nothing."""
-    use = cfg.amp == "bf16" or (
-        cfg.amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    )
+    use = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
     if not use:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -117,6 +116,15 @@ class Trainer:
         self.task, self.cfg, self.out_dir = task, cfg, Path(out_dir)
         self.resume = Path(resume) if resume is not None else None
         self.run_config = run_config or {"train": cfg.model_dump()}
+
+    def close(self) -> None:
+        """Release the model, optimizer and strategy now, while the process group is alive.
+
+        A DDP or FSDP model holds the group and sits in reference cycles; left to the garbage
+        collector it may be freed during interpreter shutdown, where gloo's threads abort."""
+        for name in ("model", "optimizer", "scheduler", "strategy", "loader", "eval_set"):
+            self.__dict__.pop(name, None)
+        gc.collect()
 
     # -- set-up ---------------------------------------------------------------------------
     def _setup(self, info: DistInfo) -> None:
@@ -208,7 +216,9 @@ class Trainer:
         if saved_world != info.world_size:
             # RNG streams are per rank; at a new world size each rank reseeds from (seed, step, rank).
             seed_everything(self.cfg.seed + 7919 * self.state.step + info.rank)
-        self._saved_step = self.state.step
+        source = run_dir_of(ckpt)
+        if source is not None and source.resolve() == self.out_dir.resolve():
+            self._saved_step = self.state.step  # this folder already holds it
         return self.state.step
 
     # -- pieces of the loop -----------------------------------------------------------------
@@ -328,7 +338,7 @@ class Trainer:
             "task": self.task.name,
             "strategy": cfg.strategy,
             "world_size": info.world_size,
-            "git_revision": git_revision(),
+            "git_revision": git_revision() if info.is_main else None,
             "steps": self.state.step,
             "total_steps": self.total_steps,
             "start_step": start_step,
@@ -349,6 +359,4 @@ class Trainer:
 
 
 def _to(batch: Batch, device: torch.device) -> Batch:
-    return {
-        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
-    }
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
