@@ -482,3 +482,33 @@ def test_build_strategy_rejects_mismatched_settings() -> None:
         build_strategy(_cfg(strategy="single"), _info(0, 2))
     with pytest.raises(ConfigError, match="powersgd"):
         build_strategy(_cfg(strategy="fsdp2", powersgd=True), _info(0, 2))
+
+
+UNEVEN_CORPUS = CORPUS[:1600]  # 9 validation windows: 5 on rank 0 and 4 on rank 1
+
+
+def _uneven_worker(rank: int, world: int, root: str) -> dict[str, Any]:
+    from kelm.train.trainer import Trainer
+
+    task = CausalLMTask(CausalLMConfig(seq_len=16, d_model=32, n_layer=2, n_head=2), corpus=UNEVEN_CORPUS)
+    assert len(task.eval_data()) == 9
+    out = {}
+    for name, overrides in {
+        "fsdp2": {"strategy": "fsdp2"},
+        "diloco": {"strategy": "diloco", "diloco_h": 5},
+    }.items():
+        cfg = _cfg(batch_size=GLOBAL_BATCH, max_steps=7, eval_batch_size=4, lr=3e-3, **overrides)
+        trainer = Trainer(task, cfg, Path(root) / name)
+        summary = trainer.fit()
+        out[name] = {"valid": summary["valid"], "params": _params(trainer.strategy.unwrap(trainer.model))}
+    return out
+
+
+def test_uneven_eval_shares_and_unsynced_diloco_end_cleanly(tmp_path: Path) -> None:
+    """FSDP2 must not hang when ranks hold different numbers of eval samples, and a DiLoCo run
+    that stops between syncs (7 steps, H=5) syncs once more so every rank exports the same model."""
+    r0, r1 = run_distributed(_uneven_worker, WORLD, str(tmp_path), timeout=240)
+    for name in ("fsdp2", "diloco"):
+        assert math.isfinite(r0[name]["valid"]["loss"])
+        assert r0[name]["valid"] == r1[name]["valid"]
+        _assert_close_dicts(r0[name]["params"], r1[name]["params"], atol=0)

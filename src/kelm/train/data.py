@@ -81,8 +81,19 @@ def eval_batches(
     batch_size: int,
     rank: int,
     world: int,
+    equal_shares: bool = False,
 ) -> list[dict[str, Any]]:
-    """This rank's contiguous share of the evaluation set, in order, in batches."""
+    """This rank's contiguous share of the evaluation set, in order, in batches.
+
+    Shares are exact (every sample once) and may differ in size by rank. Strategies whose
+    forward pass is collective (FSDP2) need the same number of batches everywhere: with
+    ``equal_shares`` each share is padded to ``ceil(n / world)`` samples by wrapping around to the
+    start of the set, as ``DistributedSampler`` does, so up to ``world - 1`` samples count twice.
+    """
     per = -(-len(data) // world)
-    lo, hi = rank * per, min(len(data), (rank + 1) * per)
-    return [collate([data[i] for i in range(s, min(hi, s + batch_size))]) for s in range(lo, hi, batch_size)]
+    lo = rank * per
+    if equal_shares:
+        idx = [(lo + k) % len(data) for k in range(per)]
+    else:
+        idx = list(range(lo, min(len(data), lo + per)))
+    return [collate([data[i] for i in idx[s : s + batch_size]]) for s in range(0, len(idx), batch_size)]

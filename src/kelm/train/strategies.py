@@ -33,6 +33,8 @@ class Strategy:
     """Single process: no wrapping, no communication."""
 
     name = "single"
+    #: True when every rank must run each forward pass together (sharded parameters).
+    collective_forward = False
 
     def __init__(self, cfg: TrainConfig, info: DistInfo):
         self.cfg, self.info = cfg, info
@@ -53,6 +55,10 @@ class Strategy:
 
     def after_step(self, model: nn.Module, step: int) -> None:
         """Hook after each optimizer step."""
+
+    def finish(self, model: nn.Module, step: int) -> bool:
+        """Hook once training ends, before the final evaluation and export; True if it changed the model."""
+        return False
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -105,6 +111,7 @@ class FSDP2Strategy(Strategy):
     """``fully_shard`` on each repeated block, then on the root (parameters become DTensors)."""
 
     name = "fsdp2"
+    collective_forward = True
 
     def wrap(self, model: nn.Module) -> nn.Module:
         from torch.distributed.device_mesh import init_device_mesh
@@ -151,10 +158,19 @@ class DiLoCoStrategy(Strategy):
         self._residual = torch.zeros_like(flat)
         return model
 
-    @torch.no_grad()
     def after_step(self, model: nn.Module, step: int) -> None:
-        if step % self.cfg.diloco_h:
-            return
+        if step % self.cfg.diloco_h == 0:
+            self._sync(model)
+
+    def finish(self, model: nn.Module, step: int) -> bool:
+        """A last sync when training stops between syncs, so every rank ends with the same model."""
+        if step % self.cfg.diloco_h == 0:
+            return False
+        self._sync(model)
+        return True
+
+    @torch.no_grad()
+    def _sync(self, model: nn.Module) -> None:
         params = list(model.parameters())
         delta = self._global - _flatten(params)
         delta = self._average(delta)

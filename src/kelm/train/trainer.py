@@ -157,6 +157,7 @@ class Trainer:
                 cfg.eval_batch_size or cfg.batch_size,
                 info.rank,
                 info.world_size,
+                equal_shares=self.strategy.collective_forward,
             )
             if eval_data is not None
             else None
@@ -321,6 +322,8 @@ class Trainer:
                         final_eval = metrics
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < self.total_steps:
                     self._save(info, window)
+            if self.strategy.finish(self.model, self.state.step):
+                final_eval, self._saved_step = {}, None  # parameters changed: evaluate and save again
             if not final_eval:
                 final_eval = self._evaluate(info)
                 if final_eval:
