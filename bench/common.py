@@ -40,3 +40,29 @@ def emit(name: str, results: dict[str, Any], as_json: bool) -> None:
     print(f"== {name} on {payload['machine']['cpu']} ({payload['machine']['cores']} cores)")
     for key, value in results.items():
         print(f"{key}: {json.dumps(value)}")
+
+
+def bundled_text() -> str:
+    """The bundled UMLS entity descriptions (~190 KB of English), a small LM corpus that ships with kelm."""
+    from kelm.data import bundled_path
+
+    return str(bundled_path("umls") / "entity2textlong.txt")
+
+
+def train_run(config: dict[str, Any], out_dir: str, nproc: int = 1) -> dict[str, Any]:
+    """Run `kelm train` on a config dict (written as TOML) and return the run's metrics.json."""
+    import subprocess
+    from pathlib import Path
+
+    import tomli_w
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_file = out.parent / f"{out.name}.toml"
+    cfg_file.write_text(tomli_w.dumps(config))
+    cmd = [sys.executable, "-m", "kelm.cli", "train", str(cfg_file), "--out", str(out)]
+    if nproc > 1:
+        cmd += ["--nproc", str(nproc)]
+    env = {**os.environ, "KELM_PROGRESS": "0"}
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    return json.loads((out / "metrics.json").read_text())

@@ -422,9 +422,9 @@ def _trainer_worker(rank: int, world: int, root: str, runs: dict[str, dict[str, 
         if name == "diloco":
             # Resume from the mid-run checkpoint (after one sync, so the outer momentum is set).
             midway = Path(root) / name / "checkpoints" / f"step_{TRAINER_STEPS // 2:08d}"
-            resumed = Trainer(_task(), cfg, Path(root) / "diloco-resumed", resume=midway)
+            resumed = Trainer(_task(), cfg, Path(root) / f"{name}-resumed", resume=midway)
             resumed.fit()
-            results["diloco-resumed"] = {"params": _params(resumed.model)}
+            results[f"{name}-resumed"] = {"params": _params(resumed.strategy.unwrap(resumed.model))}
     dist.barrier()
     return results
 
@@ -453,12 +453,13 @@ def test_trainer_end_to_end(name: str, trainer_runs: tuple[Path, list[dict[str, 
     assert r0["summary"]["steps"] == TRAINER_STEPS and r0["summary"]["bytes_communicated"] > 0
 
 
-def test_trainer_diloco_resume_continues_exactly(
-    trainer_runs: tuple[Path, list[dict[str, Any]], dict[str, Any]],
+@pytest.mark.parametrize("name", ["diloco"])
+def test_trainer_resume_with_per_rank_state_continues_exactly(
+    name: str, trainer_runs: tuple[Path, list[dict[str, Any]], dict[str, Any]]
 ) -> None:
     _, multi, _ = trainer_runs
     for res in multi:
-        _assert_close_dicts(res["diloco-resumed"]["params"], res["diloco"]["params"], atol=0)
+        _assert_close_dicts(res[f"{name}-resumed"]["params"], res[name]["params"], atol=0)
 
 
 def test_trainer_ddp_losses_equal_single_process(

@@ -92,8 +92,6 @@ def eval_batches(
     """
     per = -(-len(data) // world)
     lo = rank * per
-    if equal_shares:
-        idx = [(lo + k) % len(data) for k in range(per)]
-    else:
-        idx = list(range(lo, min(len(data), lo + per)))
+    end = lo + per if equal_shares else min(len(data), lo + per)
+    idx = [k % len(data) for k in range(lo, end)]
     return [collate([data[i] for i in idx[s : s + batch_size]]) for s in range(0, len(idx), batch_size)]

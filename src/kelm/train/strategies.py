@@ -61,14 +61,31 @@ class Strategy:
         return False
 
     def state_dict(self) -> dict[str, Any]:
+        """State that is the same on every rank (saved once)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    def local_state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+        """State that differs by rank (saved per rank, restored only at the same world size)."""
+        return None
+
+    def load_local_state_dict(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+    ) -> None:
+        pass
+
 
 class DDPStrategy(Strategy):
-    """DistributedDataParallel, optionally with the PowerSGD gradient-compression hook."""
+    """DistributedDataParallel, optionally with the PowerSGD gradient-compression hook.
+
+    PowerSGD's error feedback and warm-start factors live in DDP's flat gradient buckets, whose
+    layout DDP rebuilds after the first iteration of every process; they are therefore not
+    checkpointed. A resumed PowerSGD run starts compression afresh (two uncompressed steps, zero
+    error feedback), so its curve after the resume point is close to, not equal to, an
+    uninterrupted run. Plain DDP resumes exactly.
+    """
 
     name = "ddp"
 
@@ -191,19 +208,31 @@ class DiLoCoStrategy(Strategy):
             sent = delta.to(torch.bfloat16)
             self._residual = delta - sent.float()
             gathered = torch.empty(world * sent.numel(), dtype=sent.dtype)
-            dist.all_gather_into_tensor(gathered, sent)
+            dist.all_gather_single(gathered, sent)
             return gathered.float().view(world, -1).mean(0)
         q, scale = quantize_int8(delta)
         self._residual = delta - dequantize_int8(q, scale, delta.numel())
         all_q = torch.empty(world * q.numel(), dtype=torch.int8)
         all_scale = torch.empty(world * scale.numel(), dtype=scale.dtype)
-        dist.all_gather_into_tensor(all_q, q)
-        dist.all_gather_into_tensor(all_scale, scale)
+        dist.all_gather_single(all_q, q)
+        dist.all_gather_single(all_scale, scale)
         parts = [
             dequantize_int8(qi, si, delta.numel())
             for qi, si in zip(all_q.view(world, -1), all_scale.view(world, -1), strict=True)
         ]
         return torch.stack(parts).mean(0)
+
+    def local_state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+        """Replicas drift apart between syncs, so each rank keeps its own model and inner optimizer."""
+        if self.info.world_size == 1:
+            return None
+        return {"model": model.state_dict(), "optim": optimizer.state_dict()}
+
+    def load_local_state_dict(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+    ) -> None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optim"])
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -173,10 +173,8 @@ class Trainer:
         }
 
     def _local_state(self, info: DistInfo) -> dict[str, Any] | None:
-        """Per-rank state: DiLoCo replicas drift apart between syncs, so each rank keeps its own."""
-        if self.cfg.strategy != "diloco" or info.world_size == 1:
-            return None
-        return {"model": self.model.state_dict(), "optim": self.optimizer.state_dict()}
+        """Per-rank state (DiLoCo replicas, PowerSGD error feedback), restored at the same world size."""
+        return self.strategy.local_state_dict(self.model, self.optimizer)
 
     def _save(self, info: DistInfo, window: torch.Tensor) -> None:
         # The open log window is summed onto rank 0, so it survives a change of world size.
@@ -212,8 +210,7 @@ class Trainer:
         self.scheduler.load_state_dict(extra["scheduler"])
         self.loader.position.load_state_dict(extra["data"])
         if local is not None:
-            self.model.load_state_dict(local["model"])
-            self.optimizer.load_state_dict(local["optim"])
+            self.strategy.load_local_state_dict(self.model, self.optimizer, local)
         if saved_world != info.world_size:
             # RNG streams are per rank; at a new world size each rank reseeds from (seed, step, rank).
             seed_everything(self.cfg.seed + 7919 * self.state.step + info.rank)
