@@ -8,9 +8,8 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from kelm.cli.kg import render_subgraph
+from kelm.cli.kg import render_subgraph, stats_table
 
 out = Console()
 
@@ -34,15 +33,7 @@ def demo(
             f"({res.report.seconds:.2f} s)",
             highlight=False,
         )
-        table = Table(title="store statistics")
-        table.add_column("what")
-        table.add_column("count", justify="right")
-        table.add_row("entities", f"{res.stats.entities:,}")
-        table.add_row("relations", f"{res.stats.relations:,}")
-        for split, n in res.stats.splits.items():
-            table.add_row(f"triples ({split})", f"{n:,}")
-        table.add_row("triples", f"{res.stats.triples:,}", style="bold")
-        out.print(table)
+        out.print(stats_table(res.stats, "store statistics"))
         out.print("[bold]a sampled 2-hop subgraph[/] (3 neighbours per entity and hop)")
         out.print(render_subgraph(res.subgraph))
         if store is None:

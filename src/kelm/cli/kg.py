@@ -23,7 +23,7 @@ from kelm.cli.options import (
 )
 from kelm.errors import ConfigError
 from kelm.kg.importer import import_source, open_source
-from kelm.kg.store.base import Subgraph
+from kelm.kg.store.base import StoreStats, Subgraph
 from kelm.progress import progress_bar
 
 app = typer.Typer(help="Knowledge graphs in a graph store.", no_args_is_help=True)
@@ -89,7 +89,12 @@ def stats_cmd(
     if as_json:
         typer.echo(json.dumps(stats.to_dict()))
         return
-    table = Table(title=f"{cfg.store.backend} store {cfg.store.path}")
+    out.print(stats_table(stats, f"{cfg.store.backend} store {cfg.store.path}"))
+
+
+def stats_table(stats: StoreStats, title: str) -> Table:
+    """Entities, relations and triples per split as a Rich table."""
+    table = Table(title=title)
     table.add_column("what")
     table.add_column("count", justify="right")
     table.add_row("entities", f"{stats.entities:,}")
@@ -97,7 +102,7 @@ def stats_cmd(
     for split, n in stats.splits.items():
         table.add_row(f"triples ({split})", f"{n:,}")
     table.add_row("triples", f"{stats.triples:,}", style="bold")
-    out.print(table)
+    return table
 
 
 def _parse_params(params: list[str]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,6 +37,10 @@ class Task(ABC):
 
     def eval_data(self) -> Sequence[Any] | None:
         """Indexable held-out samples, or None."""
+        return None
+
+    def test_data(self) -> Sequence[Any] | None:
+        """Indexable test samples, evaluated once after training (``test`` in metrics.json), or None."""
         return None
 
     @abstractmethod
@@ -68,6 +73,10 @@ class Task(ABC):
     def finalize_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         """Derive metrics that are not plain means (e.g. perplexity) after ranks are combined."""
         return metrics
+
+    def save_artifacts(self, folder: Path) -> None:
+        """Write what inference needs besides weights and config (vocabularies, label maps) into ``folder``."""
+        return None
 
     def model_config(self) -> dict[str, Any]:
         """What is needed to rebuild the model for inference (saved beside the weights)."""

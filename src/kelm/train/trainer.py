@@ -149,19 +149,8 @@ class Trainer:
             self.optimizer, self.total_steps, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio
         )
         self.state = TrainState()
-        eval_data = self.task.eval_data()
-        self.eval_set = (
-            eval_batches(
-                eval_data,
-                self.task.collate,
-                cfg.eval_batch_size or cfg.batch_size,
-                info.rank,
-                info.world_size,
-                equal_shares=self.strategy.collective_forward,
-            )
-            if eval_data is not None
-            else None
-        )
+        self.eval_set = self._eval_batches(self.task.eval_data(), info)
+        self.test_set = self._eval_batches(self.task.test_data(), info)
 
     def _extra_state(self) -> dict[str, Any]:
         """Rank 0's part of a checkpoint besides model and optimizer."""
@@ -225,14 +214,23 @@ class Trainer:
         while True:
             yield from self.loader
 
-    def _evaluate(self, info: DistInfo) -> dict[str, float]:
-        if self.eval_set is None:
+    def _eval_batches(self, data: Any, info: DistInfo) -> list[Batch] | None:
+        if data is None:
+            return None
+        size = self.cfg.eval_batch_size or self.cfg.batch_size
+        shares = self.strategy.collective_forward
+        return eval_batches(data, self.task.collate, size, info.rank, info.world_size, equal_shares=shares)
+
+    def _evaluate(self, info: DistInfo, batches: list[Batch] | None = None) -> dict[str, float]:
+        """Metrics over the validation set (or ``batches``), combined over ranks weighted by batch size."""
+        batches = self.eval_set if batches is None else batches
+        if batches is None:
             return {}
         self.model.eval()
         with torch.no_grad(), autocast_context(self.cfg, info.device):
-            local = self.task.evaluate(self.model, [_to(b, info.device) for b in self.eval_set])
+            local = self.task.evaluate(self.model, [_to(b, info.device) for b in batches])
         self.model.train()
-        n = float(sum(self.task.batch_weight(b) for b in self.eval_set))
+        n = float(sum(self.task.batch_weight(b) for b in batches))
         keys = sorted(local)
         buf = torch.tensor([local[k] * n for k in keys] + [n], dtype=torch.float64)
         dist.all_reduce(buf)
@@ -327,8 +325,13 @@ class Trainer:
                     logger.log(self.state.step, "valid", final_eval)
             if self._saved_step != self.state.step:
                 self._save(info, window)
+            test_metrics = self._evaluate(info, self.test_set) if self.test_set is not None else {}
+            if test_metrics:
+                logger.log(self.state.step, "test", test_metrics)
             model_spec = {k: v for k, v in self.task.model_config().items() if k != "task"}
             export_model(self.out_dir / "model", self.model, {**self.run_config, **model_spec})
+            if info.is_main:
+                self.task.save_artifacts(self.out_dir / "model")
         finally:
             logger.close()
         wall = timer() - wall0
@@ -351,6 +354,7 @@ class Trainer:
             "bytes_communicated": int(tok[1]),
             "final_train_loss": self.state.history[-1]["loss"] if self.state.history else None,
             "valid": final_eval,
+            "test": test_metrics,
             "config": self.run_config,
         }
         if info.is_main:

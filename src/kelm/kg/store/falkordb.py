@@ -102,6 +102,7 @@ class FalkorDBStore(GraphStore):
         username: str | None = None,
         password: str | None = None,
         connect_timeout: float = 5.0,
+        read_timeout: float | None = None,
     ):
         if not name:
             raise StoreError("a FalkorDB store needs a graph name")
@@ -119,6 +120,9 @@ class FalkorDBStore(GraphStore):
                 username=username,
                 password=password,
                 socket_connect_timeout=connect_timeout,
+                # redis-py gives up on a reply after 5 s by default; a large export or
+                # neighbourhood query can take longer, so reads wait unless told otherwise.
+                socket_timeout=read_timeout,
             )
             # One connection for the store's lifetime: its server-side id marks our staging keys.
             self._db = FalkorDB(connection_pool=pool, single_connection_client=True)
