@@ -29,8 +29,14 @@ def _causal_lm() -> TaskSpec:
     return TaskSpec(CausalLMConfig, CausalLMTask)
 
 
+def _link_prediction() -> TaskSpec:
+    from kelm.tasks.link_prediction import LinkPredictionConfig, LinkPredictionTask
+
+    return TaskSpec(LinkPredictionConfig, LinkPredictionTask)
+
+
 #: Task name → a loader of its spec (imported on first use).
-TASKS: dict[str, Callable[[], TaskSpec]] = {"causal-lm": _causal_lm}
+TASKS: dict[str, Callable[[], TaskSpec]] = {"causal-lm": _causal_lm, "link-prediction": _link_prediction}
 
 
 def task_names() -> list[str]:

@@ -1,0 +1,175 @@
+"""`kelm kge`: train knowledge-graph embeddings for link prediction and query a trained model."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kelm.errors import ConfigError, DataError
+
+app = typer.Typer(help="Knowledge-graph embeddings: link prediction.", no_args_is_help=True)
+out = Console(highlight=False, soft_wrap=True)
+
+
+@app.command("train")
+def train_cmd(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, metrics, model.")],
+    config: Annotated[
+        Path | None, typer.Argument(help="TOML config with train and task tables; flags override it.")
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="Data-set name (see 'kelm data list') or folder.")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder of data sets.")] = None,
+    model: Annotated[str | None, typer.Option(help="transe, distmult, complex, rotate or rescal.")] = None,
+    dim: Annotated[int | None, typer.Option(help="Embedding size.")] = None,
+    training: Annotated[str | None, typer.Option(help="1-n or negative-sampling.")] = None,
+    strategy: Annotated[str | None, typer.Option(help="single, ddp, fsdp2 or diloco.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps (wins over --epochs).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Passes over the training data.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Global batch size, summed over processes.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for initialisation and data order.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue from a run or checkpoint folder.")] = None,
+    nproc: Annotated[int | None, typer.Option(help="Processes on this node (launches torchrun).")] = None,
+    max_restarts: Annotated[int | None, typer.Option(help="Restart a failed job this often.")] = None,
+    nnodes: Annotated[str | None, typer.Option(help="Nodes in the job: N or MIN:MAX.")] = None,
+    node_rank: Annotated[int | None, typer.Option(help="This node's rank (static rendezvous).")] = None,
+    rdzv_endpoint: Annotated[str | None, typer.Option(help="HOST:PORT on the first node where the nodes meet.")] = None,
+    rdzv_id: Annotated[str | None, typer.Option(help="Job id shared by all nodes (c10d rendezvous).")] = None,
+) -> None:
+    """Train a link-prediction model through the same engine and launcher as `kelm train`."""
+    from kelm.cli.train import _worker_args, print_summary
+    from kelm.train.distributed import env_rank, launched_by_torchrun
+    from kelm.train.run import load_run_config, preflight, run_training
+
+    if dataset is not None and Path(dataset).exists():
+        dataset = str(Path(dataset).resolve())
+    data_root = str(data_dir.resolve()) if data_dir is not None else None
+    overrides = {
+        "task.name": "link-prediction",
+        "task.dataset": dataset,
+        "task.data_dir": data_root,
+        "task.model": model,
+        "task.dim": dim,
+        "task.training": training,
+        "train.strategy": strategy,
+        "train.max_steps": max_steps,
+        "train.epochs": epochs,
+        "train.batch_size": batch_size,
+        "train.lr": lr,
+        "train.seed": seed,
+    }
+    run = load_run_config(config, overrides, resume)
+    launch_flags = (nproc, max_restarts, nnodes, node_rank, rdzv_endpoint, rdzv_id)
+    if any(v is not None for v in launch_flags) and not launched_by_torchrun():
+        from kelm.train.launch import LaunchSpec, check_spec, launch
+
+        spec = LaunchSpec(
+            nproc=nproc if nproc is not None else 1,
+            max_restarts=max_restarts or 0,
+            nnodes=nnodes or "1",
+            node_rank=node_rank,
+            rdzv_endpoint=rdzv_endpoint,
+            rdzv_id=rdzv_id,
+        )
+        check_spec(spec)
+        preflight(run, out_dir, resume, spec.world_size or spec.nproc)
+        flags = {
+            "--dataset": dataset,
+            "--data-dir": data_root,
+            "--model": model,
+            "--dim": dim,
+            "--training": training,
+            "--strategy": strategy,
+            "--max-steps": max_steps,
+            "--epochs": epochs,
+            "--batch-size": batch_size,
+            "--lr": lr,
+            "--seed": seed,
+        }
+        launch(spec, ["kge", *_worker_args(config, out_dir, resume, flags)], threads=run.config.train.threads)
+        return
+    summary = run_training(run, out_dir, resume=resume)
+    if env_rank() == 0:
+        print_summary(summary, out_dir)
+        if summary.get("test"):
+            out.print("test " + ", ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))
+
+
+def _find(name: str, ids: list[str], labels: list[str], what: str) -> int:
+    """Index of an entity or relation given by id, else by a unique label."""
+    if name in ids:
+        return ids.index(name)
+    hits = [i for i, label in enumerate(labels) if label == name]
+    if len(hits) == 1:
+        return hits[0]
+    if hits:
+        raise ConfigError(f"{what} label '{name}' is ambiguous ({len(hits)} matches); give its id")
+    raise ConfigError(f"unknown {what} '{name}' (not an id or label in the model's vocabulary)")
+
+
+def load_kge(folder: Path) -> tuple[Any, dict[str, Any]]:
+    """The exported link-prediction model of a run's ``model/`` folder, and its ``[model]`` table."""
+    from kelm.tasks.link_prediction import build_scorer
+    from kelm.train.export import CONFIG, load_weights
+
+    try:
+        with (folder / CONFIG).open("rb") as fh:
+            spec = dict(tomllib.load(fh).get("model", {}))
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise DataError(f"cannot read the exported model config ({err})", folder / CONFIG) from None
+    if spec.get("kind") != "kge":
+        raise DataError(f"not a link-prediction model (kind {spec.get('kind')!r})", folder / CONFIG)
+    spec["dropout"] = 0.0
+    model = load_weights(build_scorer(spec), folder)
+    return model.eval(), spec
+
+
+@app.command("predict")
+def predict_cmd(
+    model_dir: Annotated[Path, typer.Option("--model", "-m", help="A run folder or its model/ folder.")],
+    relation: Annotated[str, typer.Option("--relation", "-r", help="Relation id or label.")],
+    head: Annotated[str | None, typer.Option("--head", help="Head entity id or label: rank tails.")] = None,
+    tail: Annotated[str | None, typer.Option("--tail", help="Tail entity id or label: rank heads.")] = None,
+    top: Annotated[int, typer.Option(help="How many answers.", min=1)] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Rank every entity as the missing tail (--head) or head (--tail) of a triple."""
+    import torch
+
+    from kelm.tasks.link_prediction import ENTITIES_FILE, RELATIONS_FILE, read_vocab
+
+    if (head is None) == (tail is None):
+        raise ConfigError("give exactly one of --head (rank tails) and --tail (rank heads)")
+    folder = model_dir / "model" if (model_dir / "model").is_dir() else model_dir
+    if not folder.is_dir():
+        raise DataError("model folder not found", folder)
+    ent_ids, ent_labels = read_vocab(folder / ENTITIES_FILE)
+    rel_ids, rel_labels = read_vocab(folder / RELATIONS_FILE)
+    e = _find(head if head is not None else tail, ent_ids, ent_labels, "entity")  # type: ignore[arg-type]
+    r = _find(relation, rel_ids, rel_labels, "relation")
+    model, _ = load_kge(folder)
+    with torch.no_grad():
+        e_t, r_t = torch.tensor([e]), torch.tensor([r])
+        scores = model("score_t", e_t, r_t) if head is not None else model("score_h", r_t, e_t)
+    values, order = scores[0].float().topk(min(top, len(ent_ids)))
+    answers = [
+        {"rank": i + 1, "id": ent_ids[k], "label": ent_labels[k], "score": float(v)}
+        for i, (k, v) in enumerate(zip(order.tolist(), values.tolist(), strict=True))
+    ]
+    if as_json:
+        query = {"head": ent_ids[e]} if head is not None else {"tail": ent_ids[e]}
+        typer.echo(json.dumps({**query, "relation": rel_ids[r], "answers": answers}))
+        return
+    asked = f"({ent_labels[e]}, {rel_labels[r]}, ?)" if head is not None else f"(?, {rel_labels[r]}, {ent_labels[e]})"
+    table = Table(title=asked)
+    for col, justify in (("rank", "right"), ("label", "left"), ("id", "left"), ("score", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for a in answers:
+        table.add_row(str(a["rank"]), a["label"], a["id"], f"{a['score']:.4f}")
+    out.print(table)

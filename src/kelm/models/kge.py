@@ -1,0 +1,311 @@
+"""Knowledge-graph embedding scorers: TransE, DistMult, ComplEx, RotatE and RESCAL.
+
+Every model maps entity and relation ids to embeddings and scores triples; higher means more
+plausible. A model is one small class: it sets ``name``, implements ``interact`` (elementwise over
+broadcast leading axes, features on the last axis) and, where its form allows, overrides the 1-N
+scorers ``_tails`` / ``_heads`` with a matmul or a distance against the whole entity table.
+
+Dropout acts on the embeddings of the query side (and on all three in ``score_hrt``) while training;
+candidate tables in 1-N scoring are used as they are.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from kelm.errors import ConfigError
+
+# Upper bound on elements of the (B, chunk, D) intermediates in broadcast 1-N scoring.
+_CHUNK_ELEMENTS = 2**24
+
+
+def _over_candidates(fn: Callable[[Tensor], Tensor], cands_CD: Tensor, rows: int) -> Tensor:
+    """``fn`` over slices of the candidate table, concatenated to ``(rows, C)``; bounds intermediates."""
+    step = max(1, _CHUNK_ELEMENTS // max(1, rows * cands_CD.shape[-1]))
+    parts = cands_CD.split(step) or (cands_CD,)
+    return torch.cat([fn(c) for c in parts], dim=1)
+
+
+def _pairwise_distance(q_BD: Tensor, c_CD: Tensor, p: float) -> Tensor:
+    """``(B, C)`` p-norm distances; p=2 via |a|^2 + |b|^2 - 2ab (one matmul), else ``torch.cdist``."""
+    if p == 2:
+        sq_BC = q_BD.pow(2).sum(-1, keepdim=True) + c_CD.pow(2).sum(-1) - 2 * q_BD @ c_CD.T
+        return sq_BC.clamp_min(1e-12).sqrt()
+    return torch.cdist(q_BD.unsqueeze(0), c_CD.unsqueeze(0), p=p).squeeze(0)
+
+
+def _complex_mul(a: Tensor, b: Tensor, *, conj_b: bool = False) -> Tensor:
+    """Product of complex vectors stored as [real half, imaginary half] on the last axis."""
+    a_re, a_im = a.chunk(2, dim=-1)
+    b_re, b_im = b.chunk(2, dim=-1)
+    if conj_b:
+        b_im = -b_im
+    return torch.cat((a_re * b_re - a_im * b_im, a_re * b_im + a_im * b_re), dim=-1)
+
+
+def _complex_sq_modulus(x: Tensor) -> Tensor:
+    """``|z|^2`` per complex coordinate of a [real half, imaginary half] vector."""
+    re, im = x.chunk(2, dim=-1)
+    return re.pow(2) + im.pow(2)
+
+
+class KGEModel(nn.Module):
+    """Base scorer with an entity table ``(E, dim)`` and a relation table ``(R, relation_dim(dim))``."""
+
+    name: str = ""
+    even_dim: bool = False  # complex models store a [real, imaginary] pair per coordinate
+
+    def __init__(self, num_entities: int, num_relations: int, dim: int, *, dropout: float = 0.0):
+        super().__init__()
+        if dim < 1:
+            raise ConfigError(f"model.dim must be positive, got {dim}")
+        if self.even_dim and dim % 2:
+            raise ConfigError(
+                f"model.dim must be even for {self.name}, got {dim} "
+                "(dim counts real parameters; each complex coordinate takes two)"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {dropout}")
+        self.num_entities, self.num_relations, self.dim = num_entities, num_relations, dim
+        self.entity = nn.Embedding(num_entities, dim)
+        self.relation = nn.Embedding(num_relations, self.relation_dim(dim))
+        self.dropout = nn.Dropout(dropout)
+        self.reset_parameters()
+
+    def relation_dim(self, dim: int) -> int:
+        return dim
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.entity.weight, std=self.dim**-0.5)
+        nn.init.normal_(self.relation.weight, std=self.dim**-0.5)
+
+    # -- per-model pieces ------------------------------------------------------------------------
+
+    def interact(self, h: Tensor, r: Tensor, t: Tensor) -> Tensor:
+        """Scores of broadcast embeddings ``(..., D)``, ``(..., X)``, ``(..., D)`` → ``(...)``."""
+        raise NotImplementedError
+
+    def _tails(self, h_BD: Tensor, r_BX: Tensor, t_CD: Tensor) -> Tensor:
+        """``(B, C)`` scores of every candidate tail; override with a matmul where possible."""
+        return _over_candidates(lambda t: self.interact(h_BD[:, None], r_BX[:, None], t[None]), t_CD, len(h_BD))
+
+    def _heads(self, r_BX: Tensor, t_BD: Tensor, h_CD: Tensor) -> Tensor:
+        """``(B, C)`` scores of every candidate head; override with a matmul where possible."""
+        return _over_candidates(lambda h: self.interact(h[None], r_BX[:, None], t_BD[:, None]), h_CD, len(t_BD))
+
+    def _sq_magnitudes(self, h_BD: Tensor, r_BX: Tensor, t_BD: Tensor) -> list[Tensor]:
+        """Squared magnitudes of the parameters the regularizer penalizes."""
+        return [h_BD.pow(2), r_BX.pow(2), t_BD.pow(2)]
+
+    # -- public scoring --------------------------------------------------------------------------
+
+    def _ent(self, idx: Tensor) -> Tensor:
+        return self.dropout(self.entity(idx))
+
+    def _rel(self, idx: Tensor) -> Tensor:
+        return self.dropout(self.relation(idx))
+
+    def score_hrt(self, h: Tensor, r: Tensor, t: Tensor) -> Tensor:
+        """``(B,)`` scores of the triples ``(h[i], r[i], t[i])``."""
+        return self.interact(self._ent(h), self._rel(r), self._ent(t))
+
+    def score_t(self, h: Tensor, r: Tensor, candidates: Tensor | None = None) -> Tensor:
+        """Scores over tails: ``(B, E)`` for all entities, ``(B, C)`` for ``candidates`` ``(C,)`` or ``(B, C)``."""
+        h_BD, r_BX = self._ent(h), self._rel(r)
+        if candidates is None or candidates.dim() == 1:
+            t_CD = self.entity.weight if candidates is None else self.entity(candidates)
+            return self._tails(h_BD, r_BX, t_CD)
+        return self.interact(h_BD[:, None], r_BX[:, None], self.entity(candidates))
+
+    def score_h(self, r: Tensor, t: Tensor, candidates: Tensor | None = None) -> Tensor:
+        """Scores over heads: ``(B, E)`` for all entities, ``(B, C)`` for ``candidates`` ``(C,)`` or ``(B, C)``."""
+        r_BX, t_BD = self._rel(r), self._ent(t)
+        if candidates is None or candidates.dim() == 1:
+            h_CD = self.entity.weight if candidates is None else self.entity(candidates)
+            return self._heads(r_BX, t_BD, h_CD)
+        return self.interact(self.entity(candidates), r_BX[:, None], t_BD[:, None])
+
+    def regularizer(self, h: Tensor, r: Tensor, t: Tensor, kind: str, p: int = 3) -> Tensor:
+        """Scalar penalty on the batch's embeddings, divided by the batch size.
+
+        ``"n3"``: sum of ``|x|^p`` (Lacroix et al. 2018; moduli for complex coordinates).
+        ``"l2"``: sum of ``x^2``.
+        """
+        if kind not in ("n3", "l2"):
+            raise ConfigError(f"unknown regularizer {kind!r}; expected one of: l2, n3")
+        parts = self._sq_magnitudes(self.entity(h), self.relation(r), self.entity(t))
+        power = p / 2 if kind == "n3" else 1.0
+        total = sum((m.pow(power).sum() for m in parts), start=torch.zeros((), device=self.entity.weight.device))
+        return total / max(1, len(h))
+
+
+class TransE(KGEModel):
+    """``-||h + r - t||_p`` (Bordes et al. 2013)."""
+
+    name = "transe"
+
+    def __init__(self, num_entities: int, num_relations: int, dim: int, *, dropout: float = 0.0, p: float = 1.0):
+        if p <= 0:
+            raise ConfigError(f"model.p must be positive for transe, got {p}")
+        super().__init__(num_entities, num_relations, dim, dropout=dropout)
+        self.p = p
+
+    def reset_parameters(self) -> None:
+        bound = 6 / math.sqrt(self.dim)
+        nn.init.uniform_(self.entity.weight, -bound, bound)
+        nn.init.uniform_(self.relation.weight, -bound, bound)
+
+    def interact(self, h: Tensor, r: Tensor, t: Tensor) -> Tensor:
+        return -torch.linalg.vector_norm(h + r - t, ord=self.p, dim=-1)
+
+    def _tails(self, h_BD: Tensor, r_BX: Tensor, t_CD: Tensor) -> Tensor:
+        return -_pairwise_distance(h_BD + r_BX, t_CD, self.p)
+
+    def _heads(self, r_BX: Tensor, t_BD: Tensor, h_CD: Tensor) -> Tensor:
+        return -_pairwise_distance(t_BD - r_BX, h_CD, self.p)
+
+
+class DistMult(KGEModel):
+    """``<h, r, t>`` (Yang et al. 2015)."""
+
+    name = "distmult"
+
+    def interact(self, h: Tensor, r: Tensor, t: Tensor) -> Tensor:
+        return (h * r * t).sum(-1)
+
+    def _tails(self, h_BD: Tensor, r_BX: Tensor, t_CD: Tensor) -> Tensor:
+        return (h_BD * r_BX) @ t_CD.T
+
+    def _heads(self, r_BX: Tensor, t_BD: Tensor, h_CD: Tensor) -> Tensor:
+        return (r_BX * t_BD) @ h_CD.T
+
+
+class ComplEx(KGEModel):
+    """``Re(<h, r, conj(t)>)`` (Trouillon et al. 2016).
+
+    ``dim`` counts real parameters: each embedding is ``dim / 2`` complex numbers stored as
+    [real half, imaginary half].
+    """
+
+    name = "complex"
+    even_dim = True
+
+    def interact(self, h: Tensor, r: Tensor, t: Tensor) -> Tensor:
+        return (_complex_mul(h, r) * t).sum(-1)
+
+    def _tails(self, h_BD: Tensor, r_BX: Tensor, t_CD: Tensor) -> Tensor:
+        return _complex_mul(h_BD, r_BX) @ t_CD.T
+
+    def _heads(self, r_BX: Tensor, t_BD: Tensor, h_CD: Tensor) -> Tensor:
+        # Re(h * q) with q = r * conj(t) is <h, conj(q)> over [real, imaginary] halves.
+        return _complex_mul(t_BD, r_BX, conj_b=True) @ h_CD.T
+
+    def _sq_magnitudes(self, h_BD: Tensor, r_BX: Tensor, t_BD: Tensor) -> list[Tensor]:
+        return [_complex_sq_modulus(x) for x in (h_BD, r_BX, t_BD)]
+
+
+class RotatE(KGEModel):
+    """``-||h ∘ r - t||`` with ``|r_k| = 1`` (Sun et al. 2019); the margin belongs to the loss.
+
+    ``dim`` counts real parameters of an entity (``dim / 2`` complex coordinates, [real half,
+    imaginary half]); a relation is ``dim / 2`` phases. The norm is ``p`` over coordinate moduli
+    (``p=1`` as in the paper).
+    """
+
+    name = "rotate"
+    even_dim = True
+
+    def __init__(self, num_entities: int, num_relations: int, dim: int, *, dropout: float = 0.0, p: float = 1.0):
+        if p <= 0:
+            raise ConfigError(f"model.p must be positive for rotate, got {p}")
+        super().__init__(num_entities, num_relations, dim, dropout=dropout)
+        self.p = p
+
+    def relation_dim(self, dim: int) -> int:
+        return dim // 2
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.entity.weight, std=self.dim**-0.5)
+        nn.init.uniform_(self.relation.weight, -math.pi, math.pi)
+
+    def rotation(self, r: Tensor) -> Tensor:
+        """Unit-modulus complex rotations ``(B, dim / 2)`` of relations ``r``."""
+        phase = self.relation(r)
+        return torch.polar(torch.ones_like(phase), phase)
+
+    def _rel(self, idx: Tensor) -> Tensor:
+        phase = self.relation(idx)  # no dropout: it would break the unit modulus
+        return torch.cat((phase.cos(), phase.sin()), dim=-1)
+
+    def _distance(self, diff_re: Tensor, diff_im: Tensor) -> Tensor:
+        """p-norm over coordinates of the complex moduli; the clamp keeps gradients finite at 0."""
+        moduli = (diff_re.square() + diff_im.square()).clamp_min(1e-18).sqrt()
+        return moduli.sum(-1) if self.p == 1 else torch.linalg.vector_norm(moduli, ord=self.p, dim=-1)
+
+    def interact(self, h: Tensor, r: Tensor, t: Tensor) -> Tensor:
+        return -self._distance(*(_complex_mul(h, r) - t).chunk(2, dim=-1))
+
+    def _all_distances(self, q_BD: Tensor, c_CD: Tensor) -> Tensor:
+        if self.p == 2:  # the complex 2-norm is the real 2-norm of [real, imaginary]
+            return _pairwise_distance(q_BD, c_CD, 2)
+        q_re, q_im = q_BD[:, None].chunk(2, dim=-1)
+
+        def block(c_KD: Tensor) -> Tensor:
+            c_re, c_im = c_KD[None].chunk(2, dim=-1)
+            return self._distance(q_re - c_re, q_im - c_im)
+
+        return _over_candidates(block, c_CD, len(q_BD))
+
+    def _tails(self, h_BD: Tensor, r_BX: Tensor, t_CD: Tensor) -> Tensor:
+        return -self._all_distances(_complex_mul(h_BD, r_BX), t_CD)
+
+    def _heads(self, r_BX: Tensor, t_BD: Tensor, h_CD: Tensor) -> Tensor:
+        # |h ∘ r - t| = |h - t ∘ conj(r)| because |r_k| = 1.
+        return -self._all_distances(_complex_mul(t_BD, r_BX, conj_b=True), h_CD)
+
+    def _sq_magnitudes(self, h_BD: Tensor, r_BX: Tensor, t_BD: Tensor) -> list[Tensor]:
+        return [_complex_sq_modulus(h_BD), _complex_sq_modulus(t_BD)]  # rotations have modulus 1
+
+
+class RESCAL(KGEModel):
+    """``h^T M_r t`` with a full ``dim x dim`` matrix per relation (Nickel et al. 2011)."""
+
+    name = "rescal"
+
+    def relation_dim(self, dim: int) -> int:
+        return dim * dim
+
+    def _matrix(self, r: Tensor) -> Tensor:
+        return r.unflatten(-1, (self.dim, self.dim))
+
+    def interact(self, h: Tensor, r: Tensor, t: Tensor) -> Tensor:
+        hM = torch.matmul(h.unsqueeze(-2), self._matrix(r)).squeeze(-2)
+        return (hM * t).sum(-1)
+
+    def _tails(self, h_BD: Tensor, r_BX: Tensor, t_CD: Tensor) -> Tensor:
+        return torch.bmm(h_BD.unsqueeze(1), self._matrix(r_BX)).squeeze(1) @ t_CD.T
+
+    def _heads(self, r_BX: Tensor, t_BD: Tensor, h_CD: Tensor) -> Tensor:
+        return torch.bmm(self._matrix(r_BX), t_BD.unsqueeze(-1)).squeeze(-1) @ h_CD.T
+
+
+KGE_MODELS: dict[str, type[KGEModel]] = {cls.name: cls for cls in (TransE, DistMult, ComplEx, RotatE, RESCAL)}
+
+
+def build_kge_model(name: str, num_entities: int, num_relations: int, dim: int, **kwargs: object) -> KGEModel:
+    """Instantiate ``KGE_MODELS[name]``; unknown names and options raise ``ConfigError``."""
+    cls = KGE_MODELS.get(name.lower())
+    if cls is None:
+        raise ConfigError(f"model.name must be one of {', '.join(sorted(KGE_MODELS))}, got {name!r}")
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "num_entities", "num_relations", "dim"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ConfigError(
+            f"model options {', '.join(unknown)} are not valid for {cls.name}; accepted: {', '.join(sorted(accepted))}"
+        )
+    return cls(num_entities, num_relations, dim, **kwargs)  # type: ignore[arg-type]

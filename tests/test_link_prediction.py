@@ -1,0 +1,189 @@
+"""Link prediction: training learns, the CLI trains and predicts, bad input fails in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from kelm.cli import main
+from kelm.errors import ConfigError, DataError
+from kelm.tasks import build_task
+from kelm.tasks.link_prediction import LinkPredictionTask
+from kelm.train import run_training
+
+TRAIN = {
+    "threads": 1,
+    "strategy": "single",
+    "optimizer": "adagrad",
+    "lr": 0.05,
+    "schedule": "constant",
+    "batch_size": 64,
+    "log_every": 20,
+    "tensorboard": False,
+}
+
+
+def task_table(data_dir: Path, **extra: Any) -> dict[str, Any]:
+    return {"name": "link-prediction", "dataset": "nations", "data_dir": str(data_dir), "dim": 32} | extra
+
+
+def random_mrr(task: LinkPredictionTask) -> float:
+    torch.manual_seed(0)
+    model = task.build_model()
+    batch = task.collate([task.test_data()[i] for i in range(len(task.test_data()))])
+    return task.evaluate(model, [batch])["mrr"]
+
+
+def train(data_dir: Path, out: Path, epochs: int, **extra: Any) -> dict[str, Any]:
+    return run_training({"task": task_table(data_dir, **extra), "train": TRAIN | {"epochs": epochs}}, out)
+
+
+def test_one_to_n_learns(data_dir: Path, tmp_path: Path) -> None:
+    cfg = {"dataset": "umls", "loss": "bce", "label_smoothing": 0.1}
+    task = build_task(task_table(data_dir, **cfg))
+    assert isinstance(task, LinkPredictionTask)
+    baseline = random_mrr(task)
+    summary = run_training(
+        {"task": task_table(data_dir, **cfg), "train": TRAIN | {"epochs": 5, "lr": 0.1, "batch_size": 128}},
+        tmp_path / "run",
+    )
+    test = summary["test"]
+    assert set(test) == {"mrr", "mr", "hits@1", "hits@3", "hits@10"}
+    assert test["mrr"] > max(3 * baseline, 0.3), (test, baseline)
+
+
+@pytest.mark.parametrize(
+    ("extra", "sampler"),
+    [
+        ({"loss": "self-adversarial", "margin": 6.0}, "uniform"),
+        ({"loss": "margin", "reciprocal": False}, "bernoulli"),
+        ({"loss": "softplus", "reciprocal": False}, "shared"),
+    ],
+)
+def test_negative_sampling_learns(data_dir: Path, tmp_path: Path, extra: dict[str, Any], sampler: str) -> None:
+    cfg = {"training": "negative-sampling", "model": "distmult", "num_negatives": 8, "sampler": sampler} | extra
+    baseline = random_mrr(build_task(task_table(data_dir, **cfg)))
+    summary = train(data_dir, tmp_path / "run", epochs=6, **cfg)
+    assert summary["test"]["mrr"] > max(baseline + 0.2, 0.6), (summary["test"], baseline)
+
+
+def test_head_and_tail_queries_with_regularizer(data_dir: Path, tmp_path: Path) -> None:
+    summary = train(
+        data_dir, tmp_path / "run", epochs=10, reciprocal=False, loss="ce", regularizer="n3", regularizer_weight=1e-3
+    )
+    assert summary["valid"]["mrr"] > 0.5
+
+
+def test_batch_weight_counts_ranking_queries(data_dir: Path) -> None:
+    task = build_task(task_table(data_dir))
+    batch = task.collate([task.eval_data()[i] for i in range(5)])
+    assert task.batch_weight(batch) == 10
+    train_batch = task.collate(list(range(7)))
+    assert task.batch_weight(train_batch) == 7
+    assert task.model_config()["model"]["reciprocal"] is True
+
+
+@pytest.fixture(scope="module")
+def cli_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("kge")
+    cfg = root / "lp.toml"
+    cfg.write_text(
+        '[task]\nname = "link-prediction"\ndataset = "umls"\nmodel = "distmult"\ndim = 64\n'
+        '[train]\nstrategy = "single"\nthreads = 1\noptimizer = "adagrad"\nbatch_size = 128\n'
+        'log_every = 20\ntensorboard = false\nschedule = "constant"\n',
+        encoding="utf-8",
+    )
+    out = root / "run"
+    args = [
+        "kge",
+        "train",
+        str(cfg),
+        "--data-dir",
+        str(data_dir),
+        "--model",
+        "complex",
+        "--dim",
+        "32",
+        "--epochs",
+        "2",
+        "--lr",
+        "0.1",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    return out
+
+
+def test_cli_train_writes_metrics_and_vocabularies(cli_run: Path) -> None:
+    metrics = json.loads((cli_run / "metrics.json").read_text(encoding="utf-8"))
+    for split in ("valid", "test"):
+        assert {"mrr", "mr", "hits@1", "hits@3", "hits@10"} <= set(metrics[split])
+    assert metrics["config"]["task"]["model"] == "complex" and metrics["config"]["task"]["dim"] == 32
+    model = cli_run / "model"
+    assert (model / "model.safetensors").is_file() and (model / "config.toml").is_file()
+    lines = (model / "entities.tsv").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "index\tid\tlabel" and len(lines) == 136
+    assert (model / "relations.tsv").read_text(encoding="utf-8").splitlines()[1].startswith("0\t")
+
+
+def test_cli_predict(cli_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    entities = (cli_run / "model" / "entities.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    relations = (cli_run / "model" / "relations.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    head, rel = entities[0].split("\t")[1], relations[0].split("\t")[1]
+    assert (
+        main(["kge", "predict", "--model", str(cli_run), "--head", head, "--relation", rel, "--top", "3", "--json"])
+        == 0
+    )
+    answers = json.loads(capsys.readouterr().out)["answers"]
+    assert [a["rank"] for a in answers] == [1, 2, 3]
+    assert all(a["label"] for a in answers) and answers[0]["score"] >= answers[-1]["score"]
+    labels = {line.split("\t")[1]: line.split("\t")[2] for line in entities}
+    assert main(["kge", "predict", "--model", str(cli_run), "--head", head, "--relation", rel, "--top", "2"]) == 0
+    assert labels[answers[0]["id"]].split()[0] in capsys.readouterr().out  # rich may wrap long labels
+
+
+def error_line(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
+    assert main(args) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_predict_unknown_entity_and_relation(cli_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["kge", "predict", "--model", str(cli_run)]
+    assert "unknown entity 'atlantis'" in error_line(capsys, [*base, "--head", "atlantis", "--relation", "x"])
+    head = (cli_run / "model" / "entities.tsv").read_text(encoding="utf-8").splitlines()[1].split("\t")[1]
+    assert "unknown relation 'nope'" in error_line(capsys, [*base, "--head", head, "--relation", "nope"])
+
+
+def test_bad_inputs_are_one_line(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["kge", "train", "--dataset", "nations", "--data-dir", str(data_dir), "--out", str(tmp_path / "x")]
+    assert "unknown KGE model 'foo'" in error_line(capsys, [*base, "--model", "foo"])
+    assert "even" in error_line(capsys, [*base, "--model", "rotate", "--dim", "15"])
+    assert "unknown key" in error_line(capsys, ["train", "--out", str(tmp_path / "y"), str(_config(tmp_path))])
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    (folder / "train.txt").write_text("a\tr\tb\nb\tr\tc\n", encoding="utf-8")
+    (folder / "test.txt").write_text("a\tr\tc\n", encoding="utf-8")
+    err = error_line(capsys, ["kge", "train", "--dataset", str(folder), "--out", str(tmp_path / "z")])
+    assert "split 'valid'" in err
+    (folder / "valid.txt").write_text("", encoding="utf-8")
+    assert "valid.txt" in error_line(capsys, ["kge", "train", "--dataset", str(folder), "--out", str(tmp_path / "z")])
+
+
+def _config(tmp_path: Path) -> Path:
+    path = tmp_path / "bad.toml"
+    path.write_text('[task]\nname = "link-prediction"\ndataset = "nations"\nnegatives = 3\n', encoding="utf-8")
+    return path
+
+
+def test_mismatched_loss_and_empty_split_errors(data_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="loss 'margin' does not fit"):
+        build_task(task_table(data_dir, loss="margin"))
+    with pytest.raises(DataError, match="split 'dev'"):
+        build_task(task_table(data_dir, valid_split="dev"))
