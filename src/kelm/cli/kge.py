@@ -43,9 +43,7 @@ def train_cmd(
     rdzv_id: Annotated[str | None, typer.Option(help="Job id shared by all nodes (c10d rendezvous).")] = None,
 ) -> None:
     """Train a link-prediction model through the same engine and launcher as `kelm train`."""
-    from kelm.cli.train import _worker_args, print_summary
-    from kelm.train.distributed import env_rank, launched_by_torchrun
-    from kelm.train.run import load_run_config, preflight, run_training
+    from kelm.cli.train import print_summary, train_or_launch
 
     if dataset is not None and Path(dataset).exists():
         dataset = str(Path(dataset).resolve())
@@ -64,38 +62,22 @@ def train_cmd(
         "train.lr": lr,
         "train.seed": seed,
     }
-    run = load_run_config(config, overrides, resume)
-    launch_flags = (nproc, max_restarts, nnodes, node_rank, rdzv_endpoint, rdzv_id)
-    if any(v is not None for v in launch_flags) and not launched_by_torchrun():
-        from kelm.train.launch import LaunchSpec, check_spec, launch
-
-        spec = LaunchSpec(
-            nproc=nproc if nproc is not None else 1,
-            max_restarts=max_restarts or 0,
-            nnodes=nnodes or "1",
-            node_rank=node_rank,
-            rdzv_endpoint=rdzv_endpoint,
-            rdzv_id=rdzv_id,
-        )
-        check_spec(spec)
-        preflight(run, out_dir, resume, spec.world_size or spec.nproc)
-        flags = {
-            "--dataset": dataset,
-            "--data-dir": data_root,
-            "--model": model,
-            "--dim": dim,
-            "--training": training,
-            "--strategy": strategy,
-            "--max-steps": max_steps,
-            "--epochs": epochs,
-            "--batch-size": batch_size,
-            "--lr": lr,
-            "--seed": seed,
-        }
-        launch(spec, ["kge", *_worker_args(config, out_dir, resume, flags)], threads=run.config.train.threads)
-        return
-    summary = run_training(run, out_dir, resume=resume)
-    if env_rank() == 0:
+    flags = {
+        "--dataset": dataset,
+        "--data-dir": data_root,
+        "--model": model,
+        "--dim": dim,
+        "--training": training,
+        "--strategy": strategy,
+        "--max-steps": max_steps,
+        "--epochs": epochs,
+        "--batch-size": batch_size,
+        "--lr": lr,
+        "--seed": seed,
+    }
+    launch_opts = (nproc, max_restarts, nnodes, node_rank, rdzv_endpoint, rdzv_id)
+    summary = train_or_launch(["kge", "train"], config, out_dir, resume, overrides, flags, launch_opts)
+    if summary is not None:
         print_summary(summary, out_dir)
         if summary.get("test"):
             out.print("test " + ", ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))

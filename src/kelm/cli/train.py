@@ -11,9 +11,11 @@ from rich.console import Console
 out = Console(highlight=False, soft_wrap=True)
 
 
-def _worker_args(config: Path | None, out_dir: Path, resume: Path | None, flags: dict[str, Any]) -> list[str]:
+def _worker_args(
+    command: list[str], config: Path | None, out_dir: Path, resume: Path | None, flags: dict[str, Any]
+) -> list[str]:
     """The same command for each worker: absolute paths, no launch flags."""
-    args = ["train"]
+    args = list(command)
     if config is not None:
         args.append(str(config.resolve()))
     args += ["--out", str(out_dir.resolve())]
@@ -55,9 +57,6 @@ def train(
     rdzv_id: Annotated[str | None, typer.Option(help="Job id shared by all nodes (c10d rendezvous).")] = None,
 ) -> None:
     """Train a model: checkpoints every N steps, metrics (CSV, TensorBoard, metrics.json), final model."""
-    from kelm.train.distributed import env_rank, launched_by_torchrun
-    from kelm.train.run import load_run_config, preflight, run_training
-
     texts = [str(t.resolve()) for t in text] if text else None
     overrides = {
         "train.strategy": strategy,
@@ -68,9 +67,38 @@ def train(
         "train.seed": seed,
         "task.text": texts,
     }
+    flags = {
+        "--strategy": strategy,
+        "--max-steps": max_steps,
+        "--epochs": epochs,
+        "--batch-size": batch_size,
+        "--lr": lr,
+        "--seed": seed,
+        "--text": texts,
+    }
+    launch_opts = (nproc, max_restarts, nnodes, node_rank, rdzv_endpoint, rdzv_id)
+    summary = train_or_launch(["train"], config, out_dir, resume, overrides, flags, launch_opts)
+    if summary is not None:
+        print_summary(summary, out_dir)
+
+
+def train_or_launch(
+    command: list[str],
+    config: Path | None,
+    out_dir: Path,
+    resume: Path | None,
+    overrides: dict[str, Any],
+    flags: dict[str, Any],
+    launch_opts: tuple[Any, ...],
+) -> dict[str, Any] | None:
+    """Train in this process, or, given launch flags outside torchrun, start torchrun workers that
+    run ``kelm COMMAND`` with the same ``flags``. Returns the run summary on rank 0, else None."""
+    from kelm.train.distributed import env_rank, launched_by_torchrun
+    from kelm.train.run import load_run_config, preflight, run_training
+
     run = load_run_config(config, overrides, resume)
-    launch_flags = (nproc, max_restarts, nnodes, node_rank, rdzv_endpoint, rdzv_id)
-    if any(v is not None for v in launch_flags) and not launched_by_torchrun():
+    nproc, max_restarts, nnodes, node_rank, rdzv_endpoint, rdzv_id = launch_opts
+    if any(v is not None for v in launch_opts) and not launched_by_torchrun():
         from kelm.train.launch import LaunchSpec, check_spec, launch
 
         spec = LaunchSpec(
@@ -83,20 +111,10 @@ def train(
         )
         check_spec(spec)
         preflight(run, out_dir, resume, spec.world_size or spec.nproc)
-        flags = {
-            "--strategy": strategy,
-            "--max-steps": max_steps,
-            "--epochs": epochs,
-            "--batch-size": batch_size,
-            "--lr": lr,
-            "--seed": seed,
-            "--text": texts,
-        }
-        launch(spec, _worker_args(config, out_dir, resume, flags), threads=run.config.train.threads)
-        return
+        launch(spec, _worker_args(command, config, out_dir, resume, flags), threads=run.config.train.threads)
+        return None
     summary = run_training(run, out_dir, resume=resume)
-    if env_rank() == 0:
-        print_summary(summary, out_dir)
+    return summary if env_rank() == 0 else None
 
 
 def print_summary(summary: dict[str, Any], out_dir: Path) -> None:
