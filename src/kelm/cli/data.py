@@ -19,9 +19,7 @@ out = Console(highlight=False)
 NameArg = Annotated[str, typer.Argument(help="Data-set name (see `kelm data list`).", show_default=False)]
 DataDirOpt = Annotated[
     Path | None,
-    typer.Option(
-        "--data-dir", help="Folder of data sets (default: $KELM_DATA_DIR, then cache, then bundled)."
-    ),
+    typer.Option("--data-dir", help="Folder of data sets (default: $KELM_DATA_DIR, then cache, then bundled)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 

@@ -29,8 +29,7 @@ def demo(
         with out.status("importing the demo graph into LadybugDB"):
             res = run_demo(target, out=out_dir)
         out.print(
-            f"[bold]kelm demo[/]: {DEMO_DATASET} imported into LadybugDB at {target} "
-            f"({res.report.seconds:.2f} s)",
+            f"[bold]kelm demo[/]: {DEMO_DATASET} imported into LadybugDB at {target} ({res.report.seconds:.2f} s)",
             highlight=False,
         )
         out.print(stats_table(res.stats, "store statistics"))

@@ -49,14 +49,10 @@ def import_cmd(
     cfg = resolve_config(
         config, store, backend, uri, data_dir, **{"data.skip_bad": skip_bad, "data.chunk_size": chunk_size}
     )
-    src = open_source(
-        source, data_dir=cfg.data.data_dir, skip_bad=cfg.data.skip_bad, chunk_size=cfg.data.chunk_size
-    )
+    src = open_source(source, data_dir=cfg.data.data_dir, skip_bad=cfg.data.skip_bad, chunk_size=cfg.data.chunk_size)
     with store_from_config(cfg) as gs, progress_bar() as bar:
         task = bar.add_task(f"importing {src.name}", total=src.total_triples, info="")
-        report = import_source(
-            gs, src, replace=replace, append=append, progress=lambda n: bar.advance(task, n)
-        )
+        report = import_source(gs, src, replace=replace, append=append, progress=lambda n: bar.advance(task, n))
     skipped = src.read_report.total_skipped
     out.print(
         f"imported {report.entities:,} new entities, {report.relations:,} new relations and "
@@ -163,9 +159,7 @@ def _subgraph_json(sg: Subgraph) -> dict[str, Any]:
             {"id": e.id, "label": e.label, "hop": sg.hops[e.id], "types": list(e.types)}
             for e in sorted(sg.entities.values(), key=lambda e: (sg.hops[e.id], e.id))
         ],
-        "triples": [
-            {"head": f.head, "relation": f.relation, "tail": f.tail, "split": f.split} for f in sg.facts
-        ],
+        "triples": [{"head": f.head, "relation": f.relation, "tail": f.tail, "split": f.split} for f in sg.facts],
     }
 
 

@@ -11,6 +11,23 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from kelm.cli.options import (
+    BatchSizeOpt,
+    EpochsOpt,
+    LrOpt,
+    MaxRestartsOpt,
+    MaxStepsOpt,
+    NnodesOpt,
+    NodeRankOpt,
+    NprocOpt,
+    OutDirOpt,
+    RdzvEndpointOpt,
+    RdzvIdOpt,
+    ResumeOpt,
+    SeedOpt,
+    StrategyOpt,
+    TrainConfigArg,
+)
 from kelm.errors import ConfigError, DataError
 
 app = typer.Typer(help="Knowledge-graph embeddings: link prediction.", no_args_is_help=True)
@@ -19,28 +36,26 @@ out = Console(highlight=False, soft_wrap=True)
 
 @app.command("train")
 def train_cmd(
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, metrics, model.")],
-    config: Annotated[
-        Path | None, typer.Argument(help="TOML config with train and task tables; flags override it.")
-    ] = None,
+    out_dir: OutDirOpt,
+    config: TrainConfigArg = None,
     dataset: Annotated[str | None, typer.Option(help="Data-set name (see 'kelm data list') or folder.")] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder of data sets.")] = None,
     model: Annotated[str | None, typer.Option(help="transe, distmult, complex, rotate or rescal.")] = None,
     dim: Annotated[int | None, typer.Option(help="Embedding size.")] = None,
     training: Annotated[str | None, typer.Option(help="1-n or negative-sampling.")] = None,
-    strategy: Annotated[str | None, typer.Option(help="single, ddp, fsdp2 or diloco.")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps (wins over --epochs).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Passes over the training data.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Global batch size, summed over processes.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for initialisation and data order.")] = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue from a run or checkpoint folder.")] = None,
-    nproc: Annotated[int | None, typer.Option(help="Processes on this node (launches torchrun).")] = None,
-    max_restarts: Annotated[int | None, typer.Option(help="Restart a failed job this often.")] = None,
-    nnodes: Annotated[str | None, typer.Option(help="Nodes in the job: N or MIN:MAX.")] = None,
-    node_rank: Annotated[int | None, typer.Option(help="This node's rank (static rendezvous).")] = None,
-    rdzv_endpoint: Annotated[str | None, typer.Option(help="HOST:PORT on the first node where the nodes meet.")] = None,
-    rdzv_id: Annotated[str | None, typer.Option(help="Job id shared by all nodes (c10d rendezvous).")] = None,
+    strategy: StrategyOpt = None,
+    max_steps: MaxStepsOpt = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    lr: LrOpt = None,
+    seed: SeedOpt = None,
+    resume: ResumeOpt = None,
+    nproc: NprocOpt = None,
+    max_restarts: MaxRestartsOpt = None,
+    nnodes: NnodesOpt = None,
+    node_rank: NodeRankOpt = None,
+    rdzv_endpoint: RdzvEndpointOpt = None,
+    rdzv_id: RdzvIdOpt = None,
 ) -> None:
     """Train a link-prediction model through the same engine and launcher as `kelm train`."""
     from kelm.cli.train import print_summary, train_or_launch

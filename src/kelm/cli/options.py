@@ -11,9 +11,7 @@ from kelm.config import KelmConfig, load_config
 from kelm.errors import ConfigError
 from kelm.kg.store import BACKENDS, GraphStore, open_store
 
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML config file; flags override its values.")
-]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file; flags override its values.")]
 StoreOpt = Annotated[
     str | None,
     typer.Option(
@@ -27,14 +25,10 @@ BackendOpt = Annotated[
     str | None,
     typer.Option("--backend", "-b", envvar="KELM_STORE_BACKEND", help=f"One of: {', '.join(BACKENDS)}."),
 ]
-UriOpt = Annotated[
-    str | None, typer.Option("--uri", envvar="KELM_STORE_URI", help="Server URI for falkordb or neo4j.")
-]
+UriOpt = Annotated[str | None, typer.Option("--uri", envvar="KELM_STORE_URI", help="Server URI for falkordb or neo4j.")]
 DataDirOpt = Annotated[
     Path | None,
-    typer.Option(
-        "--data-dir", help="Folder of data sets (default: $KELM_DATA_DIR, then cache, then bundled)."
-    ),
+    typer.Option("--data-dir", help="Folder of data sets (default: $KELM_DATA_DIR, then cache, then bundled)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -65,3 +59,27 @@ def store_from_config(cfg: KelmConfig, read_only: bool = False) -> GraphStore:
         raise ConfigError("no store given: pass --store PATH (or set [store] path in the config)")
     options = {k: v for k, v in (("user", s.user), ("password", s.password)) if v is not None}
     return open_store(s.path, backend=s.backend, uri=s.uri, read_only=read_only, **options)
+
+
+# --- options shared by every training command ---------------------------------------------
+OutDirOpt = Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, metrics, model.")]
+TrainConfigArg = Annotated[
+    Path | None, typer.Argument(help="TOML config with train and task tables; flags override it.")
+]
+StrategyOpt = Annotated[str | None, typer.Option(help="single, ddp, fsdp2 or diloco.")]
+MaxStepsOpt = Annotated[int | None, typer.Option(help="Optimizer steps (wins over --epochs).")]
+EpochsOpt = Annotated[int | None, typer.Option(help="Passes over the training data.")]
+BatchSizeOpt = Annotated[int | None, typer.Option(help="Global batch size, summed over processes.")]
+LrOpt = Annotated[float | None, typer.Option(help="Peak learning rate.")]
+SeedOpt = Annotated[int | None, typer.Option(help="Seed for initialisation and data order.")]
+ResumeOpt = Annotated[
+    Path | None, typer.Option(help="Continue from a run or checkpoint folder (no CONFIG: reuse that run's config).")
+]
+NprocOpt = Annotated[int | None, typer.Option(help="Processes on this node (launches torchrun).")]
+MaxRestartsOpt = Annotated[
+    int | None, typer.Option(help="Restart a failed job this often; it resumes from its last checkpoint.")
+]
+NnodesOpt = Annotated[str | None, typer.Option(help="Nodes in the job: N or MIN:MAX.")]
+NodeRankOpt = Annotated[int | None, typer.Option(help="This node's rank (static rendezvous).")]
+RdzvEndpointOpt = Annotated[str | None, typer.Option(help="HOST:PORT on the first node where the nodes meet.")]
+RdzvIdOpt = Annotated[str | None, typer.Option(help="Job id shared by all nodes (c10d rendezvous).")]

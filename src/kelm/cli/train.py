@@ -8,6 +8,24 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from kelm.cli.options import (
+    BatchSizeOpt,
+    EpochsOpt,
+    LrOpt,
+    MaxRestartsOpt,
+    MaxStepsOpt,
+    NnodesOpt,
+    NodeRankOpt,
+    NprocOpt,
+    OutDirOpt,
+    RdzvEndpointOpt,
+    RdzvIdOpt,
+    ResumeOpt,
+    SeedOpt,
+    StrategyOpt,
+    TrainConfigArg,
+)
+
 out = Console(highlight=False, soft_wrap=True)
 
 
@@ -30,31 +48,25 @@ def _worker_args(
 
 
 def train(
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, metrics, model.")],
-    config: Annotated[
-        Path | None, typer.Argument(help="TOML config with train and task tables; flags override it.")
-    ] = None,
-    strategy: Annotated[str | None, typer.Option(help="single, ddp, fsdp2 or diloco.")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps (wins over --epochs).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Passes over the training data.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Global batch size, summed over processes.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for initialisation and data order.")] = None,
+    out_dir: OutDirOpt,
+    config: TrainConfigArg = None,
+    strategy: StrategyOpt = None,
+    max_steps: MaxStepsOpt = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    lr: LrOpt = None,
+    seed: SeedOpt = None,
     text: Annotated[
         list[Path] | None,
         typer.Option("--text", metavar="FILE", help="Text file or folder for causal-lm (repeatable)."),
     ] = None,
-    resume: Annotated[
-        Path | None, typer.Option(help="Continue from a run or checkpoint folder (no CONFIG: reuse that run's config).")
-    ] = None,
-    nproc: Annotated[int | None, typer.Option(help="Processes on this node (launches torchrun).")] = None,
-    max_restarts: Annotated[
-        int | None, typer.Option(help="Restart a failed job this often; it resumes from its last checkpoint.")
-    ] = None,
-    nnodes: Annotated[str | None, typer.Option(help="Nodes in the job: N or MIN:MAX.")] = None,
-    node_rank: Annotated[int | None, typer.Option(help="This node's rank (static rendezvous).")] = None,
-    rdzv_endpoint: Annotated[str | None, typer.Option(help="HOST:PORT on the first node where the nodes meet.")] = None,
-    rdzv_id: Annotated[str | None, typer.Option(help="Job id shared by all nodes (c10d rendezvous).")] = None,
+    resume: ResumeOpt = None,
+    nproc: NprocOpt = None,
+    max_restarts: MaxRestartsOpt = None,
+    nnodes: NnodesOpt = None,
+    node_rank: NodeRankOpt = None,
+    rdzv_endpoint: RdzvEndpointOpt = None,
+    rdzv_id: RdzvIdOpt = None,
 ) -> None:
     """Train a model: checkpoints every N steps, metrics (CSV, TensorBoard, metrics.json), final model."""
     texts = [str(t.resolve()) for t in text] if text else None
