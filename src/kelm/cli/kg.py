@@ -114,17 +114,6 @@ def _parse_params(params: list[str]) -> dict[str, Any]:
     return parsed
 
 
-def _plain(value: Any) -> Any:
-    """Make a query value printable as JSON (nodes and edges become dicts without internal ids)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items() if not k.startswith("_")}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return str(value)
-
-
 @app.command("query")
 def query_cmd(
     cypher: Annotated[str, typer.Argument(help="A read-only Cypher query.")],
@@ -138,15 +127,15 @@ def query_cmd(
     """Run read-only Cypher against the store (writes are refused)."""
     cfg = resolve_config(config, store, backend, uri)
     with store_from_config(cfg, read_only=True) as gs:
-        rows = [_plain(r) for r in gs.query(cypher, _parse_params(param))]
+        rows = gs.query(cypher, _parse_params(param))  # plain values: every backend converts nodes and edges
     if as_json:
-        typer.echo(json.dumps(rows))
+        typer.echo(json.dumps(rows, default=str))
         return
     table = Table(show_lines=False)
     for col in rows[0] if rows else []:
         table.add_column(str(col))
     for row in rows:
-        table.add_row(*(json.dumps(v) if not isinstance(v, str) else v for v in row.values()))
+        table.add_row(*(json.dumps(v, default=str) if not isinstance(v, str) else v for v in row.values()))
     out.print(table)
     out.print(f"{len(rows)} row{'s' if len(rows) != 1 else ''}", style="dim")
 
