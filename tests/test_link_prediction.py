@@ -87,6 +87,61 @@ def test_batch_weight_counts_ranking_queries(data_dir: Path) -> None:
     assert task.model_config()["model"]["reciprocal"] is True
 
 
+def _dense_1n_reference(task: LinkPredictionTask, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """The 1-N loss written the textbook way: a dense (B, E) smoothed target."""
+    q, rows, cols = batch["query"], batch["target_rows"], batch["target_cols"]
+    e, r, is_tail = q[:, 0], q[:, 1], q[:, 2].bool()
+    logits = torch.stack(
+        [
+            model("score_t", e[i : i + 1], r[i : i + 1])[0]
+            if is_tail[i]
+            else model("score_h", r[i : i + 1], e[i : i + 1])[0]
+            for i in range(len(q))
+        ]
+    )
+    target = torch.zeros_like(logits)
+    target[rows, cols] = 1.0
+    eps, E = task.cfg.label_smoothing, logits.shape[1]
+    if task.cfg.loss_name == "bce":
+        target = (1 - eps) * target + eps / E
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="sum") / len(q)
+    target = (1 - eps) * target / target.sum(1, keepdim=True) + eps / E
+    return -(target * torch.log_softmax(logits, 1)).sum(1).mean()
+
+
+@pytest.mark.parametrize("loss", ["bce", "ce"])
+@pytest.mark.parametrize("reciprocal", [True, False])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_one_to_n_loss_equals_dense_target(data_dir: Path, loss: str, reciprocal: bool, eps: float) -> None:
+    task = build_task(task_table(data_dir, loss=loss, reciprocal=reciprocal, label_smoothing=eps))
+    torch.manual_seed(0)
+    model = task.build_model()
+    batch = task.collate(list(range(0, 300, 7)))
+    assert (~batch["query"][:, 2].bool()).any() != reciprocal  # head queries only without reciprocal relations
+    got, _ = task.loss(model, batch)
+    torch.testing.assert_close(got, _dense_1n_reference(task, model, batch), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "bernoulli", "shared"])
+def test_negative_sampling_scores_equal_triple_scores(data_dir: Path, sampler: str) -> None:
+    """Batched candidate scoring gives exactly the scores of the corrupted triples, either side."""
+    cfg = {"training": "negative-sampling", "model": "complex", "reciprocal": False, "sampler": sampler}
+    task = build_task(task_table(data_dir, loss="margin", num_negatives=5, **cfg))
+    torch.manual_seed(0)
+    model = task.build_model()
+    batch = task.collate(list(range(40)))
+    h, r, t = batch["triples"].unbind(1)
+    neg, head = batch["negatives"], batch["corrupt_head"]
+    assert head.any() and (~head).any()
+    neg = neg.expand(len(h), -1) if neg.dim() == 1 else neg
+    hh = torch.where(head[:, None], neg, h[:, None])
+    tt = torch.where(head[:, None], t[:, None], neg)
+    ref_neg = model("score_hrt", hh.reshape(-1), r.repeat_interleave(neg.shape[1]), tt.reshape(-1)).view_as(neg)
+    ref = task._contrast(model("score_hrt", h, r, t), ref_neg)
+    got, _ = task.loss(model, batch)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def cli_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("kge")

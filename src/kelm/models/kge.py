@@ -2,8 +2,9 @@
 
 Every model maps entity and relation ids to embeddings and scores triples; higher means more
 plausible. A model is one small class: it sets ``name``, implements ``interact`` (elementwise over
-broadcast leading axes, features on the last axis) and, where its form allows, overrides the 1-N
-scorers ``_tails`` / ``_heads`` with a matmul or a distance against the whole entity table.
+broadcast leading axes, features on the last axis). A model linear in the tail (head) returns the
+query vector ``q`` from ``_tail_query`` (``_head_query``), and scoring many candidates becomes one
+matmul (a batched one for per-row candidates); distance models override ``_tails`` / ``_heads``.
 
 Dropout acts on the embeddings of the query side (and on all three in ``score_hrt``) while training;
 candidate tables in 1-N scoring are used as they are.
@@ -90,13 +91,41 @@ class KGEModel(nn.Module):
         """Scores of broadcast embeddings ``(..., D)``, ``(..., X)``, ``(..., D)`` → ``(...)``."""
         raise NotImplementedError
 
+    def _tail_query(self, h_BD: Tensor, r_BX: Tensor) -> Tensor | None:
+        """``q`` with ``score(h, r, t) = <q, t>`` for models linear in ``t``, else None."""
+        return None
+
+    def _head_query(self, r_BX: Tensor, t_BD: Tensor) -> Tensor | None:
+        """``q`` with ``score(h, r, t) = <q, h>`` for models linear in ``h``, else None."""
+        return None
+
     def _tails(self, h_BD: Tensor, r_BX: Tensor, t_CD: Tensor) -> Tensor:
-        """``(B, C)`` scores of every candidate tail; override with a matmul where possible."""
+        """``(B, C)`` scores of a shared candidate table: one matmul for linear models."""
+        q_BD = self._tail_query(h_BD, r_BX)
+        if q_BD is not None:
+            return q_BD @ t_CD.T
         return _over_candidates(lambda t: self.interact(h_BD[:, None], r_BX[:, None], t[None]), t_CD, len(h_BD))
 
     def _heads(self, r_BX: Tensor, t_BD: Tensor, h_CD: Tensor) -> Tensor:
-        """``(B, C)`` scores of every candidate head; override with a matmul where possible."""
+        """``(B, C)`` scores of a shared candidate head table: one matmul for linear models."""
+        q_BD = self._head_query(r_BX, t_BD)
+        if q_BD is not None:
+            return q_BD @ h_CD.T
         return _over_candidates(lambda h: self.interact(h[None], r_BX[:, None], t_BD[:, None]), h_CD, len(t_BD))
+
+    def _tails_each(self, h_BD: Tensor, r_BX: Tensor, t_BCD: Tensor) -> Tensor:
+        """``(B, C)`` scores of per-row candidates: one batched matmul for linear models."""
+        q_BD = self._tail_query(h_BD, r_BX)
+        if q_BD is not None:
+            return torch.bmm(t_BCD, q_BD.unsqueeze(-1)).squeeze(-1)
+        return self.interact(h_BD[:, None], r_BX[:, None], t_BCD)
+
+    def _heads_each(self, r_BX: Tensor, t_BD: Tensor, h_BCD: Tensor) -> Tensor:
+        """``(B, C)`` scores of per-row candidate heads."""
+        q_BD = self._head_query(r_BX, t_BD)
+        if q_BD is not None:
+            return torch.bmm(h_BCD, q_BD.unsqueeze(-1)).squeeze(-1)
+        return self.interact(h_BCD, r_BX[:, None], t_BD[:, None])
 
     def _sq_magnitudes(self, h_BD: Tensor, r_BX: Tensor, t_BD: Tensor) -> list[Tensor]:
         """Squared magnitudes of the parameters the regularizer penalizes."""
@@ -120,7 +149,7 @@ class KGEModel(nn.Module):
         if candidates is None or candidates.dim() == 1:
             t_CD = self.entity.weight if candidates is None else self.entity(candidates)
             return self._tails(h_BD, r_BX, t_CD)
-        return self.interact(h_BD[:, None], r_BX[:, None], self.entity(candidates))
+        return self._tails_each(h_BD, r_BX, self.entity(candidates))
 
     def score_h(self, r: Tensor, t: Tensor, candidates: Tensor | None = None) -> Tensor:
         """Scores over heads: ``(B, E)`` for all entities, ``(B, C)`` for ``candidates`` ``(C,)`` or ``(B, C)``."""
@@ -128,7 +157,7 @@ class KGEModel(nn.Module):
         if candidates is None or candidates.dim() == 1:
             h_CD = self.entity.weight if candidates is None else self.entity(candidates)
             return self._heads(r_BX, t_BD, h_CD)
-        return self.interact(self.entity(candidates), r_BX[:, None], t_BD[:, None])
+        return self._heads_each(r_BX, t_BD, self.entity(candidates))
 
     def regularizer(self, h: Tensor, r: Tensor, t: Tensor, kind: str, p: int = 3) -> Tensor:
         """Scalar penalty on the batch's embeddings, divided by the batch size.
@@ -178,11 +207,11 @@ class DistMult(KGEModel):
     def interact(self, h: Tensor, r: Tensor, t: Tensor) -> Tensor:
         return (h * r * t).sum(-1)
 
-    def _tails(self, h_BD: Tensor, r_BX: Tensor, t_CD: Tensor) -> Tensor:
-        return (h_BD * r_BX) @ t_CD.T
+    def _tail_query(self, h_BD: Tensor, r_BX: Tensor) -> Tensor:
+        return h_BD * r_BX
 
-    def _heads(self, r_BX: Tensor, t_BD: Tensor, h_CD: Tensor) -> Tensor:
-        return (r_BX * t_BD) @ h_CD.T
+    def _head_query(self, r_BX: Tensor, t_BD: Tensor) -> Tensor:
+        return r_BX * t_BD
 
 
 class ComplEx(KGEModel):
@@ -198,12 +227,12 @@ class ComplEx(KGEModel):
     def interact(self, h: Tensor, r: Tensor, t: Tensor) -> Tensor:
         return (_complex_mul(h, r) * t).sum(-1)
 
-    def _tails(self, h_BD: Tensor, r_BX: Tensor, t_CD: Tensor) -> Tensor:
-        return _complex_mul(h_BD, r_BX) @ t_CD.T
+    def _tail_query(self, h_BD: Tensor, r_BX: Tensor) -> Tensor:
+        return _complex_mul(h_BD, r_BX)
 
-    def _heads(self, r_BX: Tensor, t_BD: Tensor, h_CD: Tensor) -> Tensor:
+    def _head_query(self, r_BX: Tensor, t_BD: Tensor) -> Tensor:
         # Re(h * q) with q = r * conj(t) is <h, conj(q)> over [real, imaginary] halves.
-        return _complex_mul(t_BD, r_BX, conj_b=True) @ h_CD.T
+        return _complex_mul(t_BD, r_BX, conj_b=True)
 
     def _sq_magnitudes(self, h_BD: Tensor, r_BX: Tensor, t_BD: Tensor) -> list[Tensor]:
         return [_complex_sq_modulus(x) for x in (h_BD, r_BX, t_BD)]
@@ -287,11 +316,11 @@ class RESCAL(KGEModel):
         hM = torch.matmul(h.unsqueeze(-2), self._matrix(r)).squeeze(-2)
         return (hM * t).sum(-1)
 
-    def _tails(self, h_BD: Tensor, r_BX: Tensor, t_CD: Tensor) -> Tensor:
-        return torch.bmm(h_BD.unsqueeze(1), self._matrix(r_BX)).squeeze(1) @ t_CD.T
+    def _tail_query(self, h_BD: Tensor, r_BX: Tensor) -> Tensor:
+        return torch.bmm(h_BD.unsqueeze(1), self._matrix(r_BX)).squeeze(1)
 
-    def _heads(self, r_BX: Tensor, t_BD: Tensor, h_CD: Tensor) -> Tensor:
-        return torch.bmm(self._matrix(r_BX), t_BD.unsqueeze(-1)).squeeze(-1) @ h_CD.T
+    def _head_query(self, r_BX: Tensor, t_BD: Tensor) -> Tensor:
+        return torch.bmm(self._matrix(r_BX), t_BD.unsqueeze(-1)).squeeze(-1)
 
 
 KGE_MODELS: dict[str, type[KGEModel]] = {cls.name: cls for cls in (TransE, DistMult, ComplEx, RotatE, RESCAL)}

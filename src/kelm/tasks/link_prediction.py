@@ -354,28 +354,53 @@ class LinkPredictionTask(Task):
             return loss + c.regularizer_weight * reg, {"regularizer": float(reg.detach())}
         return loss, {}
 
+    def _scores(
+        self,
+        model: nn.Module,
+        h: torch.Tensor,
+        r: torch.Tensor,
+        t: torch.Tensor,
+        cands: torch.Tensor | None,
+        corrupt_head: torch.Tensor,
+    ) -> torch.Tensor:
+        """``(B, C)`` float scores with the tail, or where ``corrupt_head`` the head, replaced by each
+        candidate: all entities (``cands`` None), a shared ``(C,)`` set or per-row ``(B, C)`` sets."""
+        if not bool(corrupt_head.any()):
+            return model("score_t", h, r, cands).float()
+        if bool(corrupt_head.all()):
+            return model("score_h", r, t, cands).float()
+        per_row = cands is not None and cands.dim() == 2
+        width = self._num_entities if cands is None else cands.shape[-1]
+        out = torch.empty(len(h), width, device=h.device)
+        for rows, op, a, b in ((~corrupt_head, "score_t", h, r), (corrupt_head, "score_h", r, t)):
+            out[rows] = model(op, a[rows], b[rows], cands[rows] if per_row else cands).float()
+        return out
+
     def _loss_1n(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """BCE or CE against the multi-hot answers, without building the dense ``(B, E)`` target.
+
+        With ``y = (1 - eps) * answers / k + eps / E`` (CE; ``k`` answers) the loss of a query is
+        ``logsumexp(x) - (1 - eps) * mean_answers(x) - eps * mean(x)``; BCE with
+        ``y = (1 - eps) * answers + eps / E`` sums ``softplus(x) - y * x``. Both touch the logits
+        once (plus a gather), where a dense target costs several ``(B, E)`` passes.
+        """
         q, rows, cols = batch["query"], batch["target_rows"], batch["target_cols"]
         e, r, is_tail = q[:, 0], q[:, 1], q[:, 2].bool()
-        if bool(is_tail.all()):
-            logits = model("score_t", e, r)
-        else:
-            logits = torch.empty(len(q), self._num_entities, device=q.device)
-            logits[is_tail] = model("score_t", e[is_tail], r[is_tail]).to(logits.dtype)
-            logits[~is_tail] = model("score_h", r[~is_tail], e[~is_tail]).to(logits.dtype)
-        logits = logits.float()
-        target = torch.zeros_like(logits)
-        target[rows, cols] = 1.0
-        eps = self.cfg.label_smoothing
+        logits = self._scores(model, e, r, e, None, ~is_tail)
+        eps, B, E = self.cfg.label_smoothing, len(q), self._num_entities
+        picked = logits[rows, cols]
         if self.cfg.loss_name == "bce":
+            loss = F.softplus(logits).sum() - (1.0 - eps) * picked.sum()
             if eps:
-                target = (1.0 - eps) * target + eps / self._num_entities
-            loss = F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / len(q)
+                loss = loss - eps / E * logits.sum()
+            loss = loss / B
         else:
-            target = target / target.sum(1, keepdim=True)
+            k = torch.bincount(rows, minlength=B).to(logits.dtype)
+            answer_mean = torch.zeros(B, device=logits.device, dtype=logits.dtype).index_add_(0, rows, picked) / k
+            per_query = torch.logsumexp(logits, dim=1) - (1.0 - eps) * answer_mean
             if eps:
-                target = (1.0 - eps) * target + eps / self._num_entities
-            loss = -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
+                per_query = per_query - eps * logits.mean(1)
+            loss = per_query.mean()
         # regularise over the true triples of the batch, in the direction each query was asked
         qe, qr, tail = e[rows], r[rows], is_tail[rows]
         h = torch.where(tail, qe, cols)
@@ -383,22 +408,16 @@ class LinkPredictionTask(Task):
         return loss, (h, qr, t)
 
     def _loss_ns(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        c = self.cfg
         triples, neg, corrupt_head = batch["triples"], batch["negatives"], batch["corrupt_head"]
         h, r, t = triples.unbind(1)
-        pos = model("score_hrt", h, r, t).float()
-        N = c.num_negatives
         if neg.dim() == 1:  # shared: every triple meets the same N entities on the corrupted side
-            tails = model("score_t", h, r, neg)
-            heads = model("score_h", r, t, neg) if bool(corrupt_head.any()) else tails
-            neg_scores = torch.where(corrupt_head[:, None], heads, tails).float()
-        else:
-            hh = torch.where(corrupt_head[:, None], neg, h[:, None].expand(-1, N))
-            tt = torch.where(corrupt_head[:, None], t[:, None].expand(-1, N), neg)
-            rr = r[:, None].expand(-1, N)
-            neg_scores = model("score_hrt", hh.reshape(-1), rr.reshape(-1), tt.reshape(-1)).float().view(-1, N)
-        loss = self._contrast(pos, neg_scores)
-        return loss, (h, r, t)
+            pos = model("score_hrt", h, r, t).float()
+            neg_scores = self._scores(model, h, r, t, neg, corrupt_head)
+        else:  # the true entity rides along as candidate 0, so one batched matmul scores all
+            true = torch.where(corrupt_head, h, t)
+            scores = self._scores(model, h, r, t, torch.cat([true[:, None], neg], 1), corrupt_head)
+            pos, neg_scores = scores[:, 0], scores[:, 1:]
+        return self._contrast(pos, neg_scores), (h, r, t)
 
     def _contrast(self, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         c = self.cfg

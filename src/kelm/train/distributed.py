@@ -55,7 +55,8 @@ def init_distributed(device: str | None = None) -> DistInfo:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        backend = "nccl" if dev.type == "cuda" else "gloo"
+        # NCCL for device tensors; gloo keeps the small CPU reductions (metrics, byte counts) working
+        backend = "cpu:gloo,cuda:nccl" if dev.type == "cuda" else "gloo"
         if launched_by_torchrun():
             # The agent's store outlives a restart with the failed attempt's keys in it (peer
             # addresses of dead processes); a prefix per attempt keeps the new group clear of them.

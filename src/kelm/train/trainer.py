@@ -85,12 +85,19 @@ def seed_everything(seed: int) -> None:
 
 
 def build_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """The configured optimizer; fused kernels (one pass over each parameter) where they apply.
+
+    Fused Adam/AdamW/Adagrad run on CPU and CUDA for plain tensors; sharded DTensor parameters
+    (FSDP2) take the multi-tensor ``foreach`` path instead."""
+    from torch.distributed.tensor import DTensor
+
+    fused = {"fused": True} if params and not any(isinstance(p, DTensor) for p in params) else {}
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, **fused)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, **fused)
     if cfg.optimizer == "adagrad":
-        return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
 
 
@@ -275,7 +282,8 @@ class Trainer:
         wall0 = timer()
         tokens_this_run = 0
         stream = self._micro_batches()
-        window = torch.tensor(self.state.window, dtype=torch.float64)
+        # summed on the device and read only when logged: no host sync per step
+        window = torch.tensor(self.state.window, dtype=torch.float64, device=info.device)
         final_eval: dict[str, float] = {}
         stopped_early = self._patience_exhausted()
         self.model.train()
@@ -288,7 +296,8 @@ class Trainer:
                         loss, _ = self.task.loss(self.model, batch)
                     (loss / cfg.grad_accum).backward()
                     w = self.task.batch_weight(batch)
-                    window += torch.tensor([float(loss.detach()) * w, w], dtype=torch.float64)
+                    window[0] += loss.detach().double() * w
+                    window[1] += w
                     tokens_this_run += self.task.tokens(batch)
                 if cfg.clip_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
