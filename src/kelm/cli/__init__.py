@@ -12,6 +12,7 @@ from kelm.cli import data as data_cmd
 from kelm.cli import demo as demo_cmd
 from kelm.cli import kg as kg_cmd
 from kelm.cli import kge as kge_cmd
+from kelm.cli import ngram as ngram_cmd
 from kelm.cli import plot as plot_cmd
 from kelm.cli import train as train_cmd
 from kelm.errors import KelmError
@@ -27,6 +28,7 @@ app = typer.Typer(
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(kg_cmd.app, name="kg")
 app.add_typer(kge_cmd.app, name="kge")
+app.add_typer(ngram_cmd.app, name="ngram")
 app.command("demo")(demo_cmd.demo)
 app.command("train")(train_cmd.train)
 app.command("plot")(plot_cmd.plot)
