@@ -56,7 +56,16 @@ def test_score_h_matches_score_hrt(model):
         torch.testing.assert_close(scores_BE[:, h], expected_B, atol=1e-5, rtol=0)
 
 
-def test_candidates_equal_full_columns(model):
+@pytest.fixture(params=["gathered", "dense"])
+def candidate_path(request, monkeypatch) -> str:
+    """Per-row candidates scored from gathered embeddings, or from one matmul over all entities."""
+    import kelm.models.kge as kge
+
+    monkeypatch.setattr(kge, "DENSE_CANDIDATE_FACTOR", 0 if request.param == "gathered" else 10**6)
+    return request.param
+
+
+def test_candidates_equal_full_columns(model, candidate_path):
     h_B, r_B = all_pairs()
     cands_C = torch.tensor([5, 0, 12, 5])
     full_t, full_h = model.score_t(h_B, r_B), model.score_h(r_B, h_B)

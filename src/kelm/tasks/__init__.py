@@ -35,8 +35,15 @@ def _link_prediction() -> TaskSpec:
     return TaskSpec(LinkPredictionConfig, LinkPredictionTask)
 
 
+def _classification() -> TaskSpec:
+    from kelm.tasks.classification import ClassificationConfig, ClassificationTask
+
+    return TaskSpec(ClassificationConfig, ClassificationTask)
+
+
 #: Task name → a loader of its spec (imported on first use).
 TASKS: dict[str, Callable[[], TaskSpec]] = {"causal-lm": _causal_lm, "link-prediction": _link_prediction}
+TASKS["classification"] = _classification
 
 
 def task_names() -> list[str]:

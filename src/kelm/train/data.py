@@ -4,6 +4,11 @@ Every epoch draws one permutation of the training set from ``(seed, epoch)``. Gl
 ``b`` holds positions ``[b*B, (b+1)*B)`` of that permutation; rank ``r`` of ``W`` takes every
 W-th sample of it, so each sample is seen once per epoch across ranks, and the union over
 ranks is the same global batch at every world size. The position is ``(epoch, batch)``.
+
+A data set with a ``group_lengths`` attribute (one length per sample) is grouped by length:
+each window of `GROUP_BATCHES` global batches of the permutation is sorted by length before it
+is cut into batches, and the batches are then shuffled, all from ``(seed, epoch)``, so padded
+batches waste little and the order is as reproducible as without grouping.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from typing import Any
 import torch
 
 from kelm.errors import ConfigError
+
+#: Global batches per window that is sorted by length (for data sets with ``group_lengths``).
+GROUP_BATCHES = 50
 
 
 @dataclass
@@ -61,7 +69,11 @@ class ShardedBatches:
 
     def _order(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.data), generator=g)
+        order = torch.randperm(len(self.data), generator=g)
+        lengths = getattr(self.data, "group_lengths", None)
+        if lengths is not None:
+            order = group_by_length(order, torch.as_tensor(lengths), self.global_batch, g)
+        return order
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """Batches from the current position to the end of the epoch; then the epoch advances."""
@@ -73,6 +85,24 @@ class ShardedBatches:
             self.position.batch += 1
             yield self.collate([self.data[i] for i in mine])
         self.position = DataPosition(self.position.epoch + 1, 0)
+
+
+def group_by_length(
+    order: torch.Tensor, lengths: torch.Tensor, batch: int, g: torch.Generator, window: int = GROUP_BATCHES
+) -> torch.Tensor:
+    """``order`` with each window of ``window`` batches sorted by length (longest first), then its
+    full batches shuffled by ``g``; a trailing partial batch stays last, so ``drop_last`` drops it."""
+    n_full = len(order) // batch * batch
+    head, tail = order[:n_full], order[n_full:]
+    span = batch * window
+    parts = []
+    for lo in range(0, n_full, span):
+        chunk = head[lo : lo + span]
+        parts.append(chunk[torch.sort(lengths[chunk], descending=True, stable=True).indices])
+    if not parts:
+        return order
+    batches = torch.cat(parts).view(-1, batch)
+    return torch.cat([batches[torch.randperm(len(batches), generator=g)].reshape(-1), tail])
 
 
 def eval_batches(
