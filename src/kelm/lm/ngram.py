@@ -1,4 +1,4 @@
-"""Interpolated modified Kneser-Ney n-gram language models (Chen & Goodman), as KenLM's ``lmplz`` builds them.
+"""Interpolated modified Kneser-Ney n-gram language models (Chen & Goodman), with KenLM ``lmplz``'s conventions.
 
 - Sentences are ``<s> w1 .. wn </s>``. The highest order uses raw counts; lower orders use
   continuation counts N1+(• g), except n-grams that begin with ``<s>`` (nothing can precede them),
@@ -9,7 +9,7 @@
 - ``p(w|h) = (a(hw) - D(a(hw))) / A(h) + gamma(h) p(w|h')`` with ``A(h) = sum_w a(hw)`` and
   ``gamma(h) = (D1 N1(h•) + D2 N2(h•) + D3+ N3+(h•)) / A(h)``. Unigrams interpolate with the
   uniform distribution over the vocabulary without ``<s>`` (``<unk>`` included), so ``<unk>``
-  gets ``gamma(empty) / |V|`` like any word never seen, which is what ``lmplz`` does.
+  gets ``gamma(empty) / |V|`` like any word never seen (``lmplz``'s default too).
 - The result is stored the ARPA way: each n-gram's full interpolated probability and, for each
   context h, the back-off weight gamma(h). Standard back-off then reproduces the interpolated model
   exactly, for any word in any context.
@@ -148,8 +148,8 @@ def train_kneser_ney(sentences: Sequence[Sequence[str]], order: int = 3, lowerca
         n_ctx = 1 if k == 1 else len(levels[k - 2]["keys"])
         ctx = np.zeros(len(a), dtype=np.int64) if k == 1 else level["keys"] // v
         disc = _discount(a, d)
-        total = np.bincount(ctx, weights=a, minlength=n_ctx)
-        gamma = np.bincount(ctx, weights=disc, minlength=n_ctx)
+        total = np.bincount(ctx, weights=a, minlength=n_ctx).astype(np.float64)
+        gamma = np.bincount(ctx, weights=disc, minlength=n_ctx).astype(np.float64)
         np.divide(gamma, total, out=gamma, where=total > 0)
         with np.errstate(invalid="ignore", divide="ignore"):
             prob = (a - disc) / total[ctx]
