@@ -131,7 +131,7 @@ def test_unknown_key_in_task_is_named(folder: Path, capsys: pytest.CaptureFixtur
 
 
 def test_unknown_task_lists_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match=r"task.name: unknown task 'kge' \(known: causal-lm, link-prediction\)"):
+    with pytest.raises(ConfigError, match=r"task.name: unknown task 'kge' \(known: causal-lm, .*link-prediction"):
         build_task({"name": "kge"})
 
 

@@ -10,10 +10,12 @@ import typer
 from kelm import __version__
 from kelm.cli import data as data_cmd
 from kelm.cli import demo as demo_cmd
+from kelm.cli import finetune as finetune_cmd
 from kelm.cli import kg as kg_cmd
 from kelm.cli import kge as kge_cmd
 from kelm.cli import ngram as ngram_cmd
 from kelm.cli import plot as plot_cmd
+from kelm.cli import predict as predict_cmd
 from kelm.cli import train as train_cmd
 from kelm.errors import KelmError
 from kelm.progress import console
@@ -32,6 +34,8 @@ app.add_typer(ngram_cmd.app, name="ngram")
 app.command("demo")(demo_cmd.demo)
 app.command("train")(train_cmd.train)
 app.command("plot")(plot_cmd.plot)
+app.command("finetune")(finetune_cmd.finetune)
+app.command("predict")(predict_cmd.predict)
 
 
 def _version(value: bool) -> None:

@@ -41,9 +41,16 @@ def _classification() -> TaskSpec:
     return TaskSpec(ClassificationConfig, ClassificationTask)
 
 
+def _ner() -> TaskSpec:
+    from kelm.tasks.ner import NERConfig, NERTask
+
+    return TaskSpec(NERConfig, NERTask)
+
+
 #: Task name → a loader of its spec (imported on first use).
 TASKS: dict[str, Callable[[], TaskSpec]] = {"causal-lm": _causal_lm, "link-prediction": _link_prediction}
 TASKS["classification"] = _classification
+TASKS["ner"] = _ner
 
 
 def task_names() -> list[str]:

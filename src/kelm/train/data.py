@@ -24,6 +24,9 @@ from kelm.errors import ConfigError
 #: Global batches per window that is sorted by length (for data sets with ``group_lengths``).
 GROUP_BATCHES = 50
 
+#: Global batches per window that is sorted by length (for data sets with ``group_lengths``).
+GROUP_BATCHES = 50
+
 
 @dataclass
 class DataPosition:
@@ -85,6 +88,24 @@ class ShardedBatches:
             self.position.batch += 1
             yield self.collate([self.data[i] for i in mine])
         self.position = DataPosition(self.position.epoch + 1, 0)
+
+
+def group_by_length(
+    order: torch.Tensor, lengths: torch.Tensor, batch: int, g: torch.Generator, window: int = GROUP_BATCHES
+) -> torch.Tensor:
+    """``order`` with each window of ``window`` batches sorted by length (longest first), then its
+    full batches shuffled by ``g``; a trailing partial batch stays last, so ``drop_last`` drops it."""
+    n_full = len(order) // batch * batch
+    head, tail = order[:n_full], order[n_full:]
+    span = batch * window
+    parts = []
+    for lo in range(0, n_full, span):
+        chunk = head[lo : lo + span]
+        parts.append(chunk[torch.sort(lengths[chunk], descending=True, stable=True).indices])
+    if not parts:
+        return order
+    batches = torch.cat(parts).view(-1, batch)
+    return torch.cat([batches[torch.randperm(len(batches), generator=g)].reshape(-1), tail])
 
 
 def group_by_length(

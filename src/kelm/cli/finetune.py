@@ -1,0 +1,111 @@
+"""`kelm finetune`: fine-tune a Hugging Face model for classification, NER or extractive QA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from kelm.cli.options import (
+    BatchSizeOpt,
+    EpochsOpt,
+    LrOpt,
+    MaxRestartsOpt,
+    MaxStepsOpt,
+    NnodesOpt,
+    NodeRankOpt,
+    NprocOpt,
+    OutDirOpt,
+    RdzvEndpointOpt,
+    RdzvIdOpt,
+    ResumeOpt,
+    SeedOpt,
+    StrategyOpt,
+    TrainConfigArg,
+)
+
+out = Console(highlight=False, soft_wrap=True)
+FINETUNE_TASKS = ("classification", "ner", "qa")
+
+
+def _abs(path: Path | None) -> str | None:
+    return None if path is None else str(path.resolve())
+
+
+def finetune(
+    out_dir: OutDirOpt,
+    config: TrainConfigArg = None,
+    task: Annotated[str | None, typer.Option(help="classification, ner or qa.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Registered data set (see 'kelm data list').")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder of data sets.")] = None,
+    train_file: Annotated[Path | None, typer.Option("--train", metavar="FILE", help="Training file.")] = None,
+    dev_file: Annotated[Path | None, typer.Option("--dev", metavar="FILE", help="Development file.")] = None,
+    test_file: Annotated[Path | None, typer.Option("--test", metavar="FILE", help="Test file.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="minilm, tiny-bert, tiny-gpt2, a checkpoint folder or a hub id.")
+    ] = None,
+    max_length: Annotated[int | None, typer.Option(help="Longest input in tokens.")] = None,
+    strategy: StrategyOpt = None,
+    max_steps: MaxStepsOpt = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    lr: LrOpt = None,
+    seed: SeedOpt = None,
+    resume: ResumeOpt = None,
+    nproc: NprocOpt = None,
+    max_restarts: MaxRestartsOpt = None,
+    nnodes: NnodesOpt = None,
+    node_rank: NodeRankOpt = None,
+    rdzv_endpoint: RdzvEndpointOpt = None,
+    rdzv_id: RdzvIdOpt = None,
+) -> None:
+    """Fine-tune a model; metrics.json (valid, test), a classification report and model/ go to --out."""
+    from kelm.cli.train import print_summary, train_or_launch
+    from kelm.errors import ConfigError
+
+    if task is not None and task not in FINETUNE_TASKS:
+        raise ConfigError(f"--task: unknown task '{task}' (use {', '.join(FINETUNE_TASKS)})")
+    if config is None and task is None:
+        raise ConfigError("give --task (classification, ner or qa) or a CONFIG file with a [task] table")
+    if model is not None and Path(model).exists():
+        model = str(Path(model).resolve())
+    overrides = {
+        "task.name": task,
+        "task.dataset": dataset,
+        "task.data_dir": _abs(data_dir),
+        "task.train": _abs(train_file),
+        "task.dev": _abs(dev_file),
+        "task.test": _abs(test_file),
+        "task.model": model,
+        "task.max_length": max_length,
+        "train.strategy": strategy,
+        "train.max_steps": max_steps,
+        "train.epochs": epochs,
+        "train.batch_size": batch_size,
+        "train.lr": lr,
+        "train.seed": seed,
+    }
+    flags = {
+        "--task": task,
+        "--dataset": dataset,
+        "--data-dir": _abs(data_dir),
+        "--train": _abs(train_file),
+        "--dev": _abs(dev_file),
+        "--test": _abs(test_file),
+        "--model": model,
+        "--max-length": max_length,
+        "--strategy": strategy,
+        "--max-steps": max_steps,
+        "--epochs": epochs,
+        "--batch-size": batch_size,
+        "--lr": lr,
+        "--seed": seed,
+    }
+    launch_opts = (nproc, max_restarts, nnodes, node_rank, rdzv_endpoint, rdzv_id)
+    summary = train_or_launch(["finetune"], config, out_dir, resume, overrides, flags, launch_opts)
+    if summary is not None:
+        print_summary(summary, out_dir)
+        if summary.get("test"):
+            out.print("test " + ", ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))

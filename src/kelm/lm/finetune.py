@@ -1,0 +1,206 @@
+"""What the fine-tuning tasks share: config fields, data files, padding, length grouping, model files.
+
+Batches are padded to their own longest sequence (dynamic padding). Training samples carry
+``group_lengths``, which `kelm.train.data.ShardedBatches` uses to sort each window of 50 global
+batches by length before cutting batches (and then shuffles the batches), so a batch holds
+sequences of similar length and little compute goes to padding; the order still comes from
+``(seed, epoch)`` alone, so resume and sharding stay exact. Held-out samples are sorted by length
+once (metrics do not depend on order).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from kelm.atomic import write_text_atomic
+from kelm.config import Section
+from kelm.errors import ConfigError, DataError
+from kelm.lm import metrics as M
+from kelm.tasks.base import Batch, Task
+
+REPORT_FILE = "classification_report.txt"
+SPLITS = ("train", "dev", "test")
+
+
+class TruncationWarning(UserWarning):
+    """Some inputs were longer than the model's maximum length and were cut."""
+
+
+class FinetuneConfig(Section):
+    """Fields every fine-tuning ``[task]`` table has."""
+
+    dataset: str | None = Field(None, description="registered data-set name (see `kelm data list`)")
+    data_dir: str | None = None
+    train: str | None = Field(None, description="training file (instead of, or overriding, the data set's)")
+    dev: str | None = None
+    test: str | None = None
+    model: str = Field("minilm", description="minilm, tiny-bert, tiny-gpt2, a checkpoint folder or a hub id")
+    max_length: int | None = Field(None, ge=8, description="longest input in tokens (default: the model's)")
+    group_by_length: bool = True
+    # sizes of from-scratch models (tiny-bert, tiny-gpt2)
+    hidden_size: int = Field(128, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(2, ge=1)
+
+
+def split_files(cfg: FinetuneConfig, suffix: str) -> dict[str, Path | None]:
+    """The train/dev/test files: explicit files win over the named data set's ``SPLIT.suffix``."""
+    files: dict[str, Path | None] = dict.fromkeys(SPLITS)
+    if cfg.dataset:
+        from kelm.data import resolve
+
+        folder = resolve(cfg.dataset, data_dir=cfg.data_dir)
+        for split in SPLITS:
+            path = folder / f"{split}.{suffix}"
+            files[split] = path if path.is_file() else None
+    for split in SPLITS:
+        given = getattr(cfg, split)
+        if given is not None:
+            path = Path(given)
+            if not path.is_file():
+                raise DataError("file not found", path)
+            files[split] = path
+    if files["train"] is None:
+        raise ConfigError("task: no training data (set task.dataset or task.train, or pass --dataset / --train)")
+    return files
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def warn_truncated(counts: dict[str, tuple[int, int]], max_length: int) -> None:
+    """One warning for all splits: how many sequences were cut to ``max_length`` tokens."""
+    cut = {split: c for split, c in counts.items() if c[0]}
+    if not cut or not is_main_process():
+        return
+    parts = ", ".join(f"{n} of {total} in {split}" for split, (n, total) in cut.items())
+    warnings.warn(f"{parts} longer than {max_length} tokens: truncated", TruncationWarning, stacklevel=3)
+
+
+class Samples(Sequence[Any]):
+    """A list of samples; with ``lengths`` it asks the loader to group batches by length."""
+
+    def __init__(self, items: list[Any], lengths: list[int] | None = None):
+        self.items = items
+        if lengths is not None:
+            self.group_lengths = torch.tensor(lengths, dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Any:  # type: ignore[override]
+        return self.items[i]
+
+
+def by_length(items: list[Any], lengths: list[int]) -> Samples:
+    """Held-out samples sorted by length (longest first), so evaluation batches pad little."""
+    order = sorted(range(len(items)), key=lambda i: -lengths[i])
+    return Samples([items[i] for i in order])
+
+
+def pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    """Right-pad integer rows to the longest one."""
+    width = max((len(r) for r in rows), default=0)
+    out = torch.full((len(rows), width), value, dtype=torch.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.as_tensor(r, dtype=torch.int64)
+    return out
+
+
+def encode_inputs(samples: list[dict[str, Any]], pad_id: int) -> Batch:
+    """``input_ids``, ``attention_mask`` (and ``token_type_ids`` when samples have them), padded per batch."""
+    ids = [s["input_ids"] for s in samples]
+    batch: Batch = {"input_ids": pad(ids, pad_id), "attention_mask": pad([[1] * len(r) for r in ids], 0)}
+    if samples and "token_type_ids" in samples[0]:
+        batch["token_type_ids"] = pad([s["token_type_ids"] for s in samples], 0)
+    return batch
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def model_inputs(batch: Batch) -> dict[str, torch.Tensor]:
+    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
+
+class HFTask(Task):
+    """A task on a Hugging Face model with one head; subclasses read data and define metrics."""
+
+    head = "classification"
+    monitor_mode = "max"
+
+    def __init__(self, cfg: FinetuneConfig):
+        from kelm.lm.hf import load_tokenizer, model_max_length
+
+        self.cfg = cfg
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.max_length = model_max_length(cfg.model, self.tokenizer, cfg.max_length)
+        self.labels: list[str] | None = None
+        self._hf_config: Any = None
+        self._last: dict[str, dict[str, float]] | None = None
+        self._report_total = 0.0
+
+    # -- model ----------------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        from kelm.lm.hf import build_hf_model
+
+        c = self.cfg
+        sizes = {"hidden_size": c.hidden_size, "num_layers": c.num_layers, "num_heads": c.num_heads}
+        model = build_hf_model(c.model, self.head, self.tokenizer, self.labels, sizes, max(self.max_length, 512))
+        self._hf_config = model.config
+        return model
+
+    def model_config(self) -> dict[str, Any]:
+        spec = {"kind": "hf", "head": self.head, "base": self.cfg.model, "max_length": self.max_length}
+        if self.labels is not None:
+            spec["labels"] = list(self.labels)
+        return {"task": self.name, "model": spec}
+
+    def tokens(self, batch: Batch) -> int:
+        """Non-pad tokens."""
+        return int(batch["attention_mask"].sum())
+
+    # -- report ---------------------------------------------------------------------------------
+    def report_title(self) -> str:
+        return f"{self.name} report"
+
+    def report_total(self) -> float:
+        """Total weight of the set evaluated last (test if there is one, else dev): turns shares into counts."""
+        return self._report_total
+
+    def keep_for_report(self, per: dict[str, dict[str, float]]) -> None:
+        self._last = per
+
+    def save_artifacts(self, folder: Path) -> None:
+        """``config.json`` and tokenizer files beside the weights; the report in the run folder."""
+        from kelm.lm.hf import save_pretrained_files
+
+        if self._hf_config is not None:
+            save_pretrained_files(folder, self._hf_config, self.tokenizer)
+        if self._last is not None:
+            text = M.report_table(self._last, self.report_total(), self.report_title())
+            write_text_atomic(folder.parent / REPORT_FILE, text)
+
+
+__all__ = [
+    "FinetuneConfig",
+    "HFTask",
+    "REPORT_FILE",
+    "Samples",
+    "TruncationWarning",
+    "by_length",
+    "encode_inputs",
+    "model_inputs",
+    "pad",
+    "split_files",
+    "warn_truncated",
+]
