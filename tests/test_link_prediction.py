@@ -179,6 +179,11 @@ def test_cli_train_writes_metrics_and_vocabularies(cli_run: Path) -> None:
     for split in ("valid", "test"):
         assert {"mrr", "mr", "hits@1", "hits@3", "hits@10"} <= set(metrics[split])
     assert metrics["config"]["task"]["model"] == "complex" and metrics["config"]["task"]["dim"] == 32
+    per_rel = metrics["test_per_relation"]
+    assert sum(m["count"] for m in per_rel.values()) == 2 * 661  # every test triple, both sides
+    weighted = sum(m["mrr"] * m["count"] for m in per_rel.values()) / (2 * 661)
+    assert weighted == pytest.approx(metrics["test"]["mrr"], rel=1e-9)
+    assert all({"label", "mr", "hits@1", "hits@10"} <= set(m) for m in per_rel.values())
     model = cli_run / "model"
     assert (model / "model.safetensors").is_file() and (model / "config.toml").is_file()
     lines = (model / "entities.tsv").read_text(encoding="utf-8").splitlines()

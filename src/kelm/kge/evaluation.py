@@ -118,8 +118,8 @@ class FilteredRankEvaluator:
         return r * self.num_entities + e
 
     def chunk_size(self, score_bytes: int = 4) -> int:
-        """Queries per chunk; a score row costs ``E`` x (two scores: output and working copy, two booleans)."""
-        row_bytes = max(1, self.num_entities) * (2 * score_bytes + 2)
+        """Queries per chunk; a score row costs ``E`` x (a score and a boolean comparison result)."""
+        row_bytes = max(1, self.num_entities) * (score_bytes + 1)
         return max(1, int(self.memory_budget_mb * 2**20 // row_bytes))
 
     def _indices(self, device: torch.device) -> dict[str, _FilterIndex]:
@@ -128,11 +128,13 @@ class FilteredRankEvaluator:
         return self._on_device[device]
 
     def _rank_chunk(self, scores_BE: Tensor, answer_B: Tensor, index: _FilterIndex, keys_B: Tensor) -> Tensor:
-        """Realistic ranks ``(B,)`` of ``answer_B`` among non-filtered candidates; NaN scores count as -inf."""
+        """Realistic ranks ``(B,)`` of ``answer_B`` among non-filtered candidates.
+
+        ``scores_BE`` is consumed (filtered entries are overwritten in place). A NaN score ranks
+        below every number: a NaN candidate never counts as higher or equal, and a NaN true score
+        is taken as -inf."""
         arange_B = torch.arange(len(scores_BE), device=scores_BE.device)
-        inf = float("inf")
-        scores_BE = scores_BE.nan_to_num(nan=-inf, posinf=inf, neginf=-inf)  # a copy: the model's output is kept
-        true_B1 = scores_BE[arange_B, answer_B].unsqueeze(1)
+        true_B1 = scores_BE[arange_B, answer_B].nan_to_num(nan=float("-inf")).unsqueeze(1)
         rows, cols = index.lookup(keys_B)
         scores_BE[rows, cols] = float("nan")  # NaN compares false: filtered entities never count
         scores_BE[arange_B, answer_B] = float("nan")  # the answer counts once, below

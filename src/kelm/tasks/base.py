@@ -70,6 +70,14 @@ class Task(ABC):
             weight += w
         return {"loss": total / max(weight, 1)}
 
+    def eval_details(self) -> Any:
+        """Per-sample results of this rank's last `evaluate` call (e.g. ranks), or None."""
+        return None
+
+    def breakdown(self, details: list[Any]) -> dict[str, Any]:
+        """A finer report from every rank's `eval_details` (e.g. metrics per relation); empty if none."""
+        return {}
+
     def finalize_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         """Derive metrics that are not plain means (e.g. perplexity) after ranks are combined."""
         return metrics

@@ -27,6 +27,7 @@ from kelm.errors import ConfigError, DataError
 from kelm.kg.model import KnowledgeGraph
 from kelm.kg.tensors import TripleTensors
 from kelm.tasks.base import Batch, Task
+from kelm.train.data import BatchRandom
 
 MODES = ("1-n", "negative-sampling")
 ONE_N_LOSSES = ("bce", "ce")
@@ -272,6 +273,7 @@ class LinkPredictionTask(Task):
                 self.samples = torch.cat([self.train_triples, torch.stack([t, r + R, h], 1)])
             self.head_prob = head_probabilities(self.train_triples, R) if cfg.sampler == "bernoulli" else None
         self._evaluator: Any = None
+        self._last_ranks: Any = None
         self._num_entities = E
 
     def _split(self, split: str) -> torch.Tensor:
@@ -310,26 +312,31 @@ class LinkPredictionTask(Task):
     def test_data(self) -> Sequence[Any] | None:
         return None if self.test_triples is None else Triples(self.test_triples)
 
-    def collate(self, samples: list[Any]) -> Batch:
+    def collate(self, samples: list[Any], rng: BatchRandom | None = None) -> Batch:
+        """Evaluation triples, 1-n queries, or triples with negatives drawn from ``rng``.
+
+        The engine passes ``rng``, whose draws for a sample do not depend on the world size, so
+        negative sampling is the same with one process or many; without it the global RNG is used."""
         if samples and isinstance(samples[0], torch.Tensor):
             return {"eval_triples": torch.stack(samples)}
         if self.cfg.training == "1-n":
             return self.queries.collate(samples)
         triples = self.samples[torch.tensor(samples, dtype=torch.int64)]
-        return {"triples": triples, **self._negatives(triples)}
+        return {"triples": triples, **self._negatives(triples, rng)}
 
-    def _negatives(self, triples: torch.Tensor) -> Batch:
-        c, B = self.cfg, len(triples)
+    def _negatives(self, triples: torch.Tensor, rng: BatchRandom | None) -> Batch:
+        c, B, E = self.cfg, len(triples), self._num_entities
+        if rng is None:
+            rng = BatchRandom(torch.default_generator, B, 0, 1)
         if c.sampler == "shared":
-            negatives = torch.randint(self._num_entities, (c.num_negatives,))
+            negatives = rng.shared_randint(E, c.num_negatives)
         else:
-            negatives = torch.randint(self._num_entities, (B, c.num_negatives))
+            negatives = rng.randint(E, c.num_negatives)
         if c.reciprocal:
             corrupt_head = torch.zeros(B, dtype=torch.bool)
-        elif self.head_prob is not None:
-            corrupt_head = torch.rand(B) < self.head_prob[triples[:, 1]]
         else:
-            corrupt_head = torch.rand(B) < 0.5
+            p_head = self.head_prob[triples[:, 1]] if self.head_prob is not None else 0.5
+            corrupt_head = rng.rand() < p_head
         return {"negatives": negatives, "corrupt_head": corrupt_head}
 
     def batch_weight(self, batch: Batch) -> int:
@@ -451,8 +458,24 @@ class LinkPredictionTask(Task):
             return {k: 0.0 for k in RANK_METRICS}
         triples = torch.cat([b["eval_triples"] for b in batches])
         result = self.evaluator().rank(self.scoring(model), triples, sides=self.sides)
+        self._last_ranks = result
         metrics = result.metrics()
         return {k: float(metrics[k]) for k in RANK_METRICS}
+
+    def eval_details(self) -> Any:
+        """This rank's ranks, sides and relations of the last evaluation."""
+        return self._last_ranks
+
+    def breakdown(self, details: list[Any]) -> dict[str, Any]:
+        """``per_relation``: MRR, MR, Hits@k, query count and label per relation id."""
+        from kelm.kge.evaluation import RankingResult
+
+        parts = [d for d in details if d is not None]
+        merged = RankingResult(*(torch.cat([getattr(p, f) for p in parts]) for f in ("ranks", "sides", "relations")))
+        ids = list(self.tensors.relation_ids)
+        table = merged.per_relation(ids)
+        labelled = {rid: {"label": self.kg.relations[rid].label or rid, **m} for rid, m in table.items()}
+        return {"per_relation": labelled}
 
     # -- artifacts ----------------------------------------------------------------------------
     def save_artifacts(self, folder: Path) -> None:

@@ -13,6 +13,7 @@ batches waste little and the order is as reproducible as without grouping.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,9 +21,6 @@ from typing import Any
 import torch
 
 from kelm.errors import ConfigError
-
-#: Global batches per window that is sorted by length (for data sets with ``group_lengths``).
-GROUP_BATCHES = 50
 
 #: Global batches per window that is sorted by length (for data sets with ``group_lengths``).
 GROUP_BATCHES = 50
@@ -40,6 +38,39 @@ class DataPosition:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+
+
+@dataclass
+class BatchRandom:
+    """Randomness for one global batch that does not depend on the world size.
+
+    The generator is seeded from ``(seed, epoch, batch)``; per-sample draws are made for the whole
+    global batch and each rank keeps its own rows (every ``world``-th from ``rank``), so sample
+    ``i`` gets the same draw at every world size. Shared draws are identical on every rank."""
+
+    generator: torch.Generator
+    global_size: int
+    rank: int
+    world: int
+
+    def randint(self, high: int, *shape: int) -> torch.Tensor:
+        """``(my samples, *shape)`` integers in ``[0, high)``."""
+        return torch.randint(high, (self.global_size, *shape), generator=self.generator)[self.rank :: self.world]
+
+    def rand(self, *shape: int) -> torch.Tensor:
+        """``(my samples, *shape)`` uniform floats in ``[0, 1)``."""
+        return torch.rand((self.global_size, *shape), generator=self.generator)[self.rank :: self.world]
+
+    def shared_randint(self, high: int, *shape: int) -> torch.Tensor:
+        """``shape`` integers in ``[0, high)``, the same on every rank."""
+        return torch.randint(high, shape, generator=self.generator)
+
+
+def _takes_rng(collate: Callable[..., Any]) -> bool:
+    try:
+        return "rng" in inspect.signature(collate).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class ShardedBatches:
@@ -65,6 +96,7 @@ class ShardedBatches:
         self.global_batch, self.rank, self.world_size, self.seed = global_batch, rank, world_size, seed
         self.drop_last = drop_last
         self.position = DataPosition()
+        self._rng = _takes_rng(collate)  # a collate with an ``rng`` parameter gets a BatchRandom
 
     def batches_per_epoch(self) -> int:
         n = len(self.data)
@@ -86,26 +118,13 @@ class ShardedBatches:
             global_idx = order[b * self.global_batch : (b + 1) * self.global_batch]
             mine = global_idx[self.rank :: self.world_size].tolist()
             self.position.batch += 1
-            yield self.collate([self.data[i] for i in mine])
+            samples = [self.data[i] for i in mine]
+            if self._rng:
+                g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.position.epoch) * 1_000_033 + b)
+                yield self.collate(samples, rng=BatchRandom(g, len(global_idx), self.rank, self.world_size))
+            else:
+                yield self.collate(samples)
         self.position = DataPosition(self.position.epoch + 1, 0)
-
-
-def group_by_length(
-    order: torch.Tensor, lengths: torch.Tensor, batch: int, g: torch.Generator, window: int = GROUP_BATCHES
-) -> torch.Tensor:
-    """``order`` with each window of ``window`` batches sorted by length (longest first), then its
-    full batches shuffled by ``g``; a trailing partial batch stays last, so ``drop_last`` drops it."""
-    n_full = len(order) // batch * batch
-    head, tail = order[:n_full], order[n_full:]
-    span = batch * window
-    parts = []
-    for lo in range(0, n_full, span):
-        chunk = head[lo : lo + span]
-        parts.append(chunk[torch.sort(lengths[chunk], descending=True, stable=True).indices])
-    if not parts:
-        return order
-    batches = torch.cat(parts).view(-1, batch)
-    return torch.cat([batches[torch.randperm(len(batches), generator=g)].reshape(-1), tail])
 
 
 def group_by_length(

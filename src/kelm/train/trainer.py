@@ -243,6 +243,12 @@ class Trainer:
         dist.all_reduce(buf)
         return self.task.finalize_metrics({k: float(buf[i] / buf[-1]) for i, k in enumerate(keys)})
 
+    def _breakdown(self, info: DistInfo) -> dict[str, Any]:
+        """The task's finer report of the last evaluation, from every rank's details."""
+        parts: list[Any] = [None] * info.world_size
+        dist.all_gather_object(parts, self.task.eval_details())
+        return self.task.breakdown(parts) if any(p is not None for p in parts) else {}
+
     def _should_stop(self, metrics: dict[str, float]) -> bool:
         cfg, st = self.cfg, self.state
         value = metrics.get(self.task.monitor)
@@ -335,6 +341,7 @@ class Trainer:
             if self._saved_step != self.state.step:
                 self._save(info, window)
             test_metrics = self._evaluate(info, self.test_set) if self.test_set is not None else {}
+            test_breakdown = self._breakdown(info) if test_metrics else {}
             if test_metrics:
                 logger.log(self.state.step, "test", test_metrics)
             model_spec = {k: v for k, v in self.task.model_config().items() if k != "task"}
@@ -364,6 +371,7 @@ class Trainer:
             "final_train_loss": self.state.history[-1]["loss"] if self.state.history else None,
             "valid": final_eval,
             "test": test_metrics,
+            **{f"test_{k}": v for k, v in test_breakdown.items()},
             "config": self.run_config,
         }
         if info.is_main:
