@@ -186,9 +186,15 @@ class HFTask(Task):
 
         if self._hf_config is not None:
             save_pretrained_files(folder, self._hf_config, self.tokenizer)
-        if self._last is not None:
-            text = M.report_table(self._last, self.report_total(), self.report_title())
+        text = self.report_text()
+        if text is not None:
             write_text_atomic(folder.parent / REPORT_FILE, text)
+
+    def report_text(self) -> str | None:
+        """The report of the last evaluation (per label or entity type), or None."""
+        if self._last is None:
+            return None
+        return M.report_table(self._last, self.report_total(), self.report_title())
 
 
 __all__ = [

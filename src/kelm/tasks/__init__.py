@@ -47,10 +47,17 @@ def _ner() -> TaskSpec:
     return TaskSpec(NERConfig, NERTask)
 
 
+def _qa() -> TaskSpec:
+    from kelm.tasks.qa import QAConfig, QATask
+
+    return TaskSpec(QAConfig, QATask)
+
+
 #: Task name → a loader of its spec (imported on first use).
 TASKS: dict[str, Callable[[], TaskSpec]] = {"causal-lm": _causal_lm, "link-prediction": _link_prediction}
 TASKS["classification"] = _classification
 TASKS["ner"] = _ner
+TASKS["qa"] = _qa
 
 
 def task_names() -> list[str]:
