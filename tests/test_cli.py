@@ -53,9 +53,7 @@ def test_version_and_help() -> None:
         assert "Usage" in res.stdout
 
 
-def test_import_and_stats_match_the_issue_example(
-    umls_store: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_import_and_stats_match_the_issue_example(umls_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
     assert main(["kg", "stats", "--store", str(umls_store), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == UMLS
@@ -95,18 +93,12 @@ def test_export_tsv_round_trip(umls_store: Path, data_dir: Path, tmp_path: Path)
     exported, _ = load_kg(tmp_path)
     original, _ = load_kg(data_dir / "kg" / "umls")
     for split in ("train", "valid", "test"):
-        assert sorted(t.key() for t in exported.splits[split]) == sorted(
-            t.key() for t in original.splits[split]
-        )
-    assert {e.id: e.label for e in exported.entities.values()} == {
-        e.id: e.label for e in original.entities.values()
-    }
+        assert sorted(t.key() for t in exported.splits[split]) == sorted(t.key() for t in original.splits[split])
+    assert {e.id: e.label for e in exported.entities.values()} == {e.id: e.label for e in original.entities.values()}
 
 
 def test_export_tensors(umls_store: Path, tmp_path: Path) -> None:
-    assert (
-        main(["kg", "export", "--store", str(umls_store), "--out", str(tmp_path), "--format", "tensors"]) == 0
-    )
+    assert main(["kg", "export", "--store", str(umls_store), "--out", str(tmp_path), "--format", "tensors"]) == 0
     tt = TripleTensors.load(tmp_path)
     assert (tt.num_entities, tt.num_relations) == (135, 46)
     assert {s: t.shape[0] for s, t in tt.triples.items()} == UMLS["splits"]
@@ -126,9 +118,7 @@ def test_bad_file_names_file_and_line(tmp_path: Path) -> None:
     assert "skipped 1" in res.stdout
 
 
-def test_config_file_and_unknown_key(
-    tmp_path: Path, umls_store: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_config_file_and_unknown_key(tmp_path: Path, umls_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "kelm.toml"
     cfg.write_text(f'[store]\nbackend = "ladybug"\npath = "{umls_store}"\n')
     capsys.readouterr()

@@ -149,9 +149,7 @@ def test_registry_entries_are_well_formed() -> None:
         for f in spec.files:
             assert f.url.startswith("https://"), f.url
             assert f.sha256 is not None and len(f.sha256) == 64
-    assert {"umls", "nations", "kinship", "codex-s", "codex-m", "codex-types", "wn18rr", "fb15k-237"} <= set(
-        names
-    )
+    assert {"umls", "nations", "kinship", "codex-s", "codex-m", "codex-types", "wn18rr", "fb15k-237"} <= set(names)
 
 
 # shared data

@@ -47,9 +47,7 @@ def keys(triples: list[Triple]) -> Counter[tuple[str, str, str]]:
 def assert_same_graph(a: KnowledgeGraph, b: KnowledgeGraph) -> None:
     assert a.entities == b.entities
     assert a.relations == b.relations
-    assert {s: keys(ts) for s, ts in a.splits.items() if ts} == {
-        s: keys(ts) for s, ts in b.splits.items() if ts
-    }
+    assert {s: keys(ts) for s, ts in a.splits.items() if ts} == {s: keys(ts) for s, ts in b.splits.items() if ts}
 
 
 @contextlib.contextmanager
@@ -395,9 +393,7 @@ def test_ntriples_language_preference_and_literals(tmp_path: Path) -> None:
     assert report.literals_skipped == 1
 
 
-def test_iter_chunks_streams_a_large_ntriples_file_lazily(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_iter_chunks_streams_a_large_ntriples_file_lazily(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     n = 200_000
     path = tmp_path / "big.nt"
     body = "".join(f"<urn:kelm:e{i}> <urn:kelm:r{i % 7}> <urn:kelm:e{i + 1}> .\n" for i in range(n))

@@ -119,7 +119,12 @@ def test_one_to_n_loss_equals_dense_target(data_dir: Path, loss: str, reciprocal
     batch = task.collate(list(range(0, 300, 7)))
     assert (~batch["query"][:, 2].bool()).any() != reciprocal  # head queries only without reciprocal relations
     got, _ = task.loss(model, batch)
-    torch.testing.assert_close(got, _dense_1n_reference(task, model, batch), rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad(got, list(model.parameters()))
+    want = _dense_1n_reference(task, model, batch)
+    want_grads = torch.autograd.grad(want, list(model.parameters()))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for g, w in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("sampler", ["uniform", "bernoulli", "shared"])
@@ -247,3 +252,14 @@ def test_mismatched_loss_and_empty_split_errors(data_dir: Path) -> None:
         build_task(task_table(data_dir, loss="margin"))
     with pytest.raises(DataError, match="split 'dev'"):
         build_task(task_table(data_dir, valid_split="dev"))
+
+
+def test_per_row_negatives_skip_the_true_entity(data_dir: Path) -> None:
+    cfg = {"training": "negative-sampling", "reciprocal": False, "sampler": "uniform", "num_negatives": 64}
+    task = build_task(task_table(data_dir, **cfg))
+    torch.manual_seed(0)
+    batch = task.collate(list(range(200)))
+    h, _, t = batch["triples"].unbind(1)
+    true = torch.where(batch["corrupt_head"], h, t)
+    assert not (batch["negatives"] == true[:, None]).any()
+    assert set(batch["negatives"].unique().tolist()) == set(range(14))  # nations: every entity is drawn

@@ -44,9 +44,7 @@ def small_graph() -> KnowledgeGraph:
 
 
 def fact_multiset(kg: KnowledgeGraph) -> Counter:
-    return Counter(
-        (split, t.head, t.relation, t.tail, t.provenance) for split in kg.splits for t in kg.splits[split]
-    )
+    return Counter((split, t.head, t.relation, t.tail, t.provenance) for split in kg.splits for t in kg.splits[split])
 
 
 def snapshot(store: GraphStore) -> tuple:
@@ -207,9 +205,7 @@ def test_failed_import_leaves_store_unchanged(store: GraphStore, start_empty: bo
 
 def test_upserts(store: GraphStore) -> None:
     store.import_graph(small_graph())
-    assert (
-        store.upsert_facts([Triple("a", "next", "b", Provenance("merged", None, "2024"))], split="train") == 1
-    )
+    assert store.upsert_facts([Triple("a", "next", "b", Provenance("merged", None, "2024"))], split="train") == 1
     assert store.upsert_facts([Triple("c", "next", "new", Provenance(confidence=0.5))]) == 1
     facts = [f for f in store.iter_facts() if (f.head, f.relation, f.tail) == ("a", "next", "b")]
     # MERGE matches every copy of the triple: both get the new split and provenance.
@@ -329,12 +325,8 @@ def random_graph(seed: int = 7, n: int = 3_000) -> KnowledgeGraph:
         for _ in range(size):
             prov = None
             if rng.random() < 0.3:
-                prov = Provenance(
-                    rng.choice(["s1", "s2", None]), rng.choice([0.5, None]), rng.choice(["t", None])
-                )
-            triples.append(
-                Triple(f"e{rng.randrange(320)}", f"r{rng.randrange(12)}", f"e{rng.randrange(320)}", prov)
-            )
+                prov = Provenance(rng.choice(["s1", "s2", None]), rng.choice([0.5, None]), rng.choice(["t", None]))
+            triples.append(Triple(f"e{rng.randrange(320)}", f"r{rng.randrange(12)}", f"e{rng.randrange(320)}", prov))
         kg.add_triples(split, triples)
     return kg
 
@@ -346,9 +338,7 @@ def test_backends_agree_on_the_same_input(tmp_path: Path, falkordb_server: Falko
     for backend in ("ladybug", "falkordb"):
         with opener(backend, tmp_path, falkordb_server)() as store:
             store.import_chunks(kg.chunks(size=500))
-            store.upsert_facts(
-                [Triple("e0", "r0", "e3", Provenance("up", 1.0, None)), Triple("e1", "r99", "e2")]
-            )
+            store.upsert_facts([Triple("e0", "r0", "e3", Provenance("up", 1.0, None)), Triple("e1", "r99", "e2")])
             sub = store.subgraph(["e0", "e9"], hops=2, max_entities=60)
             sampled = store.subgraph(["e3"], hops=2, fanout=2, seed=5)
             seen.append(

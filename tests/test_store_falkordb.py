@@ -184,9 +184,7 @@ def test_failed_import_leaves_graph_as_before(store: FalkorDBStore, prefill: boo
 @pytest.mark.parametrize(
     "bad",
     [
-        GraphChunk(
-            triples=[Triple("a", "r", "b", Provenance(confidence=float("nan")))]
-        ),  # refused by the client
+        GraphChunk(triples=[Triple("a", "r", "b", Provenance(confidence=float("nan")))]),  # refused by the client
         GraphChunk(entities=[Entity("m", {"a map": 1})]),  # type: ignore[arg-type]  # refused by the server
     ],
 )
@@ -310,18 +308,14 @@ def test_open_store_and_uri_schemes(falkordb_server: FalkorDBServer, name: str) 
         assert s.stats().triples == 6
 
 
-def test_default_uri_from_environment(
-    monkeypatch: pytest.MonkeyPatch, falkordb_server: FalkorDBServer
-) -> None:
+def test_default_uri_from_environment(monkeypatch: pytest.MonkeyPatch, falkordb_server: FalkorDBServer) -> None:
     monkeypatch.setenv("KELM_FALKORDB_URI", falkordb_server.uri)
     with FalkorDBStore(f"env-{uuid.uuid4().hex[:8]}") as s:
         assert s.uri == falkordb_server.uri
 
 
 def test_cypher_literal() -> None:
-    assert (
-        cypher_literal({"a": [1, 2.5, None, True], "b": 'q"\\'}) == '{`a`:[1,2.5,null,true],`b`:"q\\"\\\\"}'
-    )
+    assert cypher_literal({"a": [1, 2.5, None, True], "b": 'q"\\'}) == '{`a`:[1,2.5,null,true],`b`:"q\\"\\\\"}'
     with pytest.raises(StoreError):
         cypher_literal(float("inf"))
     with pytest.raises(StoreError):

@@ -53,9 +53,7 @@ def _entity_row(e: dict[str, Any]) -> dict[str, Any]:
 def _create_entities(s: State, p: dict) -> list:
     for row in p["rows"]:
         if row["id"] in s.entities:
-            raise ConstraintError(
-                f"Node already exists with label `Entity` and property `id` = '{row['id']}'"
-            )
+            raise ConstraintError(f"Node already exists with label `Entity` and property `id` = '{row['id']}'")
         s.entities[row["id"]] = {k: v for k, v in row.items() if v is not None}
     return []
 
@@ -74,9 +72,7 @@ def _merge_entities(s: State, p: dict) -> list:
 def _create_relations(s: State, p: dict) -> list:
     for row in p["rows"]:
         if row["id"] in s.relations:
-            raise ConstraintError(
-                f"Node already exists with label `Relation` and property `id` = '{row['id']}'"
-            )
+            raise ConstraintError(f"Node already exists with label `Relation` and property `id` = '{row['id']}'")
         s.relations[row["id"]] = {k: v for k, v in row.items() if v is not None}
     return []
 
@@ -161,9 +157,7 @@ HANDLERS: dict[str, Callable[[State, dict], list]] = {
     cypher.ALL_FACTS: lambda s, p: [_fact_row(f) for f in s.facts],
     cypher.SPLIT_FACTS: lambda s, p: [_fact_row(f) for f in s.facts if f.get("split") == p["split"]],
     cypher.OUT_FACTS: lambda s, p: [_fact_row(f) for f in s.facts if f["h"] in p["ids"]],
-    cypher.IN_FACTS: lambda s, p: [
-        _fact_row(f) for f in s.facts if f["t"] in p["ids"] and f["h"] not in p["ids"]
-    ],
+    cypher.IN_FACTS: lambda s, p: [_fact_row(f) for f in s.facts if f["t"] in p["ids"] and f["h"] not in p["ids"]],
     cypher.INNER_FACTS: lambda s, p: [_fact_row(f) for f in s.facts if f["h"] in p["ids"] and f["t"] in p["ids"]],
     cypher.OUT_NEIGHBORS: lambda s, p: [
         {"src": h, "dst": t} for h, t in dict.fromkeys((f["h"], f["t"]) for f in s.facts if f["h"] in p["ids"])
@@ -257,9 +251,7 @@ class FakeTransaction:
             return Result(HANDLERS[query](self.work, params))
         if query in self.server.canned:
             return Result(self.server.canned[query])
-        raise Neo4jError._hydrate_neo4j(
-            code="Neo.ClientError.Statement.SyntaxError", message=f"fake: {query}"
-        )
+        raise Neo4jError._hydrate_neo4j(code="Neo.ClientError.Statement.SyntaxError", message=f"fake: {query}")
 
     def commit(self) -> None:
         assert not self.closed
@@ -319,9 +311,7 @@ class FakeDriver:
         if self.server.unavailable:
             raise ServiceUnavailable(f"Couldn't connect to {self.uri}")
 
-    def session(
-        self, database: str | None = None, default_access_mode: str = neo4j.WRITE_ACCESS
-    ) -> FakeSession:
+    def session(self, database: str | None = None, default_access_mode: str = neo4j.WRITE_ACCESS) -> FakeSession:
         s = FakeSession(self.server, database, default_access_mode)
         self.sessions.append(s)
         return s
@@ -346,9 +336,7 @@ def small_graph() -> KnowledgeGraph:
     kg = KnowledgeGraph()
     kg.entities["a"] = Entity("a", "Alpha", None, ("letter",))
     kg.relations["next"] = Relation("next", "is followed by")
-    kg.add_triples(
-        "train", [Triple("a", "next", "b", Provenance("wiki", 0.9, "2020")), Triple("b", "next", "c")]
-    )
+    kg.add_triples("train", [Triple("a", "next", "b", Provenance("wiki", 0.9, "2020")), Triple("b", "next", "c")])
     kg.add_triples("test", [Triple("c", "back", "a")])
     return kg
 
@@ -392,9 +380,7 @@ def test_import_is_one_transaction_with_the_shared_cypher(server: FakeServer) ->
         server.calls.clear()
         report = store.import_graph(kg)
         assert (report.entities, report.relations, report.triples) == (3, 2, 3)
-        assert {c.kind for c in server.calls} == {
-            "explicit"
-        } and server.commits == 3  # 2 constraints + import
+        assert {c.kind for c in server.calls} == {"explicit"} and server.commits == 3  # 2 constraints + import
         assert server.rollbacks == 0
         assert server.statements() == [
             cypher.ENTITY_IDS,
@@ -438,9 +424,7 @@ def test_import_into_existing_merges_known_ids(server: FakeServer) -> None:
     with Neo4jStore("") as store:
         store.import_graph(small_graph())
         server.calls.clear()
-        store.import_chunks(
-            [GraphChunk(entities=[Entity("a", None, "first")], triples=[Triple("a", "next", "z")])]
-        )
+        store.import_chunks([GraphChunk(entities=[Entity("a", None, "first")], triples=[Triple("a", "next", "z")])])
         assert server.statements() == [
             cypher.ENTITY_IDS,
             cypher.RELATION_IDS,

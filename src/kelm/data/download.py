@@ -102,9 +102,7 @@ def _is_current(path: Path, f: FileSpec) -> bool:
     return path.is_file() and (f.sha256 is None or sha256_file(path) == f.sha256)
 
 
-def _prepare_one(
-    spec: DatasetSpec, cache_dir: str | Path | None, force: bool, verify: bool, bar: Progress
-) -> Path:
+def _prepare_one(spec: DatasetSpec, cache_dir: str | Path | None, force: bool, verify: bool, bar: Progress) -> Path:
     target = dataset_cache_dir(spec.name, cache_dir)
     try:
         target.mkdir(parents=True, exist_ok=True)
@@ -131,9 +129,7 @@ def _prepare_one(
     return target
 
 
-def _finish(
-    spec: DatasetSpec, f: FileSpec, tmp: Path, digest: str, url: str, target: Path, verify: bool
-) -> None:
+def _finish(spec: DatasetSpec, f: FileSpec, tmp: Path, digest: str, url: str, target: Path, verify: bool) -> None:
     """Check ``tmp``'s hash, then move it to its final name (or raise, leaving nothing behind)."""
     label = f"{spec.name}/{f.name}"
     if f.sha256 is None:

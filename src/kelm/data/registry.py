@@ -277,9 +277,7 @@ def _poem_sentiment() -> DatasetSpec:
 # Their hashes were computed from the repository snapshot at the pinned commit, except
 # FB15k-237/train.txt, whose blob that snapshot lacked: its bytes are ConvE's FB15k-237 train.txt
 # with CRLF turned into LF, which reproduces the repository's git blob id bf5b69e4e34b... exactly.
-def _villmow(
-    name: str, folder: str, hashes: _Hashes, description: str, license: str, reference: str
-) -> DatasetSpec:
+def _villmow(name: str, folder: str, hashes: _Hashes, description: str, license: str, reference: str) -> DatasetSpec:
     files = [FileSpec(fn, _gh(*_VILLMOW, f"{folder}/{fn}"), sha, n) for fn, (sha, n) in hashes.items()]
     return DatasetSpec(
         name=name,
@@ -354,8 +352,7 @@ _SPECS: tuple[DatasetSpec, ...] = (
             "test.txt": ("80cfa61fe62ba084f58de42d8d0b384dc8b76bcd2ef7065b1a292a1e72b44c33", 147707),
         },
         description=(
-            "WN18RR (WordNet, inverse relations removed): 40,943 entities, 11 relations; "
-            "86,835 / 3,034 / 3,134 triples"
+            "WN18RR (WordNet, inverse relations removed): 40,943 entities, 11 relations; 86,835 / 3,034 / 3,134 triples"
         ),
         license="WordNet-3.0 (derived from WordNet; repackaging repository MIT)",
         reference="filtered MRR / Hits@10: ConvE .43 / .51 (ConvE README)",

@@ -83,9 +83,7 @@ def candidates(
     return found
 
 
-def locate(
-    name: str, data_dir: str | Path | None = None, *, cache_dir: str | Path | None = None
-) -> Location | None:
+def locate(name: str, data_dir: str | Path | None = None, *, cache_dir: str | Path | None = None) -> Location | None:
     """The first complete folder for ``name``, or ``None``."""
     spec = get_spec(name)
     for loc in candidates(spec, data_dir, cache_dir):
@@ -110,9 +108,7 @@ def resolve(name: str, data_dir: str | Path | None = None, *, cache_dir: str | P
     )
 
 
-def resolve_types(
-    name: str, data_dir: str | Path | None = None, *, cache_dir: str | Path | None = None
-) -> Path | None:
+def resolve_types(name: str, data_dir: str | Path | None = None, *, cache_dir: str | Path | None = None) -> Path | None:
     """The entity-type folder of ``name`` (CoDEx), or ``None`` when it has none or it is not present."""
     spec = get_spec(name)
     if spec.types_subdir is None:

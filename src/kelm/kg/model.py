@@ -117,9 +117,7 @@ class KnowledgeGraph:
             for r in chunk.relations:
                 old = kg.relations.get(r.id)
                 kg.relations[r.id] = (
-                    r
-                    if old is None
-                    else Relation(r.id, r.label or old.label, r.description or old.description)
+                    r if old is None else Relation(r.id, r.label or old.label, r.description or old.description)
                 )
             if chunk.triples:
                 kg.add_triples(chunk.split or "train", chunk.triples)

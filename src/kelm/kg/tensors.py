@@ -18,6 +18,18 @@ TENSORS_FILE = "triples.safetensors"
 VOCAB_FILE = "vocab.json"
 
 
+def ragged_gather(
+    values: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, items)``: for each ``b``, ``values[starts[b] : starts[b] + lengths[b]]`` with ``rows = b``.
+
+    The CSR runs of many rows in one vectorised gather, without a Python loop over rows."""
+    rows = torch.repeat_interleave(torch.arange(len(starts), device=values.device), lengths)
+    first = lengths.cumsum(0) - lengths  # where each row's run starts in the flat output
+    idx = torch.arange(len(rows), device=values.device) - first[rows] + starts[rows]
+    return rows, values[idx]
+
+
 @dataclass
 class TripleTensors:
     """Index-mapped triples. ``triples[split]`` is an ``(n, 3)`` int64 tensor of (head, relation, tail).

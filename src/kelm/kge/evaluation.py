@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from kelm.errors import ConfigError
+from kelm.kg.tensors import ragged_gather
 from kelm.models.kge import KGEModel
 
 SIDES = ("tail", "head")
@@ -73,19 +74,13 @@ class _FilterIndex:
 
     def lookup(self, query_keys_B: Tensor) -> tuple[Tensor, Tensor]:
         """``(rows, answers)``: every known answer of every query, as coordinates into a ``(B, E)`` matrix."""
-        B = len(query_keys_B)
         if len(self.keys) == 0:
             empty = query_keys_B.new_zeros(0)
             return empty, empty
         pos_B = torch.searchsorted(self.keys, query_keys_B).clamp_(max=len(self.keys) - 1)
         found_B = self.keys[pos_B] == query_keys_B
         start_B = self.offsets[pos_B]
-        length_B = (self.offsets[pos_B + 1] - start_B) * found_B
-        rows = torch.repeat_interleave(torch.arange(B, device=query_keys_B.device), length_B)
-        first_B = length_B.cumsum(0) - length_B  # where each query's run starts in the flat output
-        flat = torch.arange(len(rows), device=query_keys_B.device)
-        idx = flat - first_B[rows] + start_B[rows]
-        return rows, self.answers[idx]
+        return ragged_gather(self.answers, start_B, (self.offsets[pos_B + 1] - start_B) * found_B)
 
 
 class FilteredRankEvaluator:

@@ -36,9 +36,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x_BTD).split(D, dim=-1)
         # (B, H, T, D/H)
         q, k, v = (t.view(B, T, self.n_head, D // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
 
 

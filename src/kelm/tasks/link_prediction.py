@@ -25,7 +25,7 @@ from kelm.atomic import write_text_atomic
 from kelm.config import Section
 from kelm.errors import ConfigError, DataError
 from kelm.kg.model import KnowledgeGraph
-from kelm.kg.tensors import TripleTensors
+from kelm.kg.tensors import TripleTensors, ragged_gather
 from kelm.tasks.base import Batch, Task
 from kelm.train.data import BatchRandom
 
@@ -124,10 +124,8 @@ class Queries(Sequence[int]):
     def collate(self, idx: list[int]) -> Batch:
         """Queries plus the multi-hot targets as (row, entity) index pairs."""
         index = torch.tensor(idx, dtype=torch.int64)
-        spans = zip(self.offsets[index].tolist(), self.offsets[index + 1].tolist(), strict=True)
-        answers = [self.answers[lo:hi] for lo, hi in spans]
-        rows = torch.repeat_interleave(torch.arange(len(idx)), torch.tensor([len(a) for a in answers]))
-        cols = torch.cat(answers)
+        starts = self.offsets[index]
+        rows, cols = ragged_gather(self.answers, starts, self.offsets[index + 1] - starts)
         return {"query": self.queries[index], "target_rows": rows, "target_cols": cols}
 
 
@@ -325,18 +323,22 @@ class LinkPredictionTask(Task):
         return {"triples": triples, **self._negatives(triples, rng)}
 
     def _negatives(self, triples: torch.Tensor, rng: BatchRandom | None) -> Batch:
+        """Negatives and sides to corrupt. Per-row negatives never repeat the true entity of the
+        corrupted side (drawn from ``E - 1`` ids, those at or above it shifted up by one); shared
+        negatives may hit it."""
         c, B, E = self.cfg, len(triples), self._num_entities
         if rng is None:
             rng = BatchRandom(torch.default_generator, B, 0, 1)
-        if c.sampler == "shared":
-            negatives = rng.shared_randint(E, c.num_negatives)
-        else:
-            negatives = rng.randint(E, c.num_negatives)
         if c.reciprocal:
             corrupt_head = torch.zeros(B, dtype=torch.bool)
         else:
             p_head = self.head_prob[triples[:, 1]] if self.head_prob is not None else 0.5
             corrupt_head = rng.rand() < p_head
+        if c.sampler == "shared":
+            return {"negatives": rng.shared_randint(E, c.num_negatives), "corrupt_head": corrupt_head}
+        true = torch.where(corrupt_head, triples[:, 0], triples[:, 2])
+        negatives = rng.randint(max(E - 1, 1), c.num_negatives)
+        negatives += (negatives >= true[:, None]).long() if E > 1 else 0
         return {"negatives": negatives, "corrupt_head": corrupt_head}
 
     def batch_weight(self, batch: Batch) -> int:
@@ -384,30 +386,13 @@ class LinkPredictionTask(Task):
         return out
 
     def _loss_1n(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """BCE or CE against the multi-hot answers, without building the dense ``(B, E)`` target.
+        """BCE or CE against the multi-hot answers (`kelm.kge.losses`: no dense target is built)."""
+        from kelm.kge.losses import one_to_n_loss
 
-        With ``y = (1 - eps) * answers / k + eps / E`` (CE; ``k`` answers) the loss of a query is
-        ``logsumexp(x) - (1 - eps) * mean_answers(x) - eps * mean(x)``; BCE with
-        ``y = (1 - eps) * answers + eps / E`` sums ``softplus(x) - y * x``. Both touch the logits
-        once (plus a gather), where a dense target costs several ``(B, E)`` passes.
-        """
         q, rows, cols = batch["query"], batch["target_rows"], batch["target_cols"]
         e, r, is_tail = q[:, 0], q[:, 1], q[:, 2].bool()
         logits = self._scores(model, e, r, e, None, ~is_tail)
-        eps, B, E = self.cfg.label_smoothing, len(q), self._num_entities
-        picked = logits[rows, cols]
-        if self.cfg.loss_name == "bce":
-            loss = F.softplus(logits).sum() - (1.0 - eps) * picked.sum()
-            if eps:
-                loss = loss - eps / E * logits.sum()
-            loss = loss / B
-        else:
-            k = torch.bincount(rows, minlength=B).to(logits.dtype)
-            answer_mean = torch.zeros(B, device=logits.device, dtype=logits.dtype).index_add_(0, rows, picked) / k
-            per_query = torch.logsumexp(logits, dim=1) - (1.0 - eps) * answer_mean
-            if eps:
-                per_query = per_query - eps * logits.mean(1)
-            loss = per_query.mean()
+        loss = one_to_n_loss(logits, rows, cols, self.cfg.loss_name, self.cfg.label_smoothing)
         # regularise over the true triples of the batch, in the direction each query was asked
         qe, qr, tail = e[rows], r[rows], is_tail[rows]
         h = torch.where(tail, qe, cols)

@@ -71,9 +71,7 @@ class Strategy:
         """State that differs by rank (saved per rank, restored only at the same world size)."""
         return None
 
-    def load_local_state_dict(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
-    ) -> None:
+    def load_local_state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         pass
 
 
@@ -228,9 +226,7 @@ class DiLoCoStrategy(Strategy):
             return None
         return {"model": model.state_dict(), "optim": optimizer.state_dict()}
 
-    def load_local_state_dict(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
-    ) -> None:
+    def load_local_state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optim"])
 

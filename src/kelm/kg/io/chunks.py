@@ -63,6 +63,4 @@ def chunk_file(
         mapper = RdfMapper(options.base_iri, options.report)
         numbered = map_rdf(path, mapper, skip_bad=options.skip_bad, report=options.report)
     numbered = require_triples(path, options.report, numbered)
-    yield from chunk_numbered(
-        numbered, split=split, chunk_size=options.chunk_size, accept=accept, vocabulary=mapper
-    )
+    yield from chunk_numbered(numbered, split=split, chunk_size=options.chunk_size, accept=accept, vocabulary=mapper)

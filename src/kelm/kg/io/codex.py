@@ -94,9 +94,7 @@ def read_entity_types(
     return types
 
 
-def read_type_labels(
-    path: str | Path, *, skip_bad: bool = False, report: ReadReport | None = None
-) -> dict[str, str]:
+def read_type_labels(path: str | Path, *, skip_bad: bool = False, report: ReadReport | None = None) -> dict[str, str]:
     """``type id -> label`` from ``types.json`` (``path`` is the file or its folder)."""
     path = _types_file(path, TYPE_TEXT)
     texts = read_json_text(path, skip_bad=skip_bad, report=report)

@@ -130,9 +130,7 @@ def _listed_ids(path: Path, skip_bad: bool, report: ReadReport) -> list[str]:
     return read_ids(path, skip_bad=skip_bad, report=report) if path.is_file() else []
 
 
-def _warn_unmatched(
-    items: Iterable[Entity | Relation], kept: Iterable[str], what: str, report: ReadReport
-) -> None:
+def _warn_unmatched(items: Iterable[Entity | Relation], kept: Iterable[str], what: str, report: ReadReport) -> None:
     """Warn when text files name ids but none of them is in the graph (likely an id mismatch)."""
     kept = set(kept)
     with_text = [x.id for x in items if x.label or x.description]
@@ -212,9 +210,7 @@ def _relations_from_entities(kg: KnowledgeGraph) -> None:
     nodes.add(kg.triples())
     for eid in [e for e in kg.entities if e in kg.relations and e not in nodes.entities]:
         entity, relation = kg.entities.pop(eid), kg.relations[eid]
-        kg.relations[eid] = Relation(
-            eid, relation.label or entity.label, relation.description or entity.description
-        )
+        kg.relations[eid] = Relation(eid, relation.label or entity.label, relation.description or entity.description)
 
 
 def load_kg(

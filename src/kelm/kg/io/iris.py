@@ -46,7 +46,5 @@ def term_to_id(term: Node, base_iri: str | None) -> str:
 
 def nt_literal(text: str) -> str:
     """A plain string literal in N-Triples syntax."""
-    escaped = (
-        text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-    )
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
     return f'"{escaped}"'

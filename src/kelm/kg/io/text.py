@@ -49,9 +49,7 @@ def read_ids(path: str | Path, *, skip_bad: bool = False, report: ReadReport | N
     return list(ids)
 
 
-def read_id_text(
-    path: str | Path, *, skip_bad: bool = False, report: ReadReport | None = None
-) -> dict[str, str]:
+def read_id_text(path: str | Path, *, skip_bad: bool = False, report: ReadReport | None = None) -> dict[str, str]:
     """``id -> text`` from lines ``id<TAB>text``; the text may itself contain tabs.
 
     Blank lines and lines with an empty text are ignored; a line without a tab or with an

@@ -76,9 +76,7 @@ def _check_split_names(splits: list[str], folder: Path) -> None:
             raise DataError(f"split name {split!r} cannot be written as a file name that reads back", folder)
     for split, path in scan_split_files(folder) if folder.is_dir() else ():
         if split not in splits or path.name != f"{split}.tsv":
-            raise DataError(
-                f"{path.name} would be read back as the {split} split; write to an empty folder", folder
-            )
+            raise DataError(f"{path.name} would be read back as the {split} split; write to an empty folder", folder)
 
 
 def _write_pairs(path: Path, pairs: list[tuple[str, str]]) -> Path | None:

@@ -136,9 +136,7 @@ def triple_rows(triples: Sequence[Triple], split: str | None) -> list[dict[str, 
 
 
 def entity_rows(entities: Iterable[Entity]) -> list[dict[str, Any]]:
-    return [
-        {"id": e.id, "label": e.label, "description": e.description, "types": list(e.types)} for e in entities
-    ]
+    return [{"id": e.id, "label": e.label, "description": e.description, "types": list(e.types)} for e in entities]
 
 
 def relation_rows(relations: Iterable[Relation]) -> list[dict[str, Any]]:

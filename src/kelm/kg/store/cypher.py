@@ -7,9 +7,7 @@ FACT_COLUMNS = (
 
 # Facts leaving any of $ids, then facts entering them from outside $ids: each fact once.
 OUT_FACTS = f"MATCH (h:Entity)-[f:FACT]->(t:Entity) WHERE h.id IN $ids RETURN {FACT_COLUMNS}"
-IN_FACTS = (
-    f"MATCH (t:Entity)<-[f:FACT]-(h:Entity) WHERE t.id IN $ids AND NOT h.id IN $ids RETURN {FACT_COLUMNS}"
-)
+IN_FACTS = f"MATCH (t:Entity)<-[f:FACT]-(h:Entity) WHERE t.id IN $ids AND NOT h.id IN $ids RETURN {FACT_COLUMNS}"
 # FalkorDB's planner starts a labelled pattern from a label scan of `h` (a full scan); leaving `h`
 # unlabelled makes it start from the index on :Entity(id). Same answer, ~100x faster on CoDEx-M.
 IN_FACTS_UNLABELLED_HEAD = (
@@ -31,9 +29,7 @@ SPLIT_FACTS = f"MATCH (h:Entity)-[f:FACT]->(t:Entity) WHERE f.split = $split RET
 ENTITY_COLUMNS = "e.id AS id, e.label AS label, e.description AS description, e.types AS types"
 ENTITIES_BY_ID = f"MATCH (e:Entity) WHERE e.id IN $ids RETURN {ENTITY_COLUMNS}"
 ALL_ENTITIES = f"MATCH (e:Entity) RETURN {ENTITY_COLUMNS} ORDER BY e.id"
-ALL_RELATIONS = (
-    "MATCH (r:Relation) RETURN r.id AS id, r.label AS label, r.description AS description ORDER BY r.id"
-)
+ALL_RELATIONS = "MATCH (r:Relation) RETURN r.id AS id, r.label AS label, r.description AS description ORDER BY r.id"
 
 COUNT_ENTITIES = "MATCH (e:Entity) RETURN count(e) AS n"
 COUNT_RELATIONS = "MATCH (r:Relation) RETURN count(r) AS n"
@@ -73,9 +69,7 @@ CREATE_ENTITIES = (
     "UNWIND $rows AS row "
     "CREATE (:Entity {id: row.id, label: row.label, description: row.description, types: row.types})"
 )
-CREATE_RELATIONS = (
-    "UNWIND $rows AS row CREATE (:Relation {id: row.id, label: row.label, description: row.description})"
-)
+CREATE_RELATIONS = "UNWIND $rows AS row CREATE (:Relation {id: row.id, label: row.label, description: row.description})"
 ENTITY_IDS = "MATCH (e:Entity) RETURN e.id AS id"
 RELATION_IDS = "MATCH (r:Relation) RETURN r.id AS id"
 

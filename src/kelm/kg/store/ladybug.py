@@ -24,17 +24,14 @@ from kelm.kg.store.planning import Vocabulary, plan_vocabulary
 DB_FILE = "graph.lbug"
 
 SCHEMA = (
-    "CREATE NODE TABLE IF NOT EXISTS Entity("
-    "id STRING PRIMARY KEY, label STRING, description STRING, types STRING[])",
+    "CREATE NODE TABLE IF NOT EXISTS Entity(id STRING PRIMARY KEY, label STRING, description STRING, types STRING[])",
     "CREATE NODE TABLE IF NOT EXISTS Relation(id STRING PRIMARY KEY, label STRING, description STRING)",
     "CREATE REL TABLE IF NOT EXISTS FACT("
     "FROM Entity TO Entity, rel STRING, split STRING, source STRING, confidence DOUBLE, time STRING)",
 )
 
 # A parameter field that is null in every row is typed STRING; cast it for the DOUBLE property.
-_MERGE_FACTS = cypher.MERGE_FACTS.replace(
-    "coalesce(row.confidence,", "coalesce(CAST(row.confidence AS DOUBLE),"
-)
+_MERGE_FACTS = cypher.MERGE_FACTS.replace("coalesce(row.confidence,", "coalesce(CAST(row.confidence AS DOUBLE),")
 
 _ENTITY_SCHEMA = pa.schema(
     [

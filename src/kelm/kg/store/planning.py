@@ -32,9 +32,7 @@ def collapse_entities(entities: Iterable[Entity]) -> list[Entity]:
     for e in entities:
         old = out.get(e.id)
         if old is not None:
-            e = Entity(
-                e.id, _first(e.label, old.label), _first(e.description, old.description), e.types or old.types
-            )
+            e = Entity(e.id, _first(e.label, old.label), _first(e.description, old.description), e.types or old.types)
         out[e.id] = e
     return list(out.values())
 
@@ -51,9 +49,7 @@ def collapse_triples(triples: Iterable[Triple]) -> list[Triple]:
             out[t.key()] = t
         elif t.provenance is not None:
             p, q = t.provenance, old.provenance
-            prov = Provenance(
-                _first(p.source, q.source), _first(p.confidence, q.confidence), _first(p.time, q.time)
-            )
+            prov = Provenance(_first(p.source, q.source), _first(p.confidence, q.confidence), _first(p.time, q.time))
             out[t.key()] = Triple(t.head, t.relation, t.tail, prov)
     return list(out.values())
 
@@ -117,9 +113,7 @@ def chunk_writes(chunk: GraphChunk, known_entities: set[str], known_relations: s
         (cypher.MERGE_RELATIONS, relation_rows(vocab.old_relations)),
         (cypher.CREATE_FACTS, triple_rows(chunk.triples, chunk.split)),
     ]
-    return ChunkWrites(
-        [(text, rows) for text, rows in plan if rows], len(vocab.new_entities), len(vocab.new_relations)
-    )
+    return ChunkWrites([(text, rows) for text, rows in plan if rows], len(vocab.new_entities), len(vocab.new_relations))
 
 
 def write_chunks(
