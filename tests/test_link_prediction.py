@@ -263,3 +263,19 @@ def test_per_row_negatives_skip_the_true_entity(data_dir: Path) -> None:
     true = torch.where(batch["corrupt_head"], h, t)
     assert not (batch["negatives"] == true[:, None]).any()
     assert set(batch["negatives"].unique().tolist()) == set(range(14))  # nations: every entity is drawn
+
+
+@pytest.mark.parametrize("reciprocal", [True, False])
+def test_one_vs_all_learns(data_dir: Path, tmp_path: Path, reciprocal: bool) -> None:
+    cfg = {"training": "1-vs-all", "reciprocal": reciprocal, "label_smoothing": 0.1}
+    task = build_task(task_table(data_dir, **cfg))
+    baseline = random_mrr(task)
+    batch = task.collate(list(range(32)))
+    h, r, t = batch["triples"].unbind(1)
+    model = task.build_model()
+    want = torch.nn.functional.cross_entropy(model("score_t", h, r), t, label_smoothing=0.1)
+    if not reciprocal:
+        want = want + torch.nn.functional.cross_entropy(model("score_h", r, t), h, label_smoothing=0.1)
+    torch.testing.assert_close(task.loss(model, batch)[0], want)
+    summary = train(data_dir, tmp_path / "run", epochs=12, **cfg)
+    assert summary["test"]["mrr"] > max(baseline + 0.2, 0.6), (summary["test"], baseline)

@@ -16,6 +16,7 @@ from kelm.cli import kge as kge_cmd
 from kelm.cli import ngram as ngram_cmd
 from kelm.cli import plot as plot_cmd
 from kelm.cli import predict as predict_cmd
+from kelm.cli import pretrain as pretrain_cmd
 from kelm.cli import train as train_cmd
 from kelm.errors import KelmError
 from kelm.progress import console
@@ -36,6 +37,7 @@ app.command("train")(train_cmd.train)
 app.command("plot")(plot_cmd.plot)
 app.command("finetune")(finetune_cmd.finetune)
 app.command("predict")(predict_cmd.predict)
+app.command("pretrain")(pretrain_cmd.pretrain)
 
 
 def _version(value: bool) -> None:

@@ -42,7 +42,7 @@ def train_cmd(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder of data sets.")] = None,
     model: Annotated[str | None, typer.Option(help="transe, distmult, complex, rotate or rescal.")] = None,
     dim: Annotated[int | None, typer.Option(help="Embedding size.")] = None,
-    training: Annotated[str | None, typer.Option(help="1-n or negative-sampling.")] = None,
+    training: Annotated[str | None, typer.Option(help="1-n, 1-vs-all or negative-sampling.")] = None,
     strategy: StrategyOpt = None,
     max_steps: MaxStepsOpt = None,
     epochs: EpochsOpt = None,

@@ -22,6 +22,7 @@ import torch
 
 from kelm.atomic import atomic_path
 from kelm.errors import DataError
+from kelm.lm.hf import quiet
 
 TOKENIZE_BATCH = 2048
 
@@ -47,7 +48,11 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A hash of everything that decides the token ids: the serialised fast tokenizer and its class."""
     h = hashlib.sha256(type(tokenizer).__name__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    h.update(backend.to_str().encode() if backend is not None else str(tokenizer.get_vocab()).encode())
+    if backend is not None:  # truncation and padding settings change with use; they do not decide ids
+        spec = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+        h.update(json.dumps(spec, sort_keys=True).encode())
+    else:
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     h.update(json.dumps([tokenizer.eos_token_id, tokenizer.sep_token_id]).encode())
     return h.hexdigest()
 
@@ -87,7 +92,8 @@ def tokenize_files(files: list[Path], tokenizer: Any) -> torch.Tensor:
         ids: list[list[int]] = []
         for lo in range(0, len(lines), TOKENIZE_BATCH):
             chunk = [line for _, line in lines[lo : lo + TOKENIZE_BATCH]]
-            ids += tokenizer(chunk, add_special_tokens=False)["input_ids"]
+            with quiet():  # long lines are fine here: the stream is cut into blocks later
+                ids += tokenizer(chunk, add_special_tokens=False)["input_ids"]
         for k, (d, _) in enumerate(lines):
             out += ids[k]
             if k + 1 == len(lines) or lines[k + 1][0] != d:

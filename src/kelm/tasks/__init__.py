@@ -53,11 +53,18 @@ def _qa() -> TaskSpec:
     return TaskSpec(QAConfig, QATask)
 
 
+def _pretrain() -> TaskSpec:
+    from kelm.tasks.pretrain import PretrainConfig, PretrainTask
+
+    return TaskSpec(PretrainConfig, PretrainTask)
+
+
 #: Task name → a loader of its spec (imported on first use).
 TASKS: dict[str, Callable[[], TaskSpec]] = {"causal-lm": _causal_lm, "link-prediction": _link_prediction}
 TASKS["classification"] = _classification
 TASKS["ner"] = _ner
 TASKS["qa"] = _qa
+TASKS["mlm"] = TASKS["clm"] = _pretrain
 
 
 def task_names() -> list[str]:

@@ -1,9 +1,11 @@
 """Link prediction: train a knowledge-graph embedding model and rank held-out triples.
 
-Two training modes. ``1-n`` (KvsAll) scores every entity for each ``(entity, relation)`` query
+Three training modes. ``1-n`` (KvsAll) scores every entity for each ``(entity, relation)`` query
 seen in training and fits the multi-hot set of true answers with label-smoothed BCE or
-cross-entropy. ``negative-sampling`` contrasts each training triple with corrupted ones
-(uniform, Bernoulli or shared per batch) under a margin, softplus or self-adversarial loss.
+cross-entropy. ``1-vs-all`` scores every entity for each training triple and fits its one true
+entity with (label-smoothed) cross-entropy. ``negative-sampling`` contrasts each training triple
+with corrupted ones (uniform, Bernoulli or shared per batch) under a margin, softplus or
+self-adversarial loss.
 
 Both directions are learnt either with reciprocal relations (``r + R`` is the inverse of
 ``r``, so every query is a tail query) or with head and tail queries. Evaluation ranks the
@@ -29,7 +31,7 @@ from kelm.kg.tensors import TripleTensors, ragged_gather
 from kelm.tasks.base import Batch, Task
 from kelm.train.data import BatchRandom
 
-MODES = ("1-n", "negative-sampling")
+MODES = ("1-n", "1-vs-all", "negative-sampling")
 ONE_N_LOSSES = ("bce", "ce")
 NS_LOSSES = ("margin", "softplus", "self-adversarial")
 RANK_METRICS = ("mrr", "mr", "hits@1", "hits@3", "hits@10")
@@ -50,7 +52,7 @@ class LinkPredictionConfig(Section):
     dropout: float = Field(0.0, ge=0, lt=1)
     reciprocal: bool = True
     # training
-    training: Literal["1-n", "negative-sampling"] = "1-n"
+    training: Literal["1-n", "1-vs-all", "negative-sampling"] = "1-n"
     loss: Literal["bce", "ce", "margin", "softplus", "self-adversarial"] | None = None
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     sampler: Literal["uniform", "bernoulli", "shared"] = "uniform"
@@ -68,14 +70,14 @@ class LinkPredictionConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> LinkPredictionConfig:
-        allowed = ONE_N_LOSSES if self.training == "1-n" else NS_LOSSES
+        allowed = {"1-n": ONE_N_LOSSES, "1-vs-all": ("ce",)}.get(self.training, NS_LOSSES)
         if self.loss is not None and self.loss not in allowed:
             raise ValueError(f"loss '{self.loss}' does not fit training '{self.training}' (use {', '.join(allowed)})")
         return self
 
     @property
     def loss_name(self) -> str:
-        return self.loss or ("bce" if self.training == "1-n" else "self-adversarial")
+        return self.loss or {"1-n": "bce", "1-vs-all": "ce"}.get(self.training, "self-adversarial")
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -269,7 +271,8 @@ class LinkPredictionTask(Task):
             if cfg.reciprocal:
                 h, r, t = self.train_triples.unbind(1)
                 self.samples = torch.cat([self.train_triples, torch.stack([t, r + R, h], 1)])
-            self.head_prob = head_probabilities(self.train_triples, R) if cfg.sampler == "bernoulli" else None
+            bernoulli = cfg.training == "negative-sampling" and cfg.sampler == "bernoulli"
+            self.head_prob = head_probabilities(self.train_triples, R) if bernoulli else None
         self._evaluator: Any = None
         self._last_ranks: Any = None
         self._num_entities = E
@@ -320,6 +323,8 @@ class LinkPredictionTask(Task):
         if self.cfg.training == "1-n":
             return self.queries.collate(samples)
         triples = self.samples[torch.tensor(samples, dtype=torch.int64)]
+        if self.cfg.training == "1-vs-all":
+            return {"triples": triples}
         return {"triples": triples, **self._negatives(triples, rng)}
 
     def _negatives(self, triples: torch.Tensor, rng: BatchRandom | None) -> Batch:
@@ -355,13 +360,24 @@ class LinkPredictionTask(Task):
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         if "query" in batch:
             loss, (h, r, t) = self._loss_1n(model, batch)
-        else:
+        elif "negatives" in batch:
             loss, (h, r, t) = self._loss_ns(model, batch)
+        else:
+            loss, (h, r, t) = self._loss_1vsall(model, batch)
         c = self.cfg
         if c.regularizer != "none" and c.regularizer_weight > 0:
             reg = model("regularizer", h, r, t, c.regularizer, c.regularizer_p)
-            return loss + c.regularizer_weight * reg, {"regularizer": float(reg.detach())}
+            return loss + c.regularizer_weight * reg, {}
         return loss, {}
+
+    def _loss_1vsall(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Cross-entropy of each triple's true tail (and, without reciprocal relations, head) among all entities."""
+        h, r, t = batch["triples"].unbind(1)
+        eps = self.cfg.label_smoothing
+        loss = F.cross_entropy(model("score_t", h, r).float(), t, label_smoothing=eps)
+        if not self.cfg.reciprocal:
+            loss = loss + F.cross_entropy(model("score_h", r, t).float(), h, label_smoothing=eps)
+        return loss, (h, r, t)
 
     def _scores(
         self,
