@@ -1,0 +1,227 @@
+"""Fine-tuning MiniLM-L6 on poem-sentiment: kelm's engine vs the Hugging Face `Trainer`.
+
+Both sides get the same model, tokenized data (max 128 tokens, the 'mixed' label 2 left out of
+training), epochs, batch size, learning rate, linear schedule with the same warmup, gradient
+clipping at 1.0, no weight decay, seed and thread count, and each runs in its own process.
+
+- kelm: `kelm.train.run_training` with dynamic padding and length-grouped batches (its default).
+  Its time is the run's whole `wall_seconds` (training plus the final dev evaluation, checkpoint
+  and export), so its tokens/s is if anything understated.
+- HF: `Trainer.train()` with `DataCollatorWithPadding` (each batch padded to its own longest
+  sequence), once with random batches and once with `group_by_length=True`. Its time is
+  `train()` alone; dev metrics come from a separate pass afterwards.
+
+Tokens are non-pad tokens actually trained on (kelm drops the last partial batch of an epoch,
+the Trainer does not); "padded" counts every position the model computed, padding included.
+
+    python bench/finetune_vs_hf.py [--epochs 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+MAX_LENGTH = 128
+DROP = "2"
+
+
+def task_table(data_dir: str | None) -> dict[str, Any]:
+    return {
+        "name": "classification",
+        "dataset": "poem-sentiment",
+        "data_dir": data_dir,
+        "model": "minilm",
+        "drop_labels": [DROP],
+        "max_length": MAX_LENGTH,
+    }
+
+
+def run_kelm(args: argparse.Namespace) -> dict[str, Any]:
+    from kelm.tasks import build_task
+    from kelm.train import run_training
+    from kelm.train.data import ShardedBatches
+
+    train = {
+        "strategy": "single",
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "schedule": "linear",
+        "warmup_steps": args.warmup,
+        "weight_decay": 0.0,
+        "clip_grad_norm": 1.0,
+        "seed": args.seed,
+        "threads": args.threads,
+        "tensorboard": False,
+        "log_every": 1000,
+    }
+    table = task_table(args.data_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = run_training({"task": {k: v for k, v in table.items() if v is not None}, "train": train}, tmp)
+    # padded positions of the same batches (same seed, same order), without the model
+    task = build_task({k: v for k, v in table.items() if v is not None})
+    loader = ShardedBatches(task.train_data(), task.collate, args.batch_size, 0, 1, args.seed)
+    padded = 0
+    for _ in range(args.epochs):
+        padded += sum(int(b["input_ids"].numel()) for b in loader)
+    return {
+        "seconds": summary["wall_seconds"],
+        "tokens": summary["tokens"],
+        "padded_tokens": padded,
+        "steps": summary["steps"],
+        "dev_accuracy": summary["valid"]["accuracy"],
+        "dev_macro_f1": summary["valid"]["macro_f1"],
+    }
+
+
+def run_hf(args: argparse.Namespace, group_by_length: bool) -> dict[str, Any]:
+    import torch
+    from sklearn.metrics import f1_score
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
+    from transformers.utils import logging as hf_logging
+
+    from kelm.data import resolve
+    from kelm.lm.hf import minilm_path
+    from kelm.tasks.classification import read_tsv
+
+    hf_logging.set_verbosity_error()
+    torch.set_num_threads(args.threads)
+    folder = resolve("poem-sentiment", data_dir=args.data_dir)
+    train_rows = [r for r in read_tsv(folder / "train.tsv") if r[1] != DROP]
+    dev_rows = read_tsv(folder / "dev.tsv")
+    labels = sorted({r[1] for r in train_rows}, key=float)
+    index = {label: i for i, label in enumerate(labels)}
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+
+    def encode(rows: list[tuple[str, str, int]]) -> list[dict[str, Any]]:
+        enc = tok([r[0] for r in rows], truncation=True, max_length=MAX_LENGTH)
+        return [{k: enc[k][i] for k in enc} | {"labels": index[r[1]]} for i, r in enumerate(rows)]
+
+    train, dev = encode(train_rows), encode(dev_rows)
+    counts = {"tokens": 0, "padded_tokens": 0}
+    pad = DataCollatorWithPadding(tok)
+
+    def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = pad(features)
+        counts["tokens"] += int(batch["attention_mask"].sum())
+        counts["padded_tokens"] += int(batch["input_ids"].numel())
+        return batch
+
+    torch.manual_seed(args.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        minilm_path(), num_labels=len(labels), id2label=dict(enumerate(labels))
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        targs = TrainingArguments(
+            output_dir=tmp,
+            per_device_train_batch_size=args.batch_size,
+            num_train_epochs=args.epochs,
+            learning_rate=args.lr,
+            lr_scheduler_type="linear",
+            warmup_steps=args.warmup,
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            seed=args.seed,
+            group_by_length=group_by_length,
+            save_strategy="no",
+            eval_strategy="no",
+            logging_strategy="no",
+            report_to=[],
+            disable_tqdm=True,
+            use_cpu=True,
+            dataloader_num_workers=0,
+        )
+        trainer = Trainer(model=model, args=targs, train_dataset=train, data_collator=collate)
+        t0 = time.perf_counter()
+        out = trainer.train()
+        seconds = time.perf_counter() - t0
+    model.eval()
+    gold, pred = [], []
+    with torch.no_grad():
+        for lo in range(0, len(dev), 64):
+            batch = pad([{k: v for k, v in f.items() if k != "labels"} for f in dev[lo : lo + 64]])
+            pred += model(**batch).logits.argmax(-1).tolist()
+            gold += [f["labels"] for f in dev[lo : lo + 64]]
+    accuracy = sum(g == p for g, p in zip(gold, pred, strict=True)) / len(gold)
+    return {
+        "seconds": seconds,
+        "tokens": counts["tokens"],
+        "padded_tokens": counts["padded_tokens"],
+        "steps": out.global_step,
+        "dev_accuracy": accuracy,
+        "dev_macro_f1": float(f1_score(gold, pred, average="macro")),
+    }
+
+
+SYSTEMS = ("kelm", "hf", "hf-group-by-length")
+
+
+def child(args: argparse.Namespace) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("KELM_PROGRESS", "0")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    grouped = args.only == "hf-group-by-length"
+    result = run_kelm(args) if args.only == "kelm" else run_hf(args, group_by_length=grouped)
+    result["tokens_per_second"] = result["tokens"] / result["seconds"]
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--warmup", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", default=os.environ.get("KELM_DATA_DIR"))
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--only", choices=SYSTEMS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.only:
+        child(args)
+        return
+    from common import emit
+
+    results: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    for system in SYSTEMS:
+        cmd = [sys.executable, __file__, "--only", system] + [
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("json", "only") and v is not None
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if proc.returncode or line is None:
+            sys.exit(f"{system} failed:\n{proc.stderr[-3000:]}")
+        results[system] = json.loads(line[len("RESULT ") :])
+    k = results["kelm"]["tokens_per_second"]
+    results["ratio_tokens_per_second"] = {
+        "kelm/hf": k / results["hf"]["tokens_per_second"],
+        "kelm/hf-group-by-length": k / results["hf-group-by-length"]["tokens_per_second"],
+    }
+    results["settings"] = {kk: v for kk, v in vars(args).items() if kk not in ("json", "only", "data_dir")}
+    results["settings"]["max_length"] = MAX_LENGTH
+    results["total_seconds"] = time.perf_counter() - t0
+    emit("finetune_vs_hf", results, args.json)
+
+
+if __name__ == "__main__":
+    main()
