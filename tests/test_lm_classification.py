@@ -219,3 +219,13 @@ def test_length_grouping_is_deterministic_and_pads_little(files: dict[str, str])
     batches = order[: len(data) // 16 * 16].view(-1, 16)
     spans = lengths[batches].max(1).values - lengths[batches].min(1).values
     assert float(spans.float().mean()) <= 2.0
+
+
+def test_two_processes_through_torchrun(files: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    args = ["finetune", "--task", "classification", "--model", "tiny-bert", "--train", files["train"]]
+    args += ["--dev", files["dev"], "--epochs", "1", "--batch-size", "32", "--nproc", "2", "--out", str(out)]
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and set(metrics["valid"]) == {"loss", "accuracy", "macro_f1"}
+    assert (out / REPORT_FILE).is_file() and (out / "model" / "config.json").is_file()
