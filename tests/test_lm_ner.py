@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from pathlib import Path
@@ -75,7 +76,7 @@ def conll(path: Path, n: int, seed: int) -> Path:
     return path
 
 
-def test_ner_learns_and_predicts(tmp_path: Path, capsys) -> None:
+def test_ner_learns_and_predicts(tmp_path: Path, capsys, monkeypatch) -> None:
     files = {s: str(conll(tmp_path / f"{s}.conll", n, i)) for i, (s, n) in enumerate([("train", 200), ("dev", 40)])}
     files["test"] = files["dev"]
     task = {"name": "ner", "model": "tiny-bert", "hidden_size": 64, "num_layers": 1, "num_heads": 2} | files
@@ -86,12 +87,12 @@ def test_ner_learns_and_predicts(tmp_path: Path, capsys) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["test"]) == {"loss", "precision", "recall", "f1"}
     assert "person" in (out / "classification_report.txt").read_text()
-    probe = tmp_path / "in.txt"
-    probe.write_text("i met Carol in Oslo today\n")
+    monkeypatch.setattr("sys.stdin", io.StringIO("i met Carol in Oslo today\n\ni met Bob Dave in Rome today\n"))
     capsys.readouterr()
-    assert main(["predict", "--model", str(out), "--json", str(probe)]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["entities"] == [{"type": "person", "text": "Carol"}, {"type": "location", "text": "Oslo"}]
+    assert main(["predict", "--model", str(out), "--json"]) == 0  # no files: reads stdin
+    first, second = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert first["entities"] == [{"type": "person", "text": "Carol"}, {"type": "location", "text": "Oslo"}]
+    assert second["tags"] == ["O", "O", "B-person", "I-person", "O", "B-location", "O"]
 
 
 def test_malformed_conll_line(tmp_path: Path, capsys) -> None:

@@ -143,7 +143,7 @@ class HFTask(Task):
 
         self.cfg = cfg
         self.tokenizer = load_tokenizer(cfg.model)
-        self.max_length = model_max_length(cfg.model, self.tokenizer, cfg.max_length)
+        self.max_length = model_max_length(self.tokenizer, cfg.max_length)
         self.labels: list[str] | None = None
         self._hf_config: Any = None
         self._last: dict[str, dict[str, float]] | None = None

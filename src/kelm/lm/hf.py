@@ -12,7 +12,6 @@ and ``clm``. Weights come only from safetensors files.
 from __future__ import annotations
 
 import contextlib
-import os
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,8 +173,8 @@ def build_hf_model(
             raise ConfigError(f"task.model: cannot load '{name}' with a {head} head ({_first_line(err)})") from None
 
 
-def model_max_length(model_name: str, tokenizer: Any, configured: int | None) -> int:
-    """The longest input: the configured limit, capped by the tokenizer's and the positions'."""
+def model_max_length(tokenizer: Any, configured: int | None) -> int:
+    """The longest input: the configured limit, capped by the tokenizer's (512 when it names none)."""
     limit = tokenizer.model_max_length if tokenizer.model_max_length and tokenizer.model_max_length < 10**6 else 512
     return min(configured or limit, limit)
 
@@ -221,10 +220,6 @@ def load_finetuned(path: str | Path) -> tuple[nn.Module, Any, dict[str, Any]]:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
         model = auto_class(spec["head"]).from_pretrained(str(folder), use_safetensors=True)
     return model.eval(), tokenizer, spec
-
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
 
 
 __all__ = [
