@@ -184,3 +184,15 @@ def test_duck_typed_scorer_is_accepted():
 
     evaluator = FilteredRankEvaluator(known, E, memory_budget_mb=1e-9)
     assert torch.equal(evaluator.rank(Scorer(), known[:20]).ranks, evaluator.rank(table, known[:20]).ranks)
+
+
+def test_nan_scores_rank_below_every_number() -> None:
+    """A NaN candidate never outranks the answer; a NaN answer ranks as -inf (ties with -inf only)."""
+    table = torch.zeros(1, 4, 4)
+    table[0, 0] = torch.tensor([float("nan"), 1.0, 2.0, float("-inf")])  # query (0, 0, ?)
+    model = TableModel(table)
+    evaluator = FilteredRankEvaluator(torch.tensor([[0, 0, 1], [0, 0, 0]]), 4)
+    ranks = evaluator.rank(model, torch.tensor([[0, 0, 1], [0, 0, 0]]), sides=("tail",)).ranks.tolist()
+    # answer 1 (score 1.0): only entity 2 is higher; NaN entity 0 is filtered for it anyway
+    # answer 0 (NaN -> -inf): entities 1 and 2 are higher, entity 3 ties; 1 is filtered as known
+    assert ranks == [2.0, 2.5]

@@ -332,6 +332,7 @@ class Trainer:
                         final_eval = metrics
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < self.total_steps:
                     self._save(info, window)
+            loop_seconds = timer() - wall0
             if self.strategy.finish(self.model, self.state.step):
                 final_eval, self._saved_step = {}, None  # parameters changed: evaluate and save again
             if not final_eval:
@@ -365,6 +366,7 @@ class Trainer:
             "epoch": self.loader.position.epoch,
             "stopped_early": stopped_early,
             "wall_seconds": wall,
+            "loop_seconds": loop_seconds,  # the training loop alone: no final evaluation, save or export
             "tokens": int(tok[0]),
             "tokens_per_second": float(tok[0]) / wall if wall > 0 else math.nan,
             "bytes_communicated": int(tok[1]),
