@@ -8,7 +8,8 @@ clipping at 1.0, no weight decay, seed and thread count, and each runs in its ow
   Its time is the run's whole `wall_seconds` (training plus the final dev evaluation, the final
   checkpoint with optimizer state, and the export), so its tokens/s is if anything understated.
 - HF: `Trainer.train()` with `DataCollatorWithPadding` (each batch padded to its own longest
-  sequence), once with random batches and once with `group_by_length=True`. Its time is
+  sequence), once with random batches and once grouped by length
+  (`train_sampling_strategy="group_by_length"`, formerly `group_by_length=True`). Its time is
   `train()` alone; dev metrics come from a separate pass afterwards.
 
 Tokens are non-pad tokens actually trained on (kelm drops the last partial batch of an epoch,
@@ -107,7 +108,7 @@ def run_hf(args: argparse.Namespace, group_by_length: bool) -> dict[str, Any]:
     hf_logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
     folder = resolve("poem-sentiment", data_dir=args.data_dir)
-    train_rows = [r for r in read_tsv(folder / "train.tsv") if r[1] != DROP]
+    train_rows = [r for r in read_tsv(folder / "train.tsv") if r[1] != DROP][: args.limit]
     dev_rows = read_tsv(folder / "dev.tsv")
     labels = sorted({r[1] for r in train_rows}, key=float)
     index = {label: i for i, label in enumerate(labels)}
@@ -142,7 +143,7 @@ def run_hf(args: argparse.Namespace, group_by_length: bool) -> dict[str, Any]:
             weight_decay=0.0,
             max_grad_norm=1.0,
             seed=args.seed,
-            group_by_length=group_by_length,
+            train_sampling_strategy="group_by_length" if group_by_length else "random",
             save_strategy="no",
             eval_strategy="no",
             logging_strategy="no",
@@ -183,7 +184,9 @@ def child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     grouped = args.only == "hf-group-by-length"
+    load_before = os.getloadavg()[0]
     result = run_kelm(args) if args.only == "kelm" else run_hf(args, group_by_length=grouped)
+    result["load_average_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]  # other work on the machine
     result["tokens_per_second"] = result["tokens"] / result["seconds"]
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -199,6 +202,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=os.environ.get("KELM_DATA_DIR"))
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--only", choices=SYSTEMS, help=argparse.SUPPRESS)
+    parser.add_argument("--limit", type=int, default=None, help=argparse.SUPPRESS)  # HF smoke tests only
     args = parser.parse_args()
     if args.only:
         child(args)
