@@ -59,12 +59,19 @@ def _pretrain() -> TaskSpec:
     return TaskSpec(PretrainConfig, PretrainTask)
 
 
+def _kgqa() -> TaskSpec:
+    from kelm.tasks.kgqa import KGQAConfig, KGQATask
+
+    return TaskSpec(KGQAConfig, KGQATask)
+
+
 #: Task name → a loader of its spec (imported on first use).
 TASKS: dict[str, Callable[[], TaskSpec]] = {"causal-lm": _causal_lm, "link-prediction": _link_prediction}
 TASKS["classification"] = _classification
 TASKS["ner"] = _ner
 TASKS["qa"] = _qa
 TASKS["mlm"] = TASKS["clm"] = _pretrain
+TASKS["kgqa"] = _kgqa
 
 
 def task_names() -> list[str]:

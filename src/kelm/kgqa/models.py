@@ -1,0 +1,161 @@
+"""The two question-answering models: an LM-only bi-encoder and a KG-enhanced relational GNN.
+
+Both read a question vector: the mean-pooled output of a Hugging Face encoder (MiniLM, or a tiny
+BERT built from scratch), either fine-tuned inside the model or, with a frozen encoder, computed
+once by the task and handed in as ``qvec``.
+
+- `LMQAModel` scores every entity of the graph by the cosine of the question vector with the
+  entity's vector: a projection of the entity name's (fixed) text embedding plus a learnt
+  per-entity offset. It never sees a fact.
+- `KGQAModel` follows relations in the topic entity's subgraph, GraftNet/TransferNet-style: a
+  score starts at 1 on the topic node; at each of ``hops`` message-passing layers the question
+  yields an instruction vector, which weighs every relation (and inverse relation) by attention,
+  and each node passes its score along its facts scaled by their relation's weight
+  (`RelationFollow`, a torch_geometric ``MessagePassing`` layer). The answer score of a node is a
+  question-weighted mix of the scores after 1..hops layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_geometric.nn import MessagePassing
+
+from kelm.lm.finetune import encode_inputs, model_inputs
+from kelm.tasks.classification import encode_texts
+
+
+def load_encoder(name: str, tokenizer: Any, sizes: dict[str, int], max_positions: int = 512) -> nn.Module:
+    """A bare encoder (no head): pretrained weights for a checkpoint, fresh ones for ``tiny-bert``."""
+    from transformers import AutoConfig, AutoModel, BertModel
+
+    from kelm.errors import ConfigError
+    from kelm.lm.hf import _first_line, quiet, resolve_model, scratch_config
+
+    with quiet():
+        if name == "tiny-bert":
+            return BertModel(scratch_config(name, tokenizer, sizes, max_positions), add_pooling_layer=False)
+        if name == "tiny-gpt2":
+            raise ConfigError("task.encoder: question answering needs an encoder (minilm, tiny-bert or a folder)")
+        source = resolve_model(name)
+        try:
+            if torch.get_default_device().type == "meta":
+                return AutoModel.from_config(AutoConfig.from_pretrained(source))
+            return AutoModel.from_pretrained(source, use_safetensors=True)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"task.encoder: cannot load '{name}' ({_first_line(err)})") from None
+
+
+def reference_encoder(name: str, tokenizer: Any, sizes: dict[str, int]) -> nn.Module:
+    """A frozen encoder whose weights depend only on ``name`` (tiny-bert is drawn from seed 0)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        enc = load_encoder(name, tokenizer, sizes)
+    return enc.eval().requires_grad_(False)
+
+
+def mean_pool(encoder: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    hidden = encoder(**inputs).last_hidden_state
+    mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+@torch.no_grad()
+def embed_texts(encoder: nn.Module, tokenizer: Any, texts: list[str], max_length: int, batch: int = 128):
+    """Mean-pooled embeddings of ``texts`` (float32, on CPU)."""
+    samples, _ = encode_texts(tokenizer, texts, max_length)
+    out = [torch.zeros(0, encoder.config.hidden_size)]
+    for lo in range(0, len(samples), batch):
+        inputs = encode_inputs(samples[lo : lo + batch], tokenizer.pad_token_id)
+        out.append(mean_pool(encoder, inputs).float())
+    return torch.cat(out)
+
+
+class QuestionEncoder(nn.Module):
+    """Question vector → model space: a fine-tuned encoder's pooled output (or a given ``qvec``), then an MLP."""
+
+    def __init__(self, encoder: nn.Module | None, q_dim: int, dim: int, out: int | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.mlp = nn.Sequential(nn.Linear(q_dim, dim), nn.GELU(), nn.Linear(dim, out or dim))
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        qvec = mean_pool(self.encoder, model_inputs(batch)) if self.encoder is not None else batch["qvec"]
+        return self.mlp(qvec.float())
+
+
+class LMQAModel(nn.Module):
+    """Bi-encoder over all entities: no graph structure."""
+
+    def __init__(self, encoder: nn.Module | None, q_dim: int, dim: int, entity_text: torch.Tensor):
+        super().__init__()
+        self.question = QuestionEncoder(encoder, q_dim, dim)
+        self.register_buffer("entity_text", entity_text.float())
+        self.entity_proj = nn.Linear(q_dim, dim)
+        self.entity_emb = nn.Embedding(len(entity_text), dim)
+        nn.init.normal_(self.entity_emb.weight, std=0.02)
+        self.scale = nn.Parameter(torch.tensor(10.0))
+
+    def forward(self, **batch: Any) -> torch.Tensor:
+        """Logits over every entity, ``(questions, entities)``; the topic entity is masked out."""
+        q = F.normalize(self.question(batch), dim=-1)
+        ents = F.normalize(self.entity_proj(self.entity_text) + self.entity_emb.weight, dim=-1)
+        logits = self.scale * q @ ents.T
+        rows = torch.arange(len(logits), device=logits.device)
+        return logits.index_put((rows, batch["topic"]), torch.tensor(-1e4, device=logits.device))
+
+
+class RelationFollow(MessagePassing):
+    """Pass each node's score along its edges, scaled by the edge's weight; sum at the target."""
+
+    def __init__(self) -> None:
+        super().__init__(aggr="add")
+
+    def forward(self, score: torch.Tensor, edge_index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return self.propagate(edge_index, x=score.unsqueeze(-1), weight=weight).squeeze(-1)
+
+    def message(self, x_j: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return x_j * weight.unsqueeze(-1)
+
+
+class KGQAModel(nn.Module):
+    """Question-conditioned relational message passing over the topic entity's subgraph."""
+
+    def __init__(self, encoder: nn.Module | None, q_dim: int, dim: int, num_relations: int, hops: int = 3):
+        super().__init__()
+        self.hops = hops
+        self.question = QuestionEncoder(encoder, q_dim, dim, out=dim * (hops + 1))
+        self.relations = nn.Embedding(2 * num_relations, dim)  # r and its inverse r + R
+        nn.init.normal_(self.relations.weight, std=dim**-0.5)
+        self.hop_attention = nn.Linear(dim, hops)
+        self.follow = RelationFollow()
+        self.scale = nn.Parameter(torch.tensor(10.0))
+
+    def forward(self, **batch: Any) -> torch.Tensor:
+        """A logit per subgraph node (all questions' subgraphs concatenated); topic nodes masked out."""
+        parts = self.question(batch).chunk(self.hops + 1, dim=-1)  # one instruction per hop + the hop mix
+        node_batch, edge_index, edge_type = batch["node_batch"], batch["edge_index"], batch["edge_type"]
+        edge_batch = node_batch[edge_index[0]]
+        score = torch.zeros(len(node_batch), device=node_batch.device)
+        score[batch["topic_pos"]] = 1.0
+        reached = []
+        for hop in range(self.hops):
+            attention = (parts[hop] @ self.relations.weight.T).softmax(-1)  # (questions, 2R)
+            score = self.follow(score, edge_index, attention[edge_batch, edge_type]).clamp(max=1.0)
+            reached.append(score)
+        mix = self.hop_attention(parts[-1]).softmax(-1)[node_batch]  # (nodes, hops)
+        logits = self.scale * (torch.stack(reached, -1) * mix).sum(-1)
+        return logits.index_put((batch["topic_pos"],), torch.tensor(-1e4, device=logits.device))
+
+
+def segment_log_softmax(logits: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    """Log-softmax of ``logits`` within each group ``index`` (0..size-1)."""
+    from torch_geometric.utils import scatter
+
+    peak = scatter(logits.detach(), index, 0, dim_size=size, reduce="max")
+    shifted = logits - peak[index]
+    total = scatter(shifted.exp(), index, 0, dim_size=size, reduce="sum")
+    return shifted - total.log()[index]
