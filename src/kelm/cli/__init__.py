@@ -12,6 +12,7 @@ from kelm.cli import data as data_cmd
 from kelm.cli import demo as demo_cmd
 from kelm.cli import finetune as finetune_cmd
 from kelm.cli import kg as kg_cmd
+from kelm.cli import kgc as kgc_cmd
 from kelm.cli import kge as kge_cmd
 from kelm.cli import kgqa as kgqa_cmd
 from kelm.cli import ngram as ngram_cmd
@@ -32,6 +33,7 @@ app = typer.Typer(
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(kg_cmd.app, name="kg")
 app.add_typer(kge_cmd.app, name="kge")
+app.add_typer(kgc_cmd.app, name="kgc")
 app.add_typer(kgqa_cmd.app, name="kgqa")
 app.add_typer(ngram_cmd.app, name="ngram")
 app.command("demo")(demo_cmd.demo)

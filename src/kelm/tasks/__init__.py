@@ -65,6 +65,12 @@ def _kgqa() -> TaskSpec:
     return TaskSpec(KGQAConfig, KGQATask)
 
 
+def _text_kgc() -> TaskSpec:
+    from kelm.tasks.text_kgc import TextKGCConfig, TextKGCTask
+
+    return TaskSpec(TextKGCConfig, TextKGCTask)
+
+
 #: Task name → a loader of its spec (imported on first use).
 TASKS: dict[str, Callable[[], TaskSpec]] = {"causal-lm": _causal_lm, "link-prediction": _link_prediction}
 TASKS["classification"] = _classification
@@ -72,6 +78,7 @@ TASKS["ner"] = _ner
 TASKS["qa"] = _qa
 TASKS["mlm"] = TASKS["clm"] = _pretrain
 TASKS["kgqa"] = _kgqa
+TASKS["text-kgc"] = _text_kgc
 
 
 def task_names() -> list[str]:

@@ -1,0 +1,137 @@
+"""Hybrid scoring: a text score and a structural KGE score, each standardised per query, mixed.
+
+``score = α · z(text) + (1 − α) · z(struct)`` where ``z`` subtracts each query's mean over all
+candidate entities and divides by its standard deviation, so the two scales (cosines vs. KGE
+scores) are comparable. ``α = 1`` returns the text scores and ``α = 0`` the structural scores
+unchanged (ranks are the same as with standardisation, which is monotone per query).
+
+The structural model is a kelm link-prediction run (`kelm kge train`): its exported
+``model.safetensors`` + ``config.toml`` and its ``entities.tsv``/``relations.tsv`` vocabularies.
+Entities and relations are matched by id; a candidate the KGE model does not know gets its
+query's mean structural score (0 after standardisation), and a query whose entity or relation it
+does not know gets 0 for every candidate.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from kelm.errors import ConfigError, DataError
+
+
+class Scorer(Protocol):
+    num_entities: int
+
+    def score_t(self, h: Tensor, r: Tensor, candidates: Tensor | None = None) -> Tensor: ...
+
+    def score_h(self, r: Tensor, t: Tensor, candidates: Tensor | None = None) -> Tensor: ...
+
+
+def standardize(scores_BE: Tensor) -> Tensor:
+    """Per row: zero mean, unit standard deviation (a constant row becomes zeros)."""
+    s = scores_BE.float()
+    mean = s.mean(1, keepdim=True)
+    std = s.std(1, keepdim=True, unbiased=False).clamp(min=1e-6)
+    return (s - mean) / std
+
+
+def _pick(scores_BE: Tensor, candidates: Tensor | None) -> Tensor:
+    if candidates is None:
+        return scores_BE
+    if candidates.dim() == 1:
+        return scores_BE[:, candidates]
+    return scores_BE.gather(1, candidates)
+
+
+class StructuralScorer:
+    """A trained KGE model re-indexed onto another vocabulary (ids matched by name)."""
+
+    def __init__(self, model: Any, entity_map: Tensor, relation_map: Tensor):
+        self.model = model
+        self.entity_map, self.relation_map = entity_map, relation_map  # text index -> KGE index or -1
+        self.num_entities = len(entity_map)
+
+    @torch.no_grad()
+    def _scores(self, op: str, e: Tensor, r: Tensor) -> Tensor:
+        ke, kr = self.entity_map[e.cpu()], self.relation_map[r.cpu()]
+        ok = (ke >= 0) & (kr >= 0)
+        out = torch.zeros(len(e), self.num_entities)
+        if bool(ok.any()):
+            args = (ke[ok], kr[ok]) if op == "score_t" else (kr[ok], ke[ok])
+            raw = self.model(op, *args).float()  # (b, E_kge)
+            known = self.entity_map >= 0
+            rows = torch.empty(len(raw), self.num_entities)
+            rows[:, known] = raw[:, self.entity_map[known]]
+            rows[:, ~known] = raw.mean(1, keepdim=True)
+            out[ok] = rows
+        return out.to(e.device)
+
+    def score_t(self, h: Tensor, r: Tensor, candidates: Tensor | None = None) -> Tensor:
+        return _pick(self._scores("score_t", h, r), candidates)
+
+    def score_h(self, r: Tensor, t: Tensor, candidates: Tensor | None = None) -> Tensor:
+        return _pick(self._scores("score_h", t, r), candidates)
+
+
+def load_structural(path: str | Path, entity_ids: list[str], relation_ids: list[str]) -> StructuralScorer:
+    """The link-prediction model of a run folder (or its ``model/``), indexed by these ids."""
+    from kelm.tasks.link_prediction import ENTITIES_FILE, RELATIONS_FILE, build_scorer, read_vocab
+    from kelm.train.export import CONFIG, load_weights
+
+    p = Path(path)
+    folder = p / "model" if (p / "model").is_dir() else p
+    try:
+        with (folder / CONFIG).open("rb") as fh:
+            spec = dict(tomllib.load(fh).get("model", {}))
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise DataError(f"cannot read the structural model's config ({err})", folder / CONFIG) from None
+    if spec.get("kind") != "kge":
+        raise ConfigError(f"task.hybrid_kge: {folder} is not a link-prediction model (kind {spec.get('kind')!r})")
+    spec["dropout"] = 0.0
+    model = load_weights(build_scorer(spec), folder).eval()
+    kge_ents, _ = read_vocab(folder / ENTITIES_FILE)
+    kge_rels, _ = read_vocab(folder / RELATIONS_FILE)
+    e_idx = {e: i for i, e in enumerate(kge_ents)}
+    r_idx = {r: i for i, r in enumerate(kge_rels)}
+    ent_map = torch.tensor([e_idx.get(e, -1) for e in entity_ids], dtype=torch.int64)
+    rel_map = torch.tensor([r_idx.get(r, -1) for r in relation_ids], dtype=torch.int64)
+    if not bool((rel_map >= 0).any()):
+        raise ConfigError(f"task.hybrid_kge: {folder} shares no relation with this data set")
+    return StructuralScorer(model, ent_map, rel_map)
+
+
+class HybridScoring:
+    """``α · z(text) + (1 − α) · z(struct)``; what `FilteredRankEvaluator.rank` takes."""
+
+    def __init__(self, text: Scorer, struct: Scorer, alpha: float):
+        if not 0 <= alpha <= 1:
+            raise ConfigError(f"task.alpha must be in [0, 1], got {alpha}")
+        if text.num_entities != struct.num_entities:
+            raise ValueError("text and structural scorers disagree on the number of entities")
+        self.text, self.struct, self.alpha = text, struct, alpha
+        self.num_entities = text.num_entities
+
+    def _mix(self, a: Tensor | None, b: Tensor | None) -> Tensor:
+        if b is None:
+            return a  # type: ignore[return-value]
+        if a is None:
+            return b
+        return self.alpha * standardize(a) + (1 - self.alpha) * standardize(b).to(a.device)
+
+    def score_t(self, h: Tensor, r: Tensor, candidates: Tensor | None = None) -> Tensor:
+        a = self.text.score_t(h, r) if self.alpha > 0 else None
+        b = self.struct.score_t(h, r) if self.alpha < 1 else None
+        return _pick(self._mix(a, b), candidates)
+
+    def score_h(self, r: Tensor, t: Tensor, candidates: Tensor | None = None) -> Tensor:
+        a = self.text.score_h(r, t) if self.alpha > 0 else None
+        b = self.struct.score_h(r, t) if self.alpha < 1 else None
+        return _pick(self._mix(a, b), candidates)
+
+
+__all__ = ["HybridScoring", "StructuralScorer", "load_structural", "standardize"]

@@ -1,0 +1,348 @@
+"""Text-based KG completion (SimKGC-style): a bi-encoder ranks entities from their descriptions.
+
+A query "head: description [SEP] relation" and a candidate "entity: description" are embedded by
+one transformer (MiniLM by default; mean pooling, L2 norm) and scored by their cosine. Training
+uses reciprocal relations (head prediction is tail prediction of "inverse of <relation>") and
+InfoNCE (`kelm.synergy.infonce`) over in-batch, pre-batch and self negatives with a learnable
+temperature and an additive margin; negatives that are known training triples are masked out.
+With ``--nproc N`` the batch's tail embeddings are gathered from every rank with gradient, so
+each query meets the whole global batch as negatives, exactly as one process would.
+
+Evaluation embeds every entity from its text once and ranks with the same filtered ranker as
+link prediction, so entities never seen in training (``inductive``) are ranked like any other.
+Optional: ``kepler`` adds a TransE loss over the text-derived embeddings and an MLM loss on the
+descriptions (weight ``kepler_weight``); ``hybrid_kge`` mixes in a trained KGE model's scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from pydantic import Field
+from torch import nn
+
+from kelm.config import Section
+from kelm.errors import DataError
+from kelm.kg.model import KnowledgeGraph
+from kelm.kg.tensors import TripleTensors
+from kelm.synergy.infonce import (
+    PreBatchQueue,
+    contrastive_loss,
+    gather_ids,
+    gather_with_grad,
+    known_answer_mask,
+    triple_keys,
+    world_size,
+)
+from kelm.synergy.text_kgc import (
+    ENCODER_DIR,
+    KGCTexts,
+    TextScoring,
+    entity_texts,
+    prefixed,
+    relation_texts,
+    transe_loss,
+)
+from kelm.tasks.base import Batch, Task
+from kelm.tasks.link_prediction import (
+    ENTITIES_FILE,
+    RANK_METRICS,
+    RELATIONS_FILE,
+    Indices,
+    Triples,
+    load_dataset,
+    vocab_tsv,
+)
+from kelm.train.data import BatchRandom
+
+
+class TextKGCConfig(Section):
+    """``[task]`` for ``text-kgc``."""
+
+    name: Literal["text-kgc"] = "text-kgc"
+    dataset: str = Field(..., min_length=1, description="registered data-set name or a folder/file of triples")
+    data_dir: str | None = None
+    # encoder
+    model: str = Field("minilm", description="minilm, tiny-bert, a checkpoint folder or a cached hub id")
+    hidden_size: int = Field(64, ge=8, description="tiny-bert only")
+    num_layers: int = Field(2, ge=1, description="tiny-bert only")
+    num_heads: int = Field(2, ge=1, description="tiny-bert only")
+    max_length: int = Field(64, ge=8, description="tokens per query or candidate text")
+    # loss
+    init_temperature: float = Field(0.05, gt=0, le=1)
+    margin: float = Field(0.02, ge=0, description="additive margin subtracted from the positive cosine")
+    pre_batch: int = Field(2, ge=0, description="batches of detached tail embeddings kept as negatives")
+    pre_batch_weight: float = Field(0.5, ge=0, description="multiplies the pre-batch logits")
+    self_negatives: bool = True
+    gather_negatives: bool = Field(True, description="with several processes, negatives from the global batch")
+    # KEPLER-style joint objective
+    kepler: bool = False
+    kepler_weight: float = Field(0.5, ge=0, description="lambda: loss = infonce + lambda (transe + mlm)")
+    kepler_margin: float = Field(1.0, gt=0, description="TransE gamma over the unit-length entity embeddings")
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
+    # hybrid scoring and inductive split
+    hybrid_kge: str | None = Field(None, description="run folder of a `kelm kge train` model to mix in")
+    alpha: float = Field(0.5, ge=0, le=1, description="alpha * text + (1 - alpha) * structure")
+    inductive: float | None = Field(None, gt=0, lt=1, description="share of entities held out of training")
+    inductive_seed: int = 0
+    # evaluation
+    encode_batch_size: int = Field(128, ge=1)
+    eval_memory_mb: float = Field(256.0, gt=0)
+    train_split: str = "train"
+    valid_split: str | None = "valid"
+    test_split: str | None = "test"
+
+
+class TextKGCTask(Task):
+    name = "text-kgc"
+    monitor = "mrr"
+    monitor_mode = "max"
+    sides = ("tail", "head")
+
+    def __init__(self, cfg: TextKGCConfig, kg: KnowledgeGraph | None = None):
+        from kelm.lm.finetune import is_main_process
+        from kelm.lm.hf import load_tokenizer
+
+        self.cfg = cfg
+        kg = kg if kg is not None else load_dataset(cfg.dataset, cfg.data_dir)
+        self.unseen: frozenset[str] = frozenset()
+        if cfg.inductive:
+            from kelm.synergy.inductive import inductive_split
+
+            split = inductive_split(kg, cfg.inductive, cfg.inductive_seed, cfg.train_split)
+            kg, self.unseen = split.kg, split.unseen
+        self.kg = kg
+        self.tensors = TripleTensors.from_graph(kg)
+        self.train_triples = self._split(cfg.train_split)
+        self.valid_triples = self._split(cfg.valid_split) if cfg.valid_split else None
+        self.test_triples = self._split(cfg.test_split) if cfg.test_split else None
+        self.known = torch.cat(list(self.tensors.triples.values()))
+        E, R = self.tensors.num_entities, self.tensors.num_relations
+        self.num_entities, self.num_relations = E, R
+        h, r, t = self.train_triples.unbind(1)
+        self.samples = torch.cat([self.train_triples, torch.stack([t, r + R, h], 1)])
+        s_h, s_r, s_t = self.samples.unbind(1)
+        self.train_keys = torch.unique(triple_keys(s_h, s_r, s_t, E, 2 * R))  # sorted
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.texts = KGCTexts(
+            self.tokenizer,
+            entity_texts(kg, self.tensors.entity_ids, cfg.max_length, warn=is_main_process()),
+            relation_texts(kg, self.tensors.relation_ids),
+            cfg.max_length,
+        )
+        self.queue = PreBatchQueue(cfg.pre_batch)
+        self.structural = None
+        if cfg.hybrid_kge:
+            from kelm.synergy.hybrid import load_structural
+
+            self.structural = load_structural(cfg.hybrid_kge, self.tensors.entity_ids, self.tensors.relation_ids)
+        self._special = torch.zeros(len(self.tokenizer), dtype=torch.bool)
+        self._special[[i for i in self.tokenizer.all_special_ids if i < len(self._special)]] = True
+        self._evaluator: Any = None
+        self._last_ranks: Any = None
+        self._encoder_config: Any = None
+
+    def _split(self, split: str) -> torch.Tensor:
+        triples = self.tensors.triples.get(split)
+        if triples is None or len(triples) == 0:
+            raise DataError(f"split '{split}' is empty or missing", self.cfg.dataset)
+        return triples
+
+    # -- model ----------------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        from kelm.synergy.encoders import BiEncoder, build_encoder
+
+        c = self.cfg
+        sizes = {"hidden_size": c.hidden_size, "num_layers": c.num_layers, "num_heads": c.num_heads}
+        encoder = build_encoder(c.model, self.tokenizer, sizes, 512, c.kepler)
+        self._encoder_config = encoder.config
+        return BiEncoder(encoder, c.kepler, 2 * self.num_relations, c.init_temperature)
+
+    def model_config(self) -> dict[str, Any]:
+        c = self.cfg
+        spec = {
+            "kind": "text-kgc",
+            "encoder": c.model,
+            "kepler": c.kepler,
+            "num_entities": self.num_entities,
+            "num_relations": self.num_relations,
+            "max_length": c.max_length,
+            "hybrid_kge": str(Path(c.hybrid_kge).resolve()) if c.hybrid_kge else None,
+            "alpha": c.alpha,
+        }
+        return {"task": self.name, "model": spec}
+
+    # -- data -----------------------------------------------------------------------------------
+    def train_data(self) -> Sequence[Any]:
+        return Indices(len(self.samples))
+
+    def eval_data(self) -> Sequence[Any] | None:
+        return None if self.valid_triples is None else Triples(self.valid_triples)
+
+    def test_data(self) -> Sequence[Any] | None:
+        return None if self.test_triples is None else Triples(self.test_triples)
+
+    def collate(self, samples: list[Any], rng: BatchRandom | None = None) -> Batch:
+        """Evaluation triples, or training triples with tokenised queries and candidates (tails,
+        then heads for self-negatives) and, with ``kepler``, masked descriptions drawn from ``rng``."""
+        if samples and isinstance(samples[0], torch.Tensor):
+            return {"eval_triples": torch.stack(samples)}
+        triples = self.samples[torch.tensor(samples, dtype=torch.int64)]
+        h, r, t = (x.tolist() for x in triples.unbind(1))
+        cands = t + h if self.cfg.self_negatives or self.cfg.kepler else t
+        batch: Batch = {"triples": triples}
+        batch.update(prefixed("q_", self.texts.query_inputs(h, r)))
+        batch.update(prefixed("c_", self.texts.candidate_inputs(cands)))
+        if self.cfg.kepler:
+            batch.update(self._mlm_inputs(t, rng))
+        return batch
+
+    def _mlm_inputs(self, entities: list[int], rng: BatchRandom | None) -> Batch:
+        from kelm.tasks.pretrain import mask_tokens
+
+        if rng is None:
+            rng = BatchRandom(torch.default_generator, len(entities), 0, 1)
+        inputs = self.texts.candidate_inputs(entities)
+        ids = inputs["input_ids"]
+        T, L = ids.shape[1], self.cfg.max_length
+        u = rng.rand(L, 2)[:, :T]
+        random_ids = rng.randint(len(self.tokenizer), L)[:, :T]
+        special = self._special[ids] | (inputs["attention_mask"] == 0)
+        masked, labels = mask_tokens(
+            ids, u, random_ids, special, self.tokenizer.mask_token_id, self.cfg.mlm_probability
+        )
+        return prefixed("m_", {**inputs, "input_ids": masked}) | {"m_labels": labels}
+
+    def batch_weight(self, batch: Batch) -> int:
+        if "eval_triples" in batch:
+            return len(batch["eval_triples"]) * len(self.sides)
+        return len(batch["triples"])
+
+    def tokens(self, batch: Batch) -> int:
+        """Training: (query, positive) pairs; evaluation: triples."""
+        return len(batch["eval_triples"] if "eval_triples" in batch else batch["triples"])
+
+    # -- loss -----------------------------------------------------------------------------------
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        out = model("train", **{k: v for k, v in batch.items() if k != "triples"})
+        loss, logs = self.contrastive(out["query"], out["cands"], batch["triples"], out["temperature"])
+        if self.cfg.kepler:
+            h, r, t = batch["triples"].unbind(1)
+            B = len(h)
+            tails, heads = out["cands"][:B], out["cands"][B:]
+            ke = transe_loss(heads, out["relations"][r], tails, self.cfg.kepler_margin)
+            loss = loss + self.cfg.kepler_weight * (ke + out["mlm_loss"])
+            logs |= {"ke_loss": float(ke.detach()), "mlm_loss": float(out["mlm_loss"].detach())}
+        return loss, logs
+
+    def contrastive(
+        self, query: torch.Tensor, cands: torch.Tensor, triples: torch.Tensor, temperature: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The InfoNCE loss of this rank's queries against the (gathered) batch, pre-batch and self negatives."""
+        c, E, R2 = self.cfg, self.num_entities, 2 * self.num_relations
+        h, r, t = triples.unbind(1)
+        B = len(h)
+        tails = cands[:B]
+        gather = c.gather_negatives and world_size() > 1
+        if gather:
+            all_tails, all_ids = gather_with_grad(tails), gather_ids(t)
+            positive = dist.get_rank() * B + torch.arange(B, device=h.device)
+        else:
+            all_tails, all_ids, positive = tails, t, torch.arange(B, device=h.device)
+        keys = self.train_keys.to(h.device)
+        mask = known_answer_mask(h, r, all_ids, keys, E, R2) | (all_ids[None, :] == t[:, None])
+        self_emb = self_mask = None
+        if c.self_negatives:
+            self_emb = cands[B : 2 * B]
+            self_mask = (h == t) | known_answer_mask(h, r, h, keys, E, R2).diagonal()
+        pre = self.queue.get()
+        pre_emb = pre_mask = None
+        if pre is not None:
+            pre_emb, pre_ids = pre[0].to(h.device), pre[1].to(h.device)
+            pre_mask = known_answer_mask(h, r, pre_ids, keys, E, R2) | (pre_ids[None, :] == t[:, None])
+        loss = contrastive_loss(
+            query,
+            all_tails,
+            positive,
+            temperature,
+            c.margin,
+            mask,
+            self_emb,
+            self_mask,
+            pre_emb,
+            pre_mask,
+            c.pre_batch_weight,
+        )
+        if torch.is_grad_enabled():
+            self.queue.push(all_tails, all_ids)
+        return loss, {"temperature": float(temperature.detach())}
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def evaluator(self) -> Any:
+        from kelm.kge.evaluation import FilteredRankEvaluator
+
+        if self._evaluator is None:
+            self._evaluator = FilteredRankEvaluator(self.known, self.num_entities, self.cfg.eval_memory_mb)
+        return self._evaluator
+
+    def scoring(self, model: nn.Module) -> Any:
+        """Text scoring over all entities (embedded once now), mixed with the structural model if set."""
+        base = getattr(model, "module", model)  # DDP's wrapped module: no collectives in evaluation
+        device = next(base.parameters()).device
+        text = TextScoring(base.encode, self.texts, self.num_relations, device, self.cfg.encode_batch_size)
+        if self.structural is None:
+            return text
+        from kelm.synergy.hybrid import HybridScoring
+
+        return HybridScoring(text, self.structural, self.cfg.alpha)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Sequence[Batch]) -> dict[str, float]:
+        """Filtered rank metrics over both sides of every triple, all entities scored from text."""
+        if not batches:
+            return {k: 0.0 for k in RANK_METRICS}
+        triples = torch.cat([b["eval_triples"] for b in batches])
+        was_training = model.training
+        model.eval()
+        try:
+            result = self.evaluator().rank(self.scoring(model), triples, sides=self.sides)
+        finally:
+            model.train(was_training)
+        self._last_ranks = result
+        metrics = result.metrics()
+        return {k: float(metrics[k]) for k in RANK_METRICS}
+
+    def eval_details(self) -> Any:
+        return self._last_ranks
+
+    def breakdown(self, details: list[Any]) -> dict[str, Any]:
+        """``per_relation``: MRR, MR, Hits@k, query count and label per relation id."""
+        from kelm.kge.evaluation import RankingResult
+
+        parts = [d for d in details if d is not None]
+        merged = RankingResult(*(torch.cat([getattr(p, f) for p in parts]) for f in ("ranks", "sides", "relations")))
+        table = merged.per_relation(list(self.tensors.relation_ids))
+        return {"per_relation": {rid: {"label": self.kg.relations[rid].label or rid, **m} for rid, m in table.items()}}
+
+    # -- artifacts ------------------------------------------------------------------------------
+    def save_artifacts(self, folder: Path) -> None:
+        from kelm.atomic import write_text_atomic
+
+        folder.mkdir(parents=True, exist_ok=True)
+        ents = [(e, self.kg.entities[e].label) for e in self.tensors.entity_ids]
+        rels = [(r, self.kg.relations[r].label) for r in self.tensors.relation_ids]
+        write_text_atomic(folder / ENTITIES_FILE, vocab_tsv(ents))
+        write_text_atomic(folder / RELATIONS_FILE, vocab_tsv(rels))
+        self.texts.save(folder)
+        enc = folder / ENCODER_DIR
+        enc.mkdir(exist_ok=True)
+        if self._encoder_config is not None:
+            self._encoder_config.save_pretrained(str(enc))
+        self.tokenizer.save_pretrained(str(enc))
+
+
+__all__ = ["TextKGCConfig", "TextKGCTask"]
