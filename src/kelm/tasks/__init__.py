@@ -71,6 +71,12 @@ def _text_kgc() -> TaskSpec:
     return TaskSpec(TextKGCConfig, TextKGCTask)
 
 
+def _kg_enhanced() -> TaskSpec:
+    from kelm.tasks.kg_enhanced import KGEnhancedConfig, KGEnhancedTask
+
+    return TaskSpec(KGEnhancedConfig, KGEnhancedTask)
+
+
 #: Task name → a loader of its spec (imported on first use).
 TASKS: dict[str, Callable[[], TaskSpec]] = {"causal-lm": _causal_lm, "link-prediction": _link_prediction}
 TASKS["classification"] = _classification
@@ -78,6 +84,7 @@ TASKS["ner"] = _ner
 TASKS["qa"] = _qa
 TASKS["mlm"] = TASKS["clm"] = _pretrain
 TASKS["kgqa"] = _kgqa
+TASKS["kg-enhanced-classification"] = _kg_enhanced
 TASKS["text-kgc"] = _text_kgc
 
 
