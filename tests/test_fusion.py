@@ -1,0 +1,164 @@
+"""KG-enhanced classification: fusion models, joint loss, ablation modes, training through the engine."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from kelm.fusion.model import FusionModel
+from kelm.tasks import build_task
+from kelm.tasks.kg_enhanced import KGEnhancedTask
+from kelm.train.run import run_training
+
+torch.set_num_threads(1)
+SYLLABLES = ("zor", "blat", "quim", "bex", "dra", "vok", "mip", "tul", "gash", "ren", "fyo", "kel", "prun", "sid")
+TEMPLATES = ("I saw the {} yesterday.", "Nobody expected a {} here.")
+
+
+def _names(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    names: set[str] = set()
+    while len(names) < n:
+        names.add("".join(rng.sample(SYLLABLES, 3)))
+    return sorted(names)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    """Made-up entities in two classes that only the graph knows: each is ``member_of`` its class
+    node (plus random ``near`` facts); sentences name one entity, the label is its class, and
+    test entities never occur in training sentences."""
+    folder = tmp_path_factory.mktemp("synthetic")
+    names = _names(40)
+    rng = random.Random(1)
+    cls = {n: "a" if i % 2 else "b" for i, n in enumerate(names)}
+    facts = [(n, "member_of", f"class_{c}") for n, c in cls.items()]
+    facts += [(rng.choice(names), "near", rng.choice(names)) for _ in range(30)]
+    (folder / "kg.tsv").write_text("".join(f"{h}\t{r}\t{t}\n" for h, r, t in facts), encoding="utf-8")
+    order = names[:]
+    rng.shuffle(order)
+    splits = {"train": order[:28], "dev": order[28:32], "test": order[32:]}
+    for split, members in splits.items():
+        rows = [
+            f"{split}{i}\t{t.format(n)}\t{cls[n]}"
+            for i, (n, t) in enumerate((n, t) for n in members for t in TEMPLATES)
+        ]
+        (folder / f"{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return folder
+
+
+def _task_cfg(folder: Path, **kw) -> dict:
+    cfg = {
+        "name": "kg-enhanced-classification",
+        "kg": str(folder / "kg.tsv"),
+        "train": str(folder / "train.tsv"),
+        "dev": str(folder / "dev.tsv"),
+        "test": str(folder / "test.tsv"),
+        "model": "tiny-bert",
+        "hidden_size": 32,
+        "num_layers": 2,
+        "num_heads": 2,
+        "link_encoder": None,
+        "gnn_dim": 16,
+        "gnn_layers": 2,
+        "hops": 1,
+        "fanout": 4,
+        "dropout": 0.0,
+    }
+    return cfg | kw
+
+
+def _batch(task: KGEnhancedTask, n: int = 8) -> dict:
+    return task.collate([task.train_data()[i] for i in range(n)])
+
+
+def _model(task: KGEnhancedTask) -> FusionModel:
+    torch.manual_seed(0)
+    return task.build_model()
+
+
+def test_batches_carry_linked_subgraphs(synthetic):
+    task = build_task(_task_cfg(synthetic))
+    batch = _batch(task)
+    assert batch["labels"].shape == (8,)
+    assert len(batch["seed_batch"]) == 8  # one linked entity per sentence
+    assert batch["edge_index"].max() < len(batch["node_ids"])
+    tail = task.tensors.relation_index()["member_of"]
+    assert (batch["edge_type"] == tail).any()
+    for b, s, e, node in zip(
+        *(batch[k].tolist() for k in ("mention_batch", "mention_start", "mention_end", "mention_node")), strict=True
+    ):
+        assert 0 < s < e and batch["seed_batch"][batch["seed_index"] == node].tolist() == [b]
+
+
+@pytest.mark.parametrize("gnn", ["rgcn", "gat"])
+def test_greaselm_shapes_and_two_way_flow(synthetic, gnn):
+    task = build_task(_task_cfg(synthetic, mode="joint", fusion="greaselm", gnn=gnn))
+    model = _model(task).eval()
+    batch = _batch(task)
+    out = model(**batch)
+    assert out["logits"].shape == (8, 2) and "kg_loss" not in out  # auxiliary losses only while training
+    # graph -> LM: other node features change the LM's final token states
+    ei, et, _ = model._message_edges(batch, 8)
+    x = torch.cat([model.graph.features(batch["node_ids"]), model.context.expand(8, -1)])
+    tokens, nodes = model._greaselm(batch, x, ei, et)
+    tokens2, _ = model._greaselm(batch, x + 1.0, ei, et)
+    assert tokens.shape[:2] == batch["input_ids"].shape and not torch.allclose(tokens, tokens2)
+    # LM -> graph: other text changes the graph's node states
+    other = dict(batch, input_ids=batch["input_ids"].flip(0))
+    _, nodes2 = model._greaselm(other, x, ei, et)
+    assert not torch.allclose(nodes, nodes2)
+    # the task loss alone reaches the GNN, the LM and the interaction MLPs
+    model.train()
+    torch.nn.functional.cross_entropy(model(**batch)["logits"], batch["labels"]).backward()
+    for prefix in ("graph.convs.0", "graph.convs.1", "lm.embeddings", "lm.encoder.layer.0", "mint.0", "context"):
+        grads = [p.grad for n, p in model.named_parameters() if n.startswith(prefix)]
+        assert grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads), prefix
+
+
+def test_joint_loss_is_the_weighted_sum(synthetic):
+    task = build_task(_task_cfg(synthetic, mode="joint", lambda_kg=0.3, lambda_align=0.7))
+    model = _model(task).train()
+    batch = _batch(task)
+    torch.manual_seed(5)
+    total, logged = task.loss(model, batch)
+    torch.manual_seed(5)
+    parts = task.loss_parts(model, batch)
+    assert set(parts) == {"task", "kg", "align"} and all(float(v.detach()) > 0 for v in parts.values())
+    want = parts["task"] + 0.3 * parts["kg"] + 0.7 * parts["align"]
+    assert torch.allclose(total, want) and logged["loss_kg"] == pytest.approx(float(parts["kg"]))
+
+
+@pytest.mark.parametrize(
+    ("mode", "has_lm", "has_graph", "parts"),
+    [
+        ("lm", True, False, {"task"}),
+        ("kg", False, True, {"task", "kg"}),
+        ("joint", True, True, {"task", "kg", "align"}),
+    ],
+)
+def test_mode_switch_excludes_components(synthetic, mode, has_lm, has_graph, parts):
+    task = build_task(_task_cfg(synthetic, mode=mode))
+    model = _model(task).train()
+    assert (model.lm is not None) == has_lm and (model.graph is not None) == has_graph
+    batch = _batch(task)
+    assert set(task.loss_parts(model, batch)) == parts
+    task.loss(model, batch)[0].backward()
+    with_grad = {n.split(".")[0] for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert ("lm" in with_grad) == has_lm and ("graph" in with_grad) == has_graph
+    if mode == "lm":
+        assert not any(n.startswith(("graph", "kg_", "align")) for n, _ in model.named_parameters())
+
+
+def test_graph_beats_text_on_a_kg_dependent_task(synthetic, tmp_path):
+    """Test entities are unseen in training text, so only their graph neighbourhood tells the class."""
+    train = {"strategy": "single", "max_steps": 60, "batch_size": 8, "lr": 5e-3, "log_every": 20, "tensorboard": False}
+    acc = {}
+    for mode in ("lm", "kg", "joint"):
+        summary = run_training({"task": _task_cfg(synthetic, mode=mode), "train": train}, tmp_path / mode)
+        acc[mode] = summary["test"]["accuracy"]
+    assert acc["kg"] >= 0.9 and acc["joint"] >= 0.9, acc
+    assert acc["lm"] <= 0.75 and acc["joint"] > acc["lm"] + 0.2, acc
