@@ -1,0 +1,99 @@
+"""Text-based KG completion (``text-kgc``): DDP throughput and UMLS ranking quality.
+
+    HF_HUB_OFFLINE=1 python bench/text_kgc.py throughput [--model tiny-bert] [--batch-size 64]
+        [--steps 20] [--max-length 32] [--json]
+    HF_HUB_OFFLINE=1 python bench/text_kgc.py umls [--model minilm] [--batch-size 32]
+        [--steps 40] [--max-length 32] [--lr 5e-5] [--inductive 0.2] [--json]
+
+``throughput``: the same global batch and number of steps with 1 process (2 torch threads) and
+with 2 processes through `--nproc 2` (1 thread each, DDP, tails gathered across ranks);
+pairs/s = training (query, positive) pairs over the training loop's own seconds
+(``loop_seconds`` in metrics.json: no start-up, evaluation or export). No evaluation.
+
+``umls``: the bundled UMLS with entity descriptions; a transductive run on the standard split
+and an inductive run (``--inductive``: that share of entities held out of training, see
+`kelm.synergy.inductive`), each evaluated on the test split with the filtered ranker over all
+135 entities (both sides). One process, 2 threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import emit, train_run
+
+
+def _config(args: argparse.Namespace, threads: int, **task: Any) -> dict[str, Any]:
+    base = {"name": "text-kgc", "dataset": "umls", "model": args.model, "max_length": args.max_length}
+    if args.model == "tiny-bert":
+        base |= {"hidden_size": 64, "num_layers": 2, "num_heads": 2}
+    train = {
+        "strategy": "ddp",
+        "batch_size": args.batch_size,
+        "max_steps": args.steps,
+        "lr": args.lr,
+        "schedule": "constant",
+        "log_every": max(1, args.steps // 4),
+        "tensorboard": False,
+        "threads": threads,
+    }
+    return {"task": base | task, "train": train}
+
+
+def throughput(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": args.model, "global_batch": args.batch_size, "steps": args.steps}
+    with tempfile.TemporaryDirectory(prefix="kelm-kgc-") as tmp:
+        for nproc in (1, 2):
+            cfg = _config(args, 2 // nproc, valid_split="", test_split="")
+            m = train_run(cfg, str(Path(tmp) / f"p{nproc}"), nproc=nproc)
+            out[f"nproc{nproc}"] = {
+                "pairs_per_second": round(m["tokens"] / m["loop_seconds"], 1),
+                "loop_seconds": round(m["loop_seconds"], 1),
+                "final_train_loss": round(m["final_train_loss"], 4),
+            }
+    out["speedup"] = round(out["nproc2"]["pairs_per_second"] / out["nproc1"]["pairs_per_second"], 2)
+    return out
+
+
+def umls(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": args.model, "batch_size": args.batch_size, "steps": args.steps, "lr": args.lr}
+    with tempfile.TemporaryDirectory(prefix="kelm-kgc-") as tmp:
+        for name, extra in (("transductive", {}), ("inductive", {"inductive": args.inductive})):
+            t0 = time.perf_counter()
+            m = train_run(_config(args, 2, valid_split="", **extra), str(Path(tmp) / name))
+            test = m["test"]
+            out[name] = {
+                "mrr": round(test["mrr"], 4),
+                "hits@1": round(test["hits@1"], 4),
+                "hits@10": round(test["hits@10"], 4),
+                "train_loop_seconds": round(m["loop_seconds"], 1),
+                "wall_seconds": round(time.perf_counter() - t0, 1),
+            }
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("part", choices=("throughput", "umls"))
+    p.add_argument("--model", default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--max-length", type=int, default=32)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--inductive", type=float, default=0.2)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    defaults = {"throughput": ("tiny-bert", 64, 20, 1e-3), "umls": ("minilm", 32, 40, 5e-5)}[args.part]
+    for key, value in zip(("model", "batch_size", "steps", "lr"), defaults, strict=True):
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    results = throughput(args) if args.part == "throughput" else umls(args)
+    emit(f"text_kgc_{args.part}", results, args.json)
+
+
+if __name__ == "__main__":
+    main()
