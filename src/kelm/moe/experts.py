@@ -188,6 +188,7 @@ class Experts(nn.Module):
     def __init__(self, cfg: MoEConfig, n: int):
         super().__init__()
         self.cfg, self.n = cfg, n
+        self.last_impl = ""  # the path the last forward pass took
 
     def use_grouped_mm(self, x: torch.Tensor) -> bool:
         """``grouped_mm`` when asked for, or by default on CUDA devices that run it."""
@@ -206,10 +207,13 @@ class Experts(nn.Module):
             w = self.first_weight()
             return x_sorted @ w[0, :, : x_sorted.shape[1]].to(x_sorted.dtype) * 0
         if self.use_grouped_mm(x_sorted):
+            self.last_impl = "grouped_mm"
             return self.grouped(x_sorted, counts.cumsum(0).to(torch.int32))
         sizes = counts.tolist()
         if self.padded_ok(sizes, x_sorted.shape[0]):
+            self.last_impl = "padded"
             return self.padded(x_sorted, sizes)
+        self.last_impl = "loop"
         return self.loop(x_sorted, sizes)
 
     def padded_ok(self, sizes: list[int], rows: int) -> bool:
