@@ -135,12 +135,12 @@ class TopKRouter(nn.Module):
         N = out.probs.shape[0]
         flat = out.experts.reshape(-1)
         counts = torch.bincount(flat, minlength=E).double()
-        logp = out.logits.log_softmax(-1)
-        entropy = -(out.probs * logp).sum()
-        z = torch.logsumexp(out.logits, -1).pow(2).sum()
+        logits, probs = out.logits.double(), out.probs.double()
+        entropy = -(probs * logits.log_softmax(-1)).sum()
+        z = torch.logsumexp(logits, -1).pow(2).sum()
         parts = [
             counts,
-            out.probs.sum(0).double(),
+            probs.sum(0),
             torch.tensor([N, float(dropped)], dtype=torch.float64),
             torch.stack([entropy, z]).double().cpu(),
         ]
