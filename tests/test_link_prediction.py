@@ -279,3 +279,15 @@ def test_one_vs_all_learns(data_dir: Path, tmp_path: Path, reciprocal: bool) -> 
     torch.testing.assert_close(task.loss(model, batch)[0], want)
     summary = train(data_dir, tmp_path / "run", epochs=12, **cfg)
     assert summary["test"]["mrr"] > max(baseline + 0.2, 0.6), (summary["test"], baseline)
+
+
+def test_early_stopping_ends_with_the_best_model(data_dir: Path, tmp_path: Path) -> None:
+    from kelm.train.logging import read_metrics
+
+    train_cfg = TRAIN | {"epochs": 40, "lr": 0.5, "eval_every": 2, "early_stopping_patience": 2}
+    summary = run_training({"task": task_table(data_dir, dim=16), "train": train_cfg}, tmp_path / "run")
+    assert summary["stopped_early"]
+    evals = {r.step: r.value for r in read_metrics(tmp_path / "run") if r.split == "valid" and r.name == "mrr"}
+    best_step = max(evals, key=evals.get)
+    assert summary["best_step"] == best_step < summary["steps"]
+    assert summary["valid"]["mrr"] == pytest.approx(max(evals.values()), abs=1e-7)  # evaluated again: best weights

@@ -35,6 +35,7 @@ class TrainConfig(Section):
     # evaluation and early stopping
     eval_every: int | None = Field(None, ge=1)
     early_stopping_patience: int | None = Field(None, ge=1)
+    restore_best: bool = Field(True, description="after early stopping, end with the weights of the best evaluation")
     # parallelism
     powersgd: bool = False
     powersgd_rank: int = Field(2, ge=1)

@@ -43,6 +43,7 @@ class TrainState:
 
     step: int = 0
     best: float | None = None
+    best_step: int | None = None
     bad_evals: int = 0
     # (sum of loss x weight, sum of weight) since the last log line, summed over ranks
     window: list[float] = field(default_factory=lambda: [0.0, 0.0])
@@ -256,7 +257,9 @@ class Trainer:
             return False
         better = st.best is None or (value < st.best if self.task.monitor_mode == "min" else value > st.best)
         if better:
-            st.best, st.bad_evals = value, 0
+            st.best, st.best_step, st.bad_evals = value, st.step, 0
+            if cfg.restore_best:
+                self._best_weights = {k: _snapshot(v) for k, v in self.model.state_dict().items()}
             return False
         st.bad_evals += 1
         return self._patience_exhausted()
@@ -335,6 +338,10 @@ class Trainer:
             loop_seconds = timer() - wall0
             if self.strategy.finish(self.model, self.state.step):
                 final_eval, self._saved_step = {}, None  # parameters changed: evaluate and save again
+            best_weights = self.__dict__.pop("_best_weights", None)
+            if stopped_early and best_weights is not None:
+                self.model.load_state_dict(best_weights)  # the model of the best evaluation
+                final_eval, self._saved_step = {}, None
             if not final_eval:
                 final_eval = self._evaluate(info)
                 if final_eval:
@@ -365,6 +372,7 @@ class Trainer:
             "resumed_from": str(ckpt) if ckpt is not None else None,
             "epoch": self.loader.position.epoch,
             "stopped_early": stopped_early,
+            "best_step": self.state.best_step,
             "wall_seconds": wall,
             "loop_seconds": loop_seconds,  # the training loop alone: no final evaluation, save or export
             "tokens": int(tok[0]),
@@ -379,6 +387,13 @@ class Trainer:
         if info.is_main:
             write_run_summary(self.out_dir, summary)
         return summary
+
+
+def _snapshot(t: torch.Tensor) -> torch.Tensor:
+    """A copy of a weight: on the host for plain tensors, in place for this rank's DTensor shard."""
+    from torch.distributed.tensor import DTensor
+
+    return t.detach().clone() if isinstance(t, DTensor) else t.detach().to("cpu", copy=True)
 
 
 def _to(batch: Batch, device: torch.device) -> Batch:
