@@ -15,6 +15,7 @@ from kelm.cli import kg as kg_cmd
 from kelm.cli import kgc as kgc_cmd
 from kelm.cli import kge as kge_cmd
 from kelm.cli import kgqa as kgqa_cmd
+from kelm.cli import moe as moe_cmd
 from kelm.cli import ngram as ngram_cmd
 from kelm.cli import plot as plot_cmd
 from kelm.cli import predict as predict_cmd
@@ -33,6 +34,7 @@ app = typer.Typer(
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(kg_cmd.app, name="kg")
 app.add_typer(kge_cmd.app, name="kge")
+app.add_typer(moe_cmd.app, name="moe")
 app.add_typer(kgc_cmd.app, name="kgc")
 app.add_typer(kgqa_cmd.app, name="kgqa")
 app.add_typer(ngram_cmd.app, name="ngram")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,8 @@ class GPTConfig:
     n_layer: int = 2
     n_head: int = 4
     dropout: float = 0.0
+    #: Sparse FFNs: `kelm.moe.MoEConfig` settings (without d_model) for every block; None = dense.
+    moe: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -46,9 +49,15 @@ class Block(nn.Module):
         self.ln1 = nn.LayerNorm(cfg.d_model)
         self.attn = CausalSelfAttention(cfg)
         self.ln2 = nn.LayerNorm(cfg.d_model)
-        self.mlp = nn.Sequential(
-            nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(), nn.Linear(4 * cfg.d_model, cfg.d_model)
-        )
+        self.mlp: nn.Module
+        if cfg.moe:
+            from kelm.moe import MoEConfig, MoELayer
+
+            self.mlp = MoELayer(MoEConfig.from_dict({**cfg.moe, "d_model": cfg.d_model}))
+        else:
+            self.mlp = nn.Sequential(
+                nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(), nn.Linear(4 * cfg.d_model, cfg.d_model)
+            )
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

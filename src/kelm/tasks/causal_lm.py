@@ -34,6 +34,16 @@ class CausalLMConfig(Section):
     n_layer: int = Field(2, ge=1)
     n_head: int = Field(4, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
+    # Mixture of experts (kelm.moe): every block's FFN becomes sparse when moe_experts > 0.
+    moe_experts: int = Field(0, ge=0, description="experts per FFN; 0 keeps the dense GPT")
+    moe_top_k: int = Field(2, ge=1)
+    moe_d_ff: int | None = Field(None, ge=1, description="one expert's width (default 4 x d_model)")
+    moe_expert_type: str = "swiglu"
+    moe_capacity_factor: float | None = Field(None, gt=0, description="unset: dropless")
+    moe_aux_loss_coef: float = Field(0.01, ge=0)
+    moe_z_loss_coef: float = Field(0.001, ge=0)
+    moe_bias_balancing: bool = False
+    moe_shared_experts: int = Field(0, ge=0)
 
 
 class PackedWindows(Sequence[torch.Tensor]):
@@ -91,10 +101,32 @@ class CausalLMTask(Task):
             raise DataError(f"corpus too small: {len(tokens)} bytes for seq_len {cfg.seq_len}", "task.text")
         self._train = PackedWindows(tokens[:-n_valid], window)
         self._valid = PackedWindows(tokens[-n_valid:], window)
+        self._moe_stats: dict[str, float] = {}
+        if self.moe_table() is not None:
+            from kelm.moe import MoEConfig
+
+            MoEConfig.from_dict({**self.moe_table(), "d_model": cfg.d_model})  # type: ignore[dict-item]
+
+    def moe_table(self) -> dict[str, Any] | None:
+        c = self.cfg
+        if not c.moe_experts:
+            return None
+        table = {
+            "n_experts": c.moe_experts,
+            "top_k": c.moe_top_k,
+            "d_ff": c.moe_d_ff,
+            "expert_type": c.moe_expert_type,
+            "capacity_factor": c.moe_capacity_factor,
+            "aux_loss_coef": c.moe_aux_loss_coef,
+            "z_loss_coef": c.moe_z_loss_coef,
+            "bias_balancing": c.moe_bias_balancing,
+            "n_shared_experts": c.moe_shared_experts,
+        }
+        return {k: v for k, v in table.items() if v is not None}
 
     def gpt_config(self) -> GPTConfig:
         c = self.cfg
-        return GPTConfig(256, c.seq_len, c.d_model, c.n_layer, c.n_head, c.dropout)
+        return GPTConfig(256, c.seq_len, c.d_model, c.n_layer, c.n_head, c.dropout, moe=self.moe_table())
 
     def build_model(self) -> nn.Module:
         return GPT(self.gpt_config())
@@ -112,6 +144,13 @@ class CausalLMTask(Task):
         ids = batch["ids"]
         logits_BTV = model(ids[:, :-1])
         loss = F.cross_entropy(logits_BTV.reshape(-1, logits_BTV.shape[-1]).float(), ids[:, 1:].reshape(-1))
+        if self.cfg.moe_experts:
+            from kelm.moe import moe_aux_loss, moe_stats
+
+            aux = moe_aux_loss(model)  # None in evaluation mode
+            if aux is not None:
+                self._moe_stats = moe_stats(model)
+                return loss + aux, {"lm_loss": float(loss.detach()), **self._moe_stats}
         return loss, {}
 
     def batch_weight(self, batch: Batch) -> int:
@@ -122,7 +161,8 @@ class CausalLMTask(Task):
         return ids.shape[0] * (ids.shape[1] - 1)
 
     def finalize_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
-        return {**metrics, "perplexity": math.exp(min(metrics["loss"], 50.0))}
+        # MoE: router statistics of the last training step (global over ranks) join the metrics
+        return {**metrics, "perplexity": math.exp(min(metrics["loss"], 50.0)), **self._moe_stats}
 
     def model_config(self) -> dict[str, Any]:
         return {"task": self.name, "model": {"kind": "gpt", **self.gpt_config().to_dict()}}

