@@ -220,6 +220,7 @@ def main() -> None:
         if proc.returncode or line is None:
             sys.exit(f"{system} failed:\n{proc.stderr[-3000:]}")
         results[system] = json.loads(line[len("RESULT ") :])
+        print(f"{system}: {json.dumps(results[system])}", file=sys.stderr, flush=True)  # progress
     k = results["kelm"]["tokens_per_second"]
     results["ratio_tokens_per_second"] = {
         "kelm/hf": k / results["hf"]["tokens_per_second"],
