@@ -11,10 +11,12 @@ from kelm import __version__
 from kelm.cli import data as data_cmd
 from kelm.cli import demo as demo_cmd
 from kelm.cli import finetune as finetune_cmd
+from kelm.cli import fuse as fuse_cmd
 from kelm.cli import kg as kg_cmd
 from kelm.cli import kgc as kgc_cmd
 from kelm.cli import kge as kge_cmd
 from kelm.cli import kgqa as kgqa_cmd
+from kelm.cli import link as link_cmd
 from kelm.cli import moe as moe_cmd
 from kelm.cli import ngram as ngram_cmd
 from kelm.cli import plot as plot_cmd
@@ -38,12 +40,14 @@ app.add_typer(moe_cmd.app, name="moe")
 app.add_typer(kgc_cmd.app, name="kgc")
 app.add_typer(kgqa_cmd.app, name="kgqa")
 app.add_typer(ngram_cmd.app, name="ngram")
+app.add_typer(fuse_cmd.app, name="fuse")
 app.command("demo")(demo_cmd.demo)
 app.command("train")(train_cmd.train)
 app.command("plot")(plot_cmd.plot)
 app.command("finetune")(finetune_cmd.finetune)
 app.command("predict")(predict_cmd.predict)
 app.command("pretrain")(pretrain_cmd.pretrain)
+app.command("link")(link_cmd.link)
 
 
 def _version(value: bool) -> None:

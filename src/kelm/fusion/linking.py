@@ -214,6 +214,7 @@ class EntityLinker:
         longest = max((len(k.split()) for k in self.names), default=1)
         self.max_ngram = max_ngram or longest
         self.index, self.embed, self.threshold = index, embed, threshold
+        self._seen: dict[str, tuple[float, str]] = {}  # span text -> best cosine and entity
 
     @classmethod
     def from_kg(
@@ -234,14 +235,32 @@ class EntityLinker:
 
     def link(self, text: str) -> list[Mention]:
         """Mentions in ``text``, sorted by position."""
-        words = tokens(text)
-        found = self._dictionary(text, words)
-        if self.index is not None and self.embed is not None:
-            found += self._nearest(text, words, found)
-        return sorted(found, key=lambda m: m.start)
+        return self.link_many([text])[0]
 
     def link_many(self, texts: Sequence[str]) -> list[list[Mention]]:
-        return [self.link(t) for t in texts]
+        """Mentions per text; the nearest-neighbour stage embeds every new span of all texts in one
+        pass and remembers each span's best entity (texts repeat spans a lot)."""
+        words = [tokens(t) for t in texts]
+        found = [self._dictionary(t, w) for t, w in zip(texts, words, strict=True)]
+        if self.index is None or self.embed is None:
+            return [sorted(f, key=lambda m: m.start) for f in found]
+        spans = [self._free_spans(w, f) for w, f in zip(words, found, strict=True)]
+        new = sorted({t[s:e] for t, sp in zip(texts, spans, strict=True) for s, e in sp} - self._seen.keys())
+        if new:
+            scores, rows = self.index.search(self.embed(new))
+            self._seen |= {k: (float(v), self.index.ids[int(r)]) for k, v, r in zip(new, scores, rows, strict=True)}
+        out = []
+        for text, sp, kept in zip(texts, spans, found, strict=True):
+            hits = [(self._seen[text[s:e]], s, e) for s, e in sp]
+            nn_kept: list[Mention] = []
+            for (score, entity), s, e in sorted(hits, key=lambda h: -h[0][0]):
+                if score < self.threshold:
+                    break
+                m = Mention(s, e, entity, score, "nn")
+                if not any(m.overlaps(o) for o in nn_kept):
+                    nn_kept.append(m)
+            out.append(sorted(kept + nn_kept, key=lambda m: m.start))
+        return out
 
     def _dictionary(self, text: str, words: list[tuple[str, int, int]]) -> list[Mention]:
         kept: list[Mention] = []
@@ -255,8 +274,8 @@ class EntityLinker:
                     kept.append(m)
         return kept
 
-    def _nearest(self, text: str, words: list[tuple[str, int, int]], taken: list[Mention]) -> list[Mention]:
-        assert self.index is not None and self.embed is not None
+    def _free_spans(self, words: list[tuple[str, int, int]], taken: list[Mention]) -> list[tuple[int, int]]:
+        """Character spans of n-grams outside ``taken`` that neither start nor end with a stop word."""
         free = [not any(k.start < e and s < k.end for k in taken) for _, s, e in words]
         spans: list[tuple[int, int]] = []
         for i in range(len(words)):
@@ -267,18 +286,7 @@ class EntityLinker:
                 if words[i][0] in STOP_WORDS or words[j][0] in STOP_WORDS:
                     continue
                 spans.append((words[i][1], words[j][2]))
-        if not spans:
-            return []
-        scores, rows = self.index.search(self.embed([text[s:e] for s, e in spans]))
-        kept: list[Mention] = []
-        for k in scores.argsort(descending=True).tolist():
-            score = float(scores[k])
-            if score < self.threshold:
-                break
-            m = Mention(spans[k][0], spans[k][1], self.index.ids[int(rows[k])], score, "nn")
-            if not any(m.overlaps(o) for o in kept):
-                kept.append(m)
-        return kept
+        return spans
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from torch import nn
 from torch_geometric.data import Batch as PyGBatch
 
 from kelm.fusion.gnn import GraphEncoder
-from kelm.fusion.linking import EntityLinker, build_entity_index, load_text_embedder, read_aliases
+from kelm.fusion.linking import EntityIndex, EntityLinker, build_entity_index, load_text_embedder, read_aliases
 from kelm.fusion.model import FusionModel, FusionSettings
 from kelm.fusion.subgraph import Adjacency, store_subgraph, to_data
 from kelm.kg.model import KnowledgeGraph
@@ -95,8 +95,8 @@ class KGEnhancedTask(ClassificationTask):
         self.text_features: torch.Tensor | None = None
         index = embed = None
         if cfg.link_encoder or cfg.node_features == "text":
-            embed, _ = load_text_embedder(cfg.link_encoder or "minilm")
-            index = build_entity_index(self.kg, embed, self.tensors.entity_ids)
+            embed, _ = load_text_embedder(cfg.link_encoder or "minilm", max_length=32)
+            index = cached_index(self.kg, self.tensors.entity_ids, cfg.link_encoder or "minilm", embed)
             self.text_features = index.vectors[: self.tensors.num_entities]  # "label: description" rows
         if not cfg.link_encoder:
             index = embed = None
@@ -117,8 +117,7 @@ class KGEnhancedTask(ClassificationTask):
         """Token ids, linked mentions (token spans) and the subgraph of each text."""
         enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, return_offsets_mapping=True)
         samples, cut, linked = [], 0, 0
-        for i, text in enumerate(texts):
-            mentions = self.linker.link(text)
+        for i, mentions in enumerate(self.linker.link_many(texts)):
             seeds = [self.entity_row[m.entity] for m in mentions]
             graph = to_data(*self.subgraph(seeds, i), seeds)
             local = {int(n): j for j, n in enumerate(graph.node_ids.tolist())}
@@ -229,6 +228,23 @@ class KGEnhancedTask(ClassificationTask):
         super().save_artifacts(folder)
 
 
+def cached_index(kg: KnowledgeGraph, ids: list[str], encoder: str, embed: Any) -> EntityIndex:
+    """The entity index of ``kg`` under ``encoder``, built once and kept under ``$KELM_CACHE_DIR/fusion``."""
+    import hashlib
+
+    from kelm.data.resolve import cache_root
+
+    texts = [kg.entities[e].text() for e in ids]
+    key = hashlib.sha256("\n".join([encoder, *ids, *texts]).encode()).hexdigest()[:16]
+    path = cache_root() / "fusion" / f"index-{key}.safetensors"
+    if path.is_file():
+        return EntityIndex.load(path)
+    index = build_entity_index(kg, embed, ids)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    index.save(path)
+    return index
+
+
 def _generated_files(kg: KnowledgeGraph, cfg: KGEnhancedConfig) -> dict[str, Any]:
     from kelm.data.resolve import cache_root
     from kelm.fusion.data import write_groups
@@ -240,4 +256,4 @@ def _generated_files(kg: KnowledgeGraph, cfg: KGEnhancedConfig) -> dict[str, Any
     return {"dataset": None} | {k: getattr(cfg, k) or v for k, v in files.items()}
 
 
-__all__ = ["KGEnhancedConfig", "KGEnhancedTask", "load_graph"]
+__all__ = ["KGEnhancedConfig", "KGEnhancedTask", "cached_index", "load_graph"]
