@@ -204,8 +204,7 @@ class Experts(nn.Module):
         """Rows of ``x_sorted`` grouped by expert; ``counts`` (n,) rows per expert."""
         if x_sorted.shape[0] == 0:
             # keep the weights in the graph, so backward still reaches them (and expert-parallel peers)
-            w = self.first_weight()
-            return x_sorted @ w[0, :, : x_sorted.shape[1]].to(x_sorted.dtype) * 0
+            return x_sorted * 0 + self.first_weight().sum().to(x_sorted.dtype) * 0
         if self.use_grouped_mm(x_sorted):
             self.last_impl = "grouped_mm"
             return self.grouped(x_sorted, counts.cumsum(0).to(torch.int32))
