@@ -115,9 +115,13 @@ def gather_with_grad(x: Tensor) -> Tensor:
     averaging gives exactly the gradient of the global-batch loss."""
     if world_size() == 1:
         return x
+    import warnings
+
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x.contiguous()))
+    with warnings.catch_warnings():  # deprecated in favour of a private API; still the public autograd gather
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(all_gather(x.contiguous()))
 
 
 def gather_ids(x: Tensor) -> Tensor:
