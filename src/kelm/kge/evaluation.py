@@ -53,6 +53,11 @@ class RankingResult:
         return out
 
 
+def _count(mask_BE: Tensor) -> Tensor:
+    """True entries per row; summing the bytes as int32 skips the int64 copy of ``bool.sum``."""
+    return mask_BE.view(torch.uint8).sum(1, dtype=torch.int32)
+
+
 @dataclass
 class _FilterIndex:
     """CSR map from a query key to the known answers: ``answers[offsets[i]:offsets[i + 1]]`` for ``keys[i]``."""
@@ -133,8 +138,8 @@ class FilteredRankEvaluator:
         rows, cols = index.lookup(keys_B)
         scores_BE[rows, cols] = float("nan")  # NaN compares false: filtered entities never count
         scores_BE[arange_B, answer_B] = float("nan")  # the answer counts once, below
-        higher_B = (scores_BE > true_B1).sum(1)
-        higher_or_equal_B = (scores_BE >= true_B1).sum(1)
+        higher_B = _count(scores_BE > true_B1)
+        higher_or_equal_B = _count(scores_BE >= true_B1)
         return (higher_B + higher_or_equal_B + 2).double() / 2
 
     @torch.no_grad()
