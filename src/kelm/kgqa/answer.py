@@ -67,7 +67,7 @@ class QAModel:
         from kelm.kgqa.models import embed_texts, reference_encoder
         from kelm.lm.finetune import encode_inputs
         from kelm.tasks.classification import encode_texts
-        from kelm.tasks.kgqa import collate_subgraphs
+        from kelm.tasks.kgqa import SubgraphTensors, collate_subgraphs
 
         s = self.spec
         batch: dict[str, Any]
@@ -80,7 +80,7 @@ class QAModel:
         batch["topic"] = torch.tensor([topic])
         if s["model"] == "kg":
             sub = self.graph.subgraph(topic, s["subgraph_hops"], s["fanout"], s["max_nodes"])
-            batch.update(collate_subgraphs([sub], self.graph.num_relations))
+            batch.update(collate_subgraphs([SubgraphTensors.of(sub, self.graph.num_relations)]))
         return batch
 
     @torch.no_grad()
@@ -119,13 +119,9 @@ class QAModel:
 
 
 def _read_spec(folder: Path) -> dict[str, Any]:
-    import tomllib
+    from kelm.config import read_toml
 
-    try:
-        with (folder / "config.toml").open("rb") as fh:
-            spec = dict(tomllib.load(fh).get("model", {}))
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise DataError(f"cannot read the exported model config ({err})", folder / "config.toml") from None
+    spec = dict(read_toml(folder / "config.toml").get("model", {}))
     if spec.get("kind") != "kgqa":
         raise DataError(f"not a question-answering model (kind {spec.get('kind')!r})", folder / "config.toml")
     return spec

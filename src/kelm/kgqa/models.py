@@ -9,10 +9,12 @@ once by the task and handed in as ``qvec``.
   per-entity offset. It never sees a fact.
 - `KGQAModel` follows relations in the topic entity's subgraph, GraftNet/TransferNet-style: a
   score starts at 1 on the topic node; at each of ``hops`` message-passing layers the question
-  yields an instruction vector, which weighs every relation (and inverse relation) by attention,
+  yields an instruction vector, which weighs every relation (and inverse relation) by attention
+  against the relation's key (its name's text vector, projected, plus a learnt offset),
   and each node passes its score along its facts scaled by their relation's weight
-  (`RelationFollow`, a torch_geometric ``MessagePassing`` layer). The answer score of a node is a
-  question-weighted mix of the scores after 1..hops layers.
+  (`RelationFollow`, a torch_geometric ``MessagePassing`` layer). A node's answer mass is a
+  question-weighted mix of its scores after 1..hops layers, and its logit the log of that mass
+  (relative to the question's largest), so the answer distribution is the normalised mass.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import MessagePassing
+from torch_geometric.utils import scatter
 
 from kelm.lm.finetune import encode_inputs, model_inputs
 from kelm.tasks.classification import encode_texts
@@ -55,6 +58,10 @@ def reference_encoder(name: str, tokenizer: Any, sizes: dict[str, int]) -> nn.Mo
         torch.manual_seed(0)
         enc = load_encoder(name, tokenizer, sizes)
     return enc.eval().requires_grad_(False)
+
+
+#: Share of each hop's relation attention spread evenly over all relations.
+LEAK = 1e-3
 
 
 def mean_pool(encoder: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -124,37 +131,53 @@ class RelationFollow(MessagePassing):
 class KGQAModel(nn.Module):
     """Question-conditioned relational message passing over the topic entity's subgraph."""
 
-    def __init__(self, encoder: nn.Module | None, q_dim: int, dim: int, num_relations: int, hops: int = 3):
+    def __init__(
+        self,
+        encoder: nn.Module | None,
+        q_dim: int,
+        dim: int,
+        num_relations: int,
+        hops: int = 3,
+        relation_text: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.hops = hops
         self.question = QuestionEncoder(encoder, q_dim, dim, out=dim * (hops + 1))
-        self.relations = nn.Embedding(2 * num_relations, dim)  # r and its inverse r + R
+        # a relation's key: its name's text vector (r, then "inverse r"), projected, plus a learnt offset
+        if relation_text is None:
+            relation_text = torch.zeros(2 * num_relations, q_dim)
+        self.register_buffer("relation_text", relation_text.float())
+        self.relation_proj = nn.Linear(q_dim, dim)
+        self.relations = nn.Embedding(2 * num_relations, dim)
         nn.init.normal_(self.relations.weight, std=dim**-0.5)
         self.hop_attention = nn.Linear(dim, hops)
         self.follow = RelationFollow()
-        self.scale = nn.Parameter(torch.tensor(10.0))
+        self.floor = 1e-6  # relative mass of nodes the question's relations do not reach
 
     def forward(self, **batch: Any) -> torch.Tensor:
         """A logit per subgraph node (all questions' subgraphs concatenated); topic nodes masked out."""
         parts = self.question(batch).chunk(self.hops + 1, dim=-1)  # one instruction per hop + the hop mix
         node_batch, edge_index, edge_type = batch["node_batch"], batch["edge_index"], batch["edge_type"]
-        edge_batch = node_batch[edge_index[0]]
+        edge_key = node_batch[edge_index[0]] * len(self.relations.weight) + edge_type  # (question, relation) per edge
         score = torch.zeros(len(node_batch), device=node_batch.device)
         score[batch["topic_pos"]] = 1.0
+        keys = self.relation_proj(self.relation_text) + self.relations.weight
         reached = []
         for hop in range(self.hops):
-            attention = (parts[hop] @ self.relations.weight.T).softmax(-1)  # (questions, 2R)
-            score = self.follow(score, edge_index, attention[edge_batch, edge_type]).clamp(max=1.0)
+            # a small share spread over all relations keeps every reachable node's mass above 0
+            attention = (1 - LEAK) * (parts[hop] @ keys.T).softmax(-1) + LEAK / len(keys)  # (questions, 2R)
+            score = self.follow(score, edge_index, attention.view(-1)[edge_key])
             reached.append(score)
         mix = self.hop_attention(parts[-1]).softmax(-1)[node_batch]  # (nodes, hops)
-        logits = self.scale * (torch.stack(reached, -1) * mix).sum(-1)
+        mass = (torch.stack(reached, -1) * mix).sum(-1)
+        # log of the mass relative to the question's largest: the softmax over a subgraph is the mass, normalised
+        peak = scatter(mass.detach(), node_batch, 0, dim_size=len(batch["topic_pos"]), reduce="max")
+        logits = torch.log(mass / peak.clamp(min=1e-20)[node_batch] + self.floor)
         return logits.index_put((batch["topic_pos"],), torch.tensor(-1e4, device=logits.device))
 
 
 def segment_log_softmax(logits: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
     """Log-softmax of ``logits`` within each group ``index`` (0..size-1)."""
-    from torch_geometric.utils import scatter
-
     peak = scatter(logits.detach(), index, 0, dim_size=size, reduce="max")
     shifted = logits - peak[index]
     total = scatter(shifted.exp(), index, 0, dim_size=size, reduce="sum")

@@ -16,6 +16,7 @@ ranks as count shares and are divided out in `finalize_metrics`, so they are exa
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,9 +27,16 @@ from torch import nn
 from kelm.atomic import write_text_atomic
 from kelm.config import Section
 from kelm.errors import ConfigError, DataError
-from kelm.kgqa.graph import QAGraph, names_to_indices
+from kelm.kgqa.graph import LocalSubgraph, QAGraph, names_to_indices
 from kelm.kgqa.metrics import THRESHOLDS, answer_set, hits_at_1, set_f1
-from kelm.kgqa.models import KGQAModel, LMQAModel, embed_texts, load_encoder, reference_encoder, segment_log_softmax
+from kelm.kgqa.models import (
+    KGQAModel,
+    LMQAModel,
+    embed_texts,
+    load_encoder,
+    reference_encoder,
+    segment_log_softmax,
+)
 from kelm.kgqa.questions import SPLITS, Question, read_split
 from kelm.lm.finetune import Samples, encode_inputs
 from kelm.tasks.base import Batch, Task
@@ -62,8 +70,8 @@ class KGQAConfig(Section):
     dim: int = Field(128, ge=4)
     reasoning_hops: int = Field(3, ge=1, le=4, description="message-passing layers of the kg model")
     subgraph_hops: int = Field(3, ge=1)
-    fanout: int | None = Field(64, ge=1)
-    max_nodes: int | None = Field(2000, ge=2)
+    fanout: int | None = Field(32, ge=1)
+    max_nodes: int | None = Field(1000, ge=2)
 
 
 class KGQATask(Task):
@@ -79,7 +87,7 @@ class KGQATask(Task):
         self.tokenizer = load_tokenizer(cfg.encoder)
         self.threshold = 1.0
         self._split = "dev"
-        self._subgraphs: dict[int, Any] = {}
+        self._subgraphs: dict[int, SubgraphTensors] = {}
         self.splits: dict[str, list[dict[str, Any]]] = {}
         for split in SPLITS:
             qs = self._read(split)
@@ -97,6 +105,8 @@ class KGQATask(Task):
                 for s in split:
                     s["qrow"], row = row, row + 1
         self.entity_text = self.embed(self.graph.names) if cfg.model == "lm" else None
+        steps = range(2 * self.graph.num_relations)
+        self.relation_text = self.embed([self.graph.step_name(s) for s in steps]) if cfg.model == "kg" else None
 
     # -- data -----------------------------------------------------------------------------------
     @property
@@ -144,11 +154,12 @@ class KGQATask(Task):
         enc = reference_encoder(self.cfg.encoder, self.tokenizer, self._sizes())
         return embed_texts(enc, self.tokenizer, texts, self.cfg.max_length)
 
-    def subgraph(self, topic: int) -> Any:
+    def subgraph(self, topic: int) -> SubgraphTensors:
         sub = self._subgraphs.get(topic)
         if sub is None:
             c = self.cfg
-            sub = self._subgraphs[topic] = self.graph.subgraph(topic, c.subgraph_hops, c.fanout, c.max_nodes)
+            local = self.graph.subgraph(topic, c.subgraph_hops, c.fanout, c.max_nodes)
+            sub = self._subgraphs[topic] = SubgraphTensors.of(local, self.graph.num_relations)
         return sub
 
     def train_data(self) -> Sequence[Any]:
@@ -171,7 +182,7 @@ class KGQATask(Task):
         batch["hops"] = [s["hops"] for s in samples]
         batch["split"] = samples[0]["split"] if samples else "train"
         if self.cfg.model == "kg":
-            batch.update(collate_subgraphs([self.subgraph(s["topic"]) for s in samples], self.graph.num_relations))
+            batch.update(collate_subgraphs([self.subgraph(s["topic"]) for s in samples]))
         targets = [self._targets(batch, i, s["answers"]) for i, s in enumerate(samples)]
         rows = [i for i, cols in enumerate(targets) for _ in cols]
         batch["target_rows"] = torch.tensor(rows, dtype=torch.int64)
@@ -191,7 +202,7 @@ class KGQATask(Task):
 
     # -- model and loss -------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        return build_qa_model(self.model_spec(), self.entity_text)
+        return build_qa_model(self.model_spec(), self.entity_text, self.relation_text)
 
     def model_spec(self) -> dict[str, Any]:
         c = self.cfg
@@ -299,31 +310,47 @@ class KGQATask(Task):
         return out
 
 
-def collate_subgraphs(subgraphs: list[Any], num_relations: int) -> Batch:
-    """Subgraphs concatenated into one graph: nodes, their question, topic positions, and edges both
-    ways (``r`` head→tail, ``r + R`` tail→head). ``_positions`` maps entity ids to node positions."""
-    nodes, node_batch, topic_pos, src, dst, rel, positions = [], [], [], [], [], [], []
-    offset = 0
-    for i, sub in enumerate(subgraphs):
-        nodes += sub.nodes
-        node_batch += [i] * len(sub.nodes)
-        topic_pos.append(offset)
-        src += [offset + s for s in sub.src] + [offset + d for d in sub.dst]
-        dst += [offset + d for d in sub.dst] + [offset + s for s in sub.src]
-        rel += list(sub.rel) + [r + num_relations for r in sub.rel]
-        positions.append({g: offset + j for j, g in enumerate(sub.nodes)})
-        offset += len(sub.nodes)
+@dataclass
+class SubgraphTensors:
+    """A subgraph ready to batch: nodes, edges both ways (``r`` head→tail, ``r + R`` tail→head)
+    as local indices, and where each entity id sits among the nodes."""
+
+    nodes: torch.Tensor
+    edge_index: torch.Tensor
+    edge_type: torch.Tensor
+    positions: dict[int, int]
+
+    @classmethod
+    def of(cls, sub: LocalSubgraph, num_relations: int) -> SubgraphTensors:
+        src, dst, rel = (torch.tensor(x, dtype=torch.int64) for x in (sub.src, sub.dst, sub.rel))
+        return cls(
+            torch.tensor(sub.nodes, dtype=torch.int64),
+            torch.stack([torch.cat([src, dst]), torch.cat([dst, src])]),
+            torch.cat([rel, rel + num_relations]),
+            {g: j for j, g in enumerate(sub.nodes)},
+        )
+
+
+def collate_subgraphs(subgraphs: list[SubgraphTensors]) -> Batch:
+    """Subgraphs concatenated into one graph: nodes, each node's question, topic positions, edges.
+    ``_positions`` maps entity ids to node positions per question."""
+    sizes = torch.tensor([len(s.nodes) for s in subgraphs], dtype=torch.int64)
+    offsets = torch.cumsum(sizes, 0) - sizes
     return {
-        "nodes": torch.tensor(nodes, dtype=torch.int64),
-        "node_batch": torch.tensor(node_batch, dtype=torch.int64),
-        "topic_pos": torch.tensor(topic_pos, dtype=torch.int64),
-        "edge_index": torch.tensor([src, dst], dtype=torch.int64).view(2, -1),
-        "edge_type": torch.tensor(rel, dtype=torch.int64),
-        "_positions": positions,
+        "nodes": torch.cat([s.nodes for s in subgraphs]),
+        "node_batch": torch.repeat_interleave(torch.arange(len(subgraphs)), sizes),
+        "topic_pos": offsets,
+        "edge_index": torch.cat([s.edge_index + int(o) for s, o in zip(subgraphs, offsets, strict=True)], 1),
+        "edge_type": torch.cat([s.edge_type for s in subgraphs]),
+        "_positions": [
+            {g: int(o) + j for g, j in s.positions.items()} for s, o in zip(subgraphs, offsets, strict=True)
+        ],
     }
 
 
-def build_qa_model(spec: dict[str, Any], entity_text: torch.Tensor | None = None) -> nn.Module:
+def build_qa_model(
+    spec: dict[str, Any], entity_text: torch.Tensor | None = None, relation_text: torch.Tensor | None = None
+) -> nn.Module:
     """The model a ``[model]`` spec describes (weights fresh; a fine-tuned encoder starts pretrained)."""
     encoder = None
     if spec["finetune_encoder"]:
@@ -337,7 +364,7 @@ def build_qa_model(spec: dict[str, Any], entity_text: torch.Tensor | None = None
         return LMQAModel(encoder, spec["q_dim"], spec["dim"], entity_text)
     if spec["model"] != "kg":
         raise ConfigError(f"unknown question-answering model '{spec['model']}' (lm or kg)")
-    return KGQAModel(encoder, spec["q_dim"], spec["dim"], spec["num_relations"], spec["reasoning_hops"])
+    return KGQAModel(encoder, spec["q_dim"], spec["dim"], spec["num_relations"], spec["reasoning_hops"], relation_text)
 
 
-__all__ = ["KGQAConfig", "KGQATask", "build_qa_model", "collate_subgraphs"]
+__all__ = ["KGQAConfig", "KGQATask", "SubgraphTensors", "build_qa_model", "collate_subgraphs"]
