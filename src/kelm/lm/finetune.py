@@ -148,6 +148,7 @@ class HFTask(Task):
         self._hf_config: Any = None
         self._last: dict[str, dict[str, float]] | None = None
         self._report_total = 0.0
+        self.splits: dict[str, list[dict[str, Any]]] = {}
 
     # -- model ----------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -168,6 +169,21 @@ class HFTask(Task):
     def tokens(self, batch: Batch) -> int:
         """Non-pad tokens."""
         return int(batch["attention_mask"].sum())
+
+    # -- data: ``self.splits`` maps train/dev/test to tokenized samples ----------------------------
+    def train_data(self) -> Sequence[Any]:
+        items = self.splits["train"]
+        return Samples(items, [len(s["input_ids"]) for s in items] if self.cfg.group_by_length else None)
+
+    def _held_out(self, split: str) -> Sequence[Any] | None:
+        items = self.splits.get(split)
+        return None if items is None else by_length(items, [len(s["input_ids"]) for s in items])
+
+    def eval_data(self) -> Sequence[Any] | None:
+        return self._held_out("dev")
+
+    def test_data(self) -> Sequence[Any] | None:
+        return self._held_out("test")
 
     # -- report ---------------------------------------------------------------------------------
     def report_title(self) -> str:

@@ -23,8 +23,6 @@ from kelm.lm import metrics as M
 from kelm.lm.finetune import (
     FinetuneConfig,
     HFTask,
-    Samples,
-    by_length,
     encode_inputs,
     model_inputs,
     split_files,
@@ -104,20 +102,6 @@ class ClassificationTask(HFTask):
         return encode_texts(self.tokenizer, texts, self.max_length)
 
     # -- data ---------------------------------------------------------------------------------
-    def train_data(self) -> Sequence[Any]:
-        items = self.splits["train"]
-        return Samples(items, [len(s["input_ids"]) for s in items] if self.cfg.group_by_length else None)
-
-    def _held_out(self, split: str) -> Sequence[Any] | None:
-        items = self.splits.get(split)
-        return None if items is None else by_length(items, [len(s["input_ids"]) for s in items])
-
-    def eval_data(self) -> Sequence[Any] | None:
-        return self._held_out("dev")
-
-    def test_data(self) -> Sequence[Any] | None:
-        return self._held_out("test")
-
     def collate(self, samples: list[Any]) -> Batch:
         batch = encode_inputs(samples, self.tokenizer.pad_token_id)
         batch["labels"] = torch.tensor([s["label"] for s in samples], dtype=torch.int64)
