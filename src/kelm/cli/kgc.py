@@ -26,6 +26,7 @@ from kelm.cli.options import (
     SeedOpt,
     StrategyOpt,
     TrainConfigArg,
+    overrides_and_flags,
 )
 from kelm.errors import ConfigError, DataError
 
@@ -79,12 +80,9 @@ def train_cmd(
         "hybrid-kge": kge,
         "alpha": alpha,
     }
-    overrides = {"task.name": "text-kgc"} | {f"task.{k.replace('-', '_')}": v for k, v in values.items()}
-    overrides["task.kepler"] = kepler
     train_values = {"strategy": strategy, "max-steps": max_steps, "epochs": epochs, "batch-size": batch_size}
-    train_values |= {"lr": lr, "seed": seed}
-    overrides |= {f"train.{k.replace('-', '_')}": v for k, v in train_values.items()}
-    flags = {f"--{k}": v for k, v in (values | train_values).items()}
+    overrides, flags = overrides_and_flags(values, train_values | {"lr": lr, "seed": seed})
+    overrides |= {"task.name": "text-kgc", "task.kepler": kepler}
     launch_opts = (nproc, max_restarts, nnodes, node_rank, rdzv_endpoint, rdzv_id)
     args = ["kgc", "train"] + (["--kepler" if kepler else "--no-kepler"] if kepler is not None else [])
     summary = train_or_launch(args, config, out_dir, resume, overrides, flags, launch_opts)

@@ -27,6 +27,7 @@ from kelm.cli.options import (
     SeedOpt,
     StrategyOpt,
     TrainConfigArg,
+    overrides_and_flags,
 )
 from kelm.errors import ConfigError, DataError
 
@@ -63,33 +64,10 @@ def train_cmd(
     if dataset is not None and Path(dataset).exists():
         dataset = str(Path(dataset).resolve())
     data_root = str(data_dir.resolve()) if data_dir is not None else None
-    overrides = {
-        "task.name": "link-prediction",
-        "task.dataset": dataset,
-        "task.data_dir": data_root,
-        "task.model": model,
-        "task.dim": dim,
-        "task.training": training,
-        "train.strategy": strategy,
-        "train.max_steps": max_steps,
-        "train.epochs": epochs,
-        "train.batch_size": batch_size,
-        "train.lr": lr,
-        "train.seed": seed,
-    }
-    flags = {
-        "--dataset": dataset,
-        "--data-dir": data_root,
-        "--model": model,
-        "--dim": dim,
-        "--training": training,
-        "--strategy": strategy,
-        "--max-steps": max_steps,
-        "--epochs": epochs,
-        "--batch-size": batch_size,
-        "--lr": lr,
-        "--seed": seed,
-    }
+    task = {"dataset": dataset, "data-dir": data_root, "model": model, "dim": dim, "training": training}
+    train = {"strategy": strategy, "max-steps": max_steps, "epochs": epochs, "batch-size": batch_size}
+    overrides, flags = overrides_and_flags(task, train | {"lr": lr, "seed": seed})
+    overrides["task.name"] = "link-prediction"
     launch_opts = (nproc, max_restarts, nnodes, node_rank, rdzv_endpoint, rdzv_id)
     summary = train_or_launch(["kge", "train"], config, out_dir, resume, overrides, flags, launch_opts)
     if summary is not None:

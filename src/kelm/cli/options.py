@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -83,3 +83,11 @@ NnodesOpt = Annotated[str | None, typer.Option(help="Nodes in the job: N or MIN:
 NodeRankOpt = Annotated[int | None, typer.Option(help="This node's rank (static rendezvous).")]
 RdzvEndpointOpt = Annotated[str | None, typer.Option(help="HOST:PORT on the first node where the nodes meet.")]
 RdzvIdOpt = Annotated[str | None, typer.Option(help="Job id shared by all nodes (c10d rendezvous).")]
+
+
+def overrides_and_flags(task: dict[str, Any], train: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Config overrides (``task.max_length``) and the flags that carry them to launched workers
+    (``--max-length``), from flag-named values of the task and of ``[train]``."""
+    overrides = {f"task.{k.replace('-', '_')}": v for k, v in task.items()}
+    overrides |= {f"train.{k.replace('-', '_')}": v for k, v in train.items()}
+    return overrides, {f"--{k}": v for k, v in (task | train).items()}
