@@ -2,38 +2,74 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
-from kelm.cli.kg import render_subgraph, stats_table
+from kelm.cli.kg import stats_table
 
-out = Console()
+if TYPE_CHECKING:
+    from kelm.demo import DemoResult, QueryResult
+
+out = Console(highlight=False)
+DEFAULT_OUT = Path("kelm-demo")
+
+
+def results_table(res: DemoResult) -> Table:
+    """Model × setting: filtered test MRR, Hits@1, Hits@10 and training seconds."""
+    table = Table(title=f"UMLS link prediction, filtered, test split ({res.unseen} entities unseen when inductive)")
+    for col in ("setting", "model", "MRR", "Hits@1", "Hits@10", "train s"):
+        table.add_column(col, justify="left" if col in ("setting", "model") else "right")
+    for r in res.rows:
+        name = f"{r.model} (α={res.alpha[r.setting]:.1f})" if r.model == "hybrid" else r.model
+        table.add_row(
+            r.setting, name, f"{r.mrr:.3f}", f"{r.hits_at_1:.3f}", f"{r.hits_at_10:.3f}", f"{r.seconds:.1f}"
+        )
+    return table
+
+
+def print_query(q: QueryResult) -> None:
+    note = " [yellow](head unseen in inductive training)[/]" if q.unseen else ""
+    out.print(f"[bold]{q.text}[/] hybrid, {q.setting}{note}")
+    for i, a in enumerate(q.answers, 1):
+        mark = "[green]fact in the store[/]" if a.in_graph else "[cyan]predicted[/]"
+        out.print(f"  {i}. {a.label}  score {a.score:.2f}  {mark}")
+        if not a.paths:
+            out.print("     no path within 2 hops")
+        for path in a.paths:
+            out.print("     evidence: " + " · ".join(f"({h}, {r}, {t})" for h, r, t in path))
 
 
 def demo(
     store: Annotated[
         Path | None,
-        typer.Option("--store", "-s", help="Keep the demo store in this folder (default: temporary)."),
+        typer.Option("--store", "-s", help="LadybugDB folder for the demo graph (default: OUT/store)."),
     ] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Write metrics.json here.")] = None,
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-o", help="Models, metrics.json and the feature cache go here.")
+    ] = DEFAULT_OUT,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Train for a fraction of the budget (about a minute; for tests).")
+    ] = False,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch threads (default: all cores).")] = None,
 ) -> None:
-    """Run the offline demo: import bundled UMLS into LadybugDB, show statistics and a 2-hop subgraph."""
+    """Train structure-only, text and hybrid KG completion on bundled UMLS (standard and inductive
+    splits), print their filtered MRR and Hits@10, save them, and answer sample queries with evidence."""
     from kelm.demo import DEMO_DATASET, run_demo
 
-    with tempfile.TemporaryDirectory(prefix="kelm-demo-") as tmp:
-        target = store if store is not None else Path(tmp) / "store"
-        with out.status("importing the demo graph into LadybugDB"):
-            res = run_demo(target, out=out_dir)
-        out.print(
-            f"[bold]kelm demo[/]: {DEMO_DATASET} imported into LadybugDB at {target} ({res.report.seconds:.2f} s)",
-            highlight=False,
-        )
-        out.print(stats_table(res.stats, "store statistics"))
-        out.print("[bold]a sampled 2-hop subgraph[/] (3 neighbours per entity and hop)")
-        out.print(render_subgraph(res.subgraph))
-        if store is None:
-            out.print("[dim]the store was temporary; pass --store DIR to keep it[/]")
+    target = store if store is not None else out_dir / "store"
+    with out.status("kelm demo") as status:
+        res = run_demo(target, out_dir, quick=quick, threads=threads, progress=lambda m: status.update(m))
+    out.print(
+        f"[bold]kelm demo[/]: {DEMO_DATASET} imported into LadybugDB at {target} ({res.report.seconds:.2f} s)"
+    )
+    out.print(stats_table(res.stats, "store statistics"))
+    out.print(results_table(res))
+    for q in res.queries:
+        print_query(q)
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in res.stages.items())
+    out.print(f"[dim]stages: {stages}[/]")
+    out.print(f"total {res.seconds:.1f} s; models and metrics.json in {res.out}")

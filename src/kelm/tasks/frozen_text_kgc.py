@@ -1,0 +1,123 @@
+"""Text-conditioned link prediction over a frozen encoder (`kelm.synergy.frozen_text`).
+
+Training is 1-vs-all cross-entropy (label-smoothed) with reciprocal relations: each training
+triple ``(h, r, t)`` and its inverse ``(t, r + R, h)`` score every candidate entity. With an
+inductive split the held-out entities are left out of the training candidates, so training
+never reads their text; evaluation scores all entities, seen or not, from their features with
+the same filtered ranker as link prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from kelm.config import Section
+from kelm.kg.model import KnowledgeGraph
+from kelm.kg.tensors import TripleTensors
+from kelm.synergy.frozen_text import KIND, FrozenTextScorer, feature_texts, text_features
+from kelm.tasks.base import Batch
+from kelm.tasks.link_prediction import Indices, LinkPredictionTask, load_dataset
+
+
+class FrozenTextKGCConfig(Section):
+    """``[task]`` for ``frozen-text-kgc``."""
+
+    name: Literal["frozen-text-kgc"] = "frozen-text-kgc"
+    dataset: str = Field(..., min_length=1, description="registered data-set name or a folder/file of triples")
+    data_dir: str | None = None
+    # text features (computed once by the frozen encoder)
+    encoder: str = Field("minilm", description="minilm, tiny-bert or a checkpoint folder")
+    max_length: int = Field(128, ge=8, description="tokens per entity text")
+    max_words: int = Field(64, ge=1, description="description words kept before tokenising")
+    feature_cache: str | None = Field(None, description="folder caching the entity features")
+    # scorer
+    dim: int = Field(256, ge=1, description="complex dimensions of the projected entity vectors")
+    dropout: float = Field(0.7, ge=0, lt=1, description="dropout on the text features")
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    # inductive split
+    inductive: float | None = Field(None, gt=0, lt=1, description="share of entities held out of training")
+    inductive_seed: int = 0
+    # evaluation
+    eval_memory_mb: float = Field(256.0, gt=0)
+    train_split: str = "train"
+    valid_split: str | None = "valid"
+    test_split: str | None = "test"
+
+
+class FrozenTextKGCTask(LinkPredictionTask):
+    """Link prediction whose entity vectors are projections of frozen text features."""
+
+    name = KIND
+
+    def __init__(self, cfg: FrozenTextKGCConfig, kg: KnowledgeGraph | None = None):  # noqa: D107
+        self.cfg = cfg  # type: ignore[assignment]
+        kg = kg if kg is not None else load_dataset(cfg.dataset, cfg.data_dir)
+        self.unseen: frozenset[str] = frozenset()
+        if cfg.inductive:
+            from kelm.synergy.inductive import inductive_split
+
+            split = inductive_split(kg, cfg.inductive, cfg.inductive_seed, cfg.train_split)
+            kg, self.unseen = split.kg, split.unseen
+        self.kg = kg
+        self.tensors = TripleTensors.from_graph(kg)
+        self.train_triples = self._split(cfg.train_split)
+        self.valid_triples = self._split(cfg.valid_split) if cfg.valid_split else None
+        self.test_triples = self._split(cfg.test_split) if cfg.test_split else None
+        self.known = torch.cat(list(self.tensors.triples.values()))
+        E, R = self.tensors.num_entities, self.tensors.num_relations
+        h, r, t = self.train_triples.unbind(1)
+        self.samples = torch.cat([self.train_triples, torch.stack([t, r + R, h], 1)])
+        seen = torch.tensor([e not in self.unseen for e in self.tensors.entity_ids])
+        self.candidates = seen.nonzero().squeeze(1)  # training candidates: entities seen in training
+        self.position = torch.full((E,), -1, dtype=torch.int64)
+        self.position[self.candidates] = torch.arange(len(self.candidates))
+        texts, labels = feature_texts(kg, self.tensors.entity_ids, cfg.max_words)
+        self.features = text_features(texts, labels, cfg.encoder, cfg.max_length, cfg.feature_cache)
+        self._evaluator: Any = None
+        self._last_ranks: Any = None
+        self._num_entities = E
+
+    # -- model ----------------------------------------------------------------------------------
+    def model_spec(self) -> dict[str, Any]:
+        c = self.cfg
+        return {
+            "kind": KIND,
+            "encoder": c.encoder,
+            "dim": c.dim,
+            "dropout": c.dropout,
+            "feature_dim": int(self.features.shape[1]),
+            "num_entities": self.tensors.num_entities,
+            "num_relations": self.tensors.num_relations,
+            "unseen": sorted(self.unseen),
+        }
+
+    def build_model(self) -> nn.Module:
+        return FrozenTextScorer(self.features, self.tensors.num_relations, self.cfg.dim, self.cfg.dropout)
+
+    # -- data -----------------------------------------------------------------------------------
+    def train_data(self) -> Sequence[Any]:
+        return Indices(len(self.samples))
+
+    def collate(self, samples: list[Any], rng: Any = None) -> Batch:
+        """Evaluation triples, or training triples (reciprocal rows included) by index."""
+        if samples and isinstance(samples[0], torch.Tensor):
+            return {"eval_triples": torch.stack(samples)}
+        return {"triples": self.samples[torch.tensor(samples, dtype=torch.int64)]}
+
+    # -- loss -----------------------------------------------------------------------------------
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Cross-entropy of each true tail among the entities seen in training."""
+        h, r, t = batch["triples"].unbind(1)
+        cands = self.candidates.to(h.device)
+        scores = model("score_t", h, r, cands if len(cands) < self._num_entities else None).float()
+        target = self.position.to(h.device)[t]
+        return F.cross_entropy(scores, target, label_smoothing=self.cfg.label_smoothing), {}
+
+
+__all__ = ["FrozenTextKGCConfig", "FrozenTextKGCTask"]
