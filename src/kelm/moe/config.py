@@ -20,7 +20,8 @@ class MoEConfig:
     ``d_ff`` is one expert's hidden width (default ``4 * d_model``). ``capacity_factor`` None
     means dropless; otherwise each expert takes at most ``ceil(factor * tokens * top_k / n_experts)``
     token slots per forward pass, first choices before second ones, and the rest are dropped (zero
-    expert output). ``n_domains`` > 0 enables knowledge-guided routing: a learned embedding of a
+    expert output). ``expert_parallel`` > 1 asks the engine to shard the experts over that many
+    ranks (`kelm.moe.enable_expert_parallel`); it does not change the model. ``n_domains`` > 0 enables knowledge-guided routing: a learned embedding of a
     token's entity type/domain is added to the router input."""
 
     d_model: int
@@ -39,6 +40,8 @@ class MoEConfig:
     n_shared_experts: int = 0
     router_init_std: float = 0.02
     n_domains: int = 0
+    #: Expert-parallel degree: experts sharded over groups of this many ranks when training.
+    expert_parallel: int = 1
     global_stats: bool = True
     impl: str = "auto"
 
@@ -66,6 +69,11 @@ class MoEConfig:
             )
         if self.n_shared_experts < 0 or self.n_domains < 0:
             raise ConfigError("moe: n_shared_experts and n_domains must not be negative")
+        if self.expert_parallel < 1 or self.n_experts % self.expert_parallel:
+            raise ConfigError(
+                f"moe: {self.n_experts} experts cannot be split evenly over expert_parallel = {self.expert_parallel} "
+                "ranks (the number of experts must be a multiple of it)"
+            )
         if self.impl not in IMPLS:
             raise ConfigError(f"moe: unknown impl '{self.impl}' (choose one of: {', '.join(IMPLS)})")
 

@@ -18,7 +18,7 @@ from pydantic import Field
 from torch import nn
 
 from kelm.config import Section
-from kelm.errors import DataError
+from kelm.errors import ConfigError, DataError
 from kelm.models.gpt import GPT, GPTConfig
 from kelm.tasks.base import Batch, Task
 
@@ -44,6 +44,9 @@ class CausalLMConfig(Section):
     moe_z_loss_coef: float = Field(0.001, ge=0)
     moe_bias_balancing: bool = False
     moe_shared_experts: int = Field(0, ge=0)
+    moe_expert_parallel: int = Field(
+        1, ge=1, description="shard each layer's experts over this many ranks (kelm train --nproc, strategy ddp)"
+    )
 
 
 class PackedWindows(Sequence[torch.Tensor]):
@@ -102,6 +105,11 @@ class CausalLMTask(Task):
         self._train = PackedWindows(tokens[:-n_valid], window)
         self._valid = PackedWindows(tokens[-n_valid:], window)
         self._moe_stats: dict[str, float] = {}
+        if cfg.moe_experts and cfg.moe_experts % cfg.moe_expert_parallel:
+            raise ConfigError(
+                f"task.moe_expert_parallel ({cfg.moe_expert_parallel}) must divide task.moe_experts "
+                f"({cfg.moe_experts}): each rank holds the same number of experts"
+            )
         if self.moe_table() is not None:
             from kelm.moe import MoEConfig
 
@@ -121,6 +129,7 @@ class CausalLMTask(Task):
             "z_loss_coef": c.moe_z_loss_coef,
             "bias_balancing": c.moe_bias_balancing,
             "n_shared_experts": c.moe_shared_experts,
+            "expert_parallel": c.moe_expert_parallel,
         }
         return {k: v for k, v in table.items() if v is not None}
 

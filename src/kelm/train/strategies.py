@@ -38,14 +38,31 @@ class Strategy:
 
     def __init__(self, cfg: TrainConfig, info: DistInfo):
         self.cfg, self.info = cfg, info
+        self.expert_parallel = 1
 
     def wrap(self, model: nn.Module) -> nn.Module:
+        self.expert_parallel = shard_experts(model, self.name, self.info)
         if self.cfg.activation_checkpointing:
             apply_activation_checkpointing(model)
         return model
 
     def unwrap(self, model: nn.Module) -> nn.Module:
         return model
+
+    def prepare_optimizer(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Hook once the optimizer exists (sharded experts: their state saves as DTensors)."""
+        if self.expert_parallel > 1:
+            from kelm.moe.parallel import shard_optimizer_state
+
+            shard_optimizer_state(optimizer, self.unwrap(model))
+
+    def clip_grad_norm(self, model: nn.Module, max_norm: float) -> torch.Tensor:
+        """Clip the gradient of the whole model to ``max_norm`` (sharded experts count once each)."""
+        if self.expert_parallel > 1:
+            from kelm.moe.parallel import clip_grad_norm_
+
+            return clip_grad_norm_(self.unwrap(model), max_norm)
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
 
     @contextlib.contextmanager
     def sync(self, model: nn.Module, last_micro_batch: bool) -> Iterator[None]:
@@ -132,6 +149,7 @@ class FSDP2Strategy(Strategy):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
+        shard_experts(model, self.name, self.info)
         if self.cfg.activation_checkpointing:
             apply_activation_checkpointing(model)
         mesh = init_device_mesh(self.info.device.type, (self.info.world_size,))
@@ -271,6 +289,27 @@ def _unflatten_into(flat: torch.Tensor, params: list[nn.Parameter]) -> None:
         n = p.numel()
         p.data.copy_(flat[offset : offset + n].view_as(p))
         offset += n
+
+
+def shard_experts(model: nn.Module, strategy: str, info: DistInfo) -> int:
+    """Expert parallelism asked for by the model's MoE layers (``expert_parallel`` > 1): experts
+    sharded over groups of that many ranks, hidden from DDP. Returns the degree (1: none)."""
+    from kelm.moe import moe_layers
+
+    degree = max((m.cfg.expert_parallel for m in moe_layers(model)), default=1)
+    if degree == 1:
+        return 1
+    if strategy not in ("single", "ddp"):
+        raise ConfigError(f"expert_parallel = {degree} runs with strategy 'ddp', not '{strategy}'")
+    if info.world_size % degree:
+        raise ConfigError(
+            f"expert_parallel = {degree} shards experts over {degree} processes, "
+            f"but {info.world_size} were launched (use --nproc {degree} or a multiple of it)"
+        )
+    from kelm.moe import enable_expert_parallel
+
+    enable_expert_parallel(model, degree)
+    return degree
 
 
 def apply_activation_checkpointing(model: nn.Module) -> None:

@@ -146,6 +146,7 @@ class Trainer:
         self.fingerprint = model_fingerprint(base)
         self.model = self.strategy.wrap(base)
         self.optimizer = build_optimizer(cfg, [p for p in self.model.parameters() if p.requires_grad])
+        self.strategy.prepare_optimizer(self.model, self.optimizer)
         self.loader = ShardedBatches(
             self.task.train_data(), self.task.collate, cfg.batch_size, info.rank, info.world_size, cfg.seed
         )
@@ -309,7 +310,7 @@ class Trainer:
                     window[1] += w
                     tokens_this_run += self.task.tokens(batch)
                 if cfg.clip_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
+                    self.strategy.clip_grad_norm(self.model, cfg.clip_grad_norm)
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
