@@ -60,13 +60,15 @@ class Block(nn.Module):
             )
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, domain_ids: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.drop(self.attn(self.ln1(x)))
-        return x + self.drop(self.mlp(self.ln2(x)))
+        h = self.ln2(x)
+        return x + self.drop(self.mlp(h, domain_ids) if domain_ids is not None else self.mlp(h))
 
 
 class GPT(nn.Module):
-    """Token ids ``(B, T)`` → logits ``(B, T, V)``."""
+    """Token ids ``(B, T)`` → logits ``(B, T, V)``. With MoE blocks, ``domain_ids`` ``(B, T)`` (KG
+    domain per token, -1 for none) feed knowledge-guided routing (`kelm.moe.domains`)."""
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -84,10 +86,10 @@ class GPT(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
-    def forward(self, ids_BT: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids_BT: torch.Tensor, domain_ids: torch.Tensor | None = None) -> torch.Tensor:
         T = ids_BT.shape[1]
         x = self.tok(ids_BT) + self.pos(torch.arange(T, device=ids_BT.device))
         for block in self.blocks:
-            x = block(x)
+            x = block(x) if domain_ids is None else block(x, domain_ids)
         # Output projection tied to the token embedding.
         return self.ln_f(x) @ self.tok.weight.t()

@@ -147,9 +147,9 @@ class TopKRouter(nn.Module):
         if nd:
             joint = torch.zeros(nd * E, dtype=torch.float64)
             if domain_ids is not None:
-                ids = domain_ids.reshape(-1, 1).expand(-1, out.experts.shape[1]).reshape(-1)
-                keep = ids >= 0
-                joint = torch.bincount(ids[keep] * E + flat[keep], minlength=nd * E).double()
+                from kelm.moe.domains import routing_table
+
+                joint = routing_table(out.experts, domain_ids.reshape(-1), nd, E).reshape(-1).double()
             parts.append(joint)
         local = torch.cat([p.cpu() for p in parts])
         if self._global():

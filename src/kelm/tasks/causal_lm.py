@@ -44,9 +44,29 @@ class CausalLMConfig(Section):
     moe_z_loss_coef: float = Field(0.001, ge=0)
     moe_bias_balancing: bool = False
     moe_shared_experts: int = Field(0, ge=0)
+    moe_domain_routing: str | None = Field(
+        None,
+        description="knowledge-guided routing: a KG ('umls') whose linked entities' domains feed the router",
+    )
+    moe_domain_documents: bool = Field(
+        False, description="lines 'entity_id<TAB>text' give all their tokens that entity's domain"
+    )
     moe_expert_parallel: int = Field(
         1, ge=1, description="shard each layer's experts over this many ranks (kelm train --nproc, strategy ddp)"
     )
+
+
+class PairedWindows(Sequence[tuple[torch.Tensor, torch.Tensor]]):
+    """Token windows with the KG domain id of each token."""
+
+    def __init__(self, tokens: PackedWindows, domains: PackedWindows):
+        self.tokens, self.domains = tokens, domains
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        return self.tokens[i], self.domains[i]
 
 
 class PackedWindows(Sequence[torch.Tensor]):
@@ -102,9 +122,20 @@ class CausalLMTask(Task):
         n_valid = max(window, int(len(tokens) * cfg.valid_fraction))
         if len(tokens) < n_valid + window:
             raise DataError(f"corpus too small: {len(tokens)} bytes for seq_len {cfg.seq_len}", "task.text")
-        self._train = PackedWindows(tokens[:-n_valid], window)
-        self._valid = PackedWindows(tokens[-n_valid:], window)
+        self._train: Sequence[Any] = PackedWindows(tokens[:-n_valid], window)
+        self._valid: Sequence[Any] = PackedWindows(tokens[-n_valid:], window)
         self._moe_stats: dict[str, float] = {}
+        self.domain_names: list[str] = []
+        if cfg.moe_domain_routing is not None:
+            if not cfg.moe_experts:
+                raise ConfigError("task.moe_domain_routing needs a mixture-of-experts model (task.moe_experts > 0)")
+            from kelm.moe.domains import byte_domains, load_lexicon
+
+            lexicon = load_lexicon(cfg.moe_domain_routing)
+            self.domain_names = lexicon.names
+            self.domains = byte_domains(lexicon, data, cfg.moe_domain_documents).to(torch.int64)
+            self._train = PairedWindows(self._train, PackedWindows(self.domains[:-n_valid], window))
+            self._valid = PairedWindows(self._valid, PackedWindows(self.domains[-n_valid:], window))
         if cfg.moe_experts and cfg.moe_experts % cfg.moe_expert_parallel:
             raise ConfigError(
                 f"task.moe_expert_parallel ({cfg.moe_expert_parallel}) must divide task.moe_experts "
@@ -130,6 +161,7 @@ class CausalLMTask(Task):
             "bias_balancing": c.moe_bias_balancing,
             "n_shared_experts": c.moe_shared_experts,
             "expert_parallel": c.moe_expert_parallel,
+            "n_domains": len(self.domain_names),
         }
         return {k: v for k, v in table.items() if v is not None}
 
@@ -147,11 +179,14 @@ class CausalLMTask(Task):
         return self._valid
 
     def collate(self, samples: list[Any]) -> Batch:
+        if samples and isinstance(samples[0], tuple):
+            return {"ids": torch.stack([s[0] for s in samples]), "domains": torch.stack([s[1] for s in samples])}
         return {"ids": torch.stack(samples)}
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         ids = batch["ids"]
-        logits_BTV = model(ids[:, :-1])
+        domains = batch.get("domains")
+        logits_BTV = model(ids[:, :-1]) if domains is None else model(ids[:, :-1], domains[:, :-1])
         loss = F.cross_entropy(logits_BTV.reshape(-1, logits_BTV.shape[-1]).float(), ids[:, 1:].reshape(-1))
         if self.cfg.moe_experts:
             from kelm.moe import moe_aux_loss, moe_stats
