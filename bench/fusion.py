@@ -1,11 +1,14 @@
-"""Ablation of KG-enhanced classification on the UMLS-derived set: LM-only, KG-only and joint.
+"""Ablation of KG-enhanced classification on the UMLS-derived set: LM-only, KG-only and joint
+(concat and GreaseLM-style fusion).
 
-    python bench/fusion.py [--steps 120] [--per-entity 10] [--fusion concat] [--out runs/bench-fusion]
+    KELM_DATA_DIR=../shared/data python bench/fusion.py [--steps 120] [--per-entity 10]
+        [--variants lm,kg,joint-concat,joint-greaselm] [--seed 0] [--threads 1] [--out DIR]
 
-Each mode trains `kg-enhanced-classification` on ``umls-groups`` through the engine with MiniLM
-(lm and joint; kg uses no LM) and reports test accuracy and macro-F1; linking accuracy is
-measured on template sentences holding every UMLS label (dictionary stage) and plural variants
-of them (nearest-neighbour stage). Prints one JSON object.
+Each variant trains `kg-enhanced-classification` on ``umls-groups`` through the engine with
+MiniLM (lm and joint; kg uses no LM) for ``--steps`` optimizer steps from the same seed, and
+reports test accuracy and macro-F1; linking accuracy is measured on template sentences holding
+every UMLS label (dictionary stage) and plural variants of them (nearest-neighbour stage).
+Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,15 +63,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--per-entity", type=int, default=10)
-    ap.add_argument("--fusion", default="concat")
-    ap.add_argument("--modes", default="lm,kg,joint")
-    ap.add_argument("--out", default="runs/bench-fusion")
+    ap.add_argument("--variants", default="lm,kg,joint-concat,joint-greaselm")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
+    tmp = tempfile.TemporaryDirectory(prefix="kelm-fusion-")
+    root = args.out or Path(tmp.name)
     t0 = time.perf_counter()
-    result: dict = {"linking": linking_report(), "modes": {}}
+    result: dict = {"load_average_start": os.getloadavg()[0], "linking": linking_report(), "modes": {}}
     result["linking_seconds"] = round(time.perf_counter() - t0, 1)
-    for mode in args.modes.split(","):
+    for variant in args.variants.split(","):
+        mode, _, fusion = variant.partition("-")
         task = {
             "name": "kg-enhanced-classification",
             "dataset": "umls-groups",
@@ -74,7 +83,7 @@ def main() -> None:
             "model": "minilm",
             "max_length": 32,
             "mode": mode,
-            "fusion": args.fusion,
+            "fusion": fusion or "concat",
         }
         train = {
             "strategy": "single",
@@ -84,19 +93,20 @@ def main() -> None:
             "warmup_steps": 10,
             "log_every": 40,
             "tensorboard": False,
-            "threads": 2,
+            "threads": args.threads,
+            "seed": args.seed,
         }
-        out = Path(args.out) / f"{mode}-{args.fusion}-{int(time.time())}"
         t = time.perf_counter()
-        summary = run_training({"task": task, "train": train}, out)
-        result["modes"][mode] = {
+        summary = run_training({"task": task, "train": train}, root / variant)
+        result["modes"][variant] = {
             "test_accuracy": round(summary["test"]["accuracy"], 4),
             "test_macro_f1": round(summary["test"]["macro_f1"], 4),
             "valid_accuracy": round(summary["valid"]["accuracy"], 4),
             "seconds": round(time.perf_counter() - t, 1),
         }
-        print(mode, result["modes"][mode], flush=True)
+        print(variant, result["modes"][variant], file=sys.stderr, flush=True)
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
+    result["load_average_end"] = os.getloadavg()[0]
     print(json.dumps(result, indent=1))
 
 

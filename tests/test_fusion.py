@@ -153,12 +153,49 @@ def test_mode_switch_excludes_components(synthetic, mode, has_lm, has_graph, par
         assert not any(n.startswith(("graph", "kg_", "align")) for n, _ in model.named_parameters())
 
 
-def test_graph_beats_text_on_a_kg_dependent_task(synthetic, tmp_path):
-    """Test entities are unseen in training text, so only their graph neighbourhood tells the class."""
+@pytest.fixture(scope="module")
+def trained(synthetic, tmp_path_factory) -> tuple[Path, dict[str, float]]:
+    """lm, kg and joint runs on the synthetic set; their folders and test accuracies."""
+    root = tmp_path_factory.mktemp("fusion-runs")
     train = {"strategy": "single", "max_steps": 60, "batch_size": 8, "lr": 5e-3, "log_every": 20, "tensorboard": False}
     acc = {}
     for mode in ("lm", "kg", "joint"):
-        summary = run_training({"task": _task_cfg(synthetic, mode=mode), "train": train}, tmp_path / mode)
+        summary = run_training({"task": _task_cfg(synthetic, mode=mode), "train": train}, root / mode)
         acc[mode] = summary["test"]["accuracy"]
+    return root, acc
+
+
+def test_graph_beats_text_on_a_kg_dependent_task(trained):
+    """Test entities are unseen in training text, so only their graph neighbourhood tells the class."""
+    _, acc = trained
     assert acc["kg"] >= 0.9 and acc["joint"] >= 0.9, acc
     assert acc["lm"] <= 0.75 and acc["joint"] > acc["lm"] + 0.2, acc
+
+
+def test_predict_loads_a_fused_model_and_links_to_its_graph(synthetic, trained, tmp_path, capsys):
+    """`kelm predict` on a saved joint model: the graph travels with the run, so the input file is
+    linked to it and the unseen test entities are classified through their neighbourhoods."""
+    import json
+
+    from kelm.cli import main
+
+    root, _ = trained
+    rows = [line.split("\t") for line in (synthetic / "test.tsv").read_text(encoding="utf-8").splitlines()]
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("".join(f"{text}\n" for _, text, _ in rows) + "no known entity here\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["predict", "--model", str(root / "joint"), str(inputs), "--json"]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(out) == len(rows) + 1
+    right = 0
+    for (_, text, label), pred in zip(rows, out, strict=False):
+        assert pred["text"] == text and 0 < pred["probability"] <= 1
+        mention = [w for w in text.replace(".", "").split() if w in {e["entity"] for e in pred["entities"]}]
+        assert len(pred["entities"]) == 1 and mention == [pred["entities"][0]["text"]]
+        right += pred["label"] == label
+    assert right >= 0.9 * len(rows)
+    assert out[-1]["entities"] == [] and out[-1]["label"] in {"a", "b"}
+    # plain text output, and a folder that is not a model is one clear line
+    assert main(["predict", "--model", str(root / "kg"), str(inputs)]) == 0
+    assert capsys.readouterr().out.splitlines()[0].split("\t")[2] == rows[0][1]
+    assert main(["predict", "--model", str(tmp_path), str(inputs)]) != 0

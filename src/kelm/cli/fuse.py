@@ -12,12 +12,19 @@ from kelm.cli.options import (
     BatchSizeOpt,
     EpochsOpt,
     LrOpt,
+    MaxRestartsOpt,
     MaxStepsOpt,
+    NnodesOpt,
+    NodeRankOpt,
     NprocOpt,
     OutDirOpt,
+    RdzvEndpointOpt,
+    RdzvIdOpt,
     ResumeOpt,
     SeedOpt,
+    StrategyOpt,
     TrainConfigArg,
+    overrides_and_flags,
 )
 
 app = typer.Typer(help="KG-enhanced language models: entity linking, subgraphs, GNN fusion.", no_args_is_help=True)
@@ -36,6 +43,7 @@ def train_cmd(
     fusion: Annotated[str | None, typer.Option("--fusion", help="concat or greaselm.")] = None,
     model: Annotated[str | None, typer.Option(help="minilm, tiny-bert or a checkpoint folder.")] = None,
     gnn: Annotated[str | None, typer.Option(help="rgcn or gat.")] = None,
+    strategy: StrategyOpt = None,
     max_steps: MaxStepsOpt = None,
     epochs: EpochsOpt = None,
     batch_size: BatchSizeOpt = None,
@@ -43,44 +51,39 @@ def train_cmd(
     seed: SeedOpt = None,
     resume: ResumeOpt = None,
     nproc: NprocOpt = None,
+    max_restarts: MaxRestartsOpt = None,
+    nnodes: NnodesOpt = None,
+    node_rank: NodeRankOpt = None,
+    rdzv_endpoint: RdzvEndpointOpt = None,
+    rdzv_id: RdzvIdOpt = None,
 ) -> None:
     """Train kg-enhanced-classification; metrics.json (valid, test) and model/ go to --out."""
     from kelm.cli.train import print_summary, train_or_launch
 
-    overrides = {
-        "task.name": "kg-enhanced-classification",
-        "task.dataset": data,
-        "task.train": _abs(train_file),
-        "task.dev": _abs(dev_file),
-        "task.test": _abs(test_file),
-        "task.kg": str(Path(kg).resolve()) if kg and Path(kg).exists() else kg,
-        "task.mode": mode,
-        "task.fusion": fusion,
-        "task.model": model,
-        "task.gnn": gnn,
-        "train.max_steps": max_steps,
-        "train.epochs": epochs,
-        "train.batch_size": batch_size,
-        "train.lr": lr,
-        "train.seed": seed,
+    kg_path = str(Path(kg).resolve()) if kg and Path(kg).exists() else kg
+    task = {
+        "dataset": data,
+        "train": _abs(train_file),
+        "dev": _abs(dev_file),
+        "test": _abs(test_file),
+        "kg": kg_path,
+        "mode": mode,
+        "fusion": fusion,
+        "model": model,
+        "gnn": gnn,
     }
-    flags = {
-        "--data": data,
-        "--train": _abs(train_file),
-        "--dev": _abs(dev_file),
-        "--test": _abs(test_file),
-        "--kg": overrides["task.kg"],
-        "--mode": mode,
-        "--fusion": fusion,
-        "--model": model,
-        "--gnn": gnn,
-        "--max-steps": max_steps,
-        "--epochs": epochs,
-        "--batch-size": batch_size,
-        "--lr": lr,
-        "--seed": seed,
+    train = {
+        "strategy": strategy,
+        "max-steps": max_steps,
+        "epochs": epochs,
+        "batch-size": batch_size,
+        "lr": lr,
+        "seed": seed,
     }
-    launch_opts = (nproc, None, None, None, None, None)
+    overrides, flags = overrides_and_flags(task, train)
+    overrides["task.name"] = "kg-enhanced-classification"
+    flags["--data"] = flags.pop("--dataset")  # the flag is --data, the field dataset
+    launch_opts = (nproc, max_restarts, nnodes, node_rank, rdzv_endpoint, rdzv_id)
     summary = train_or_launch(["fuse", "train"], config, out_dir, resume, overrides, flags, launch_opts)
     if summary is not None:
         print_summary(summary, out_dir)

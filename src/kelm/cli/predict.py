@@ -1,4 +1,5 @@
-"""`kelm predict`: run a fine-tuned model (classification, NER, QA) on text files or stdin."""
+"""`kelm predict`: run a fine-tuned model (classification, NER, QA, KG-fused classification) on text
+files or stdin."""
 
 from __future__ import annotations
 
@@ -56,11 +57,14 @@ def predict(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per input.")] = False,
 ) -> None:
-    """Print the predicted label (classification), entities (NER) or answer (QA) of each input."""
+    """Print the predicted label (classification, also KG-fused), entities (NER) or answer (QA) of each input."""
     import torch
 
     from kelm.lm.hf import load_finetuned
 
+    if _kind(model_dir) == "kg-fusion":
+        _classify_fused(model_dir, files, as_json)
+        return
     model, tokenizer, spec = load_finetuned(model_dir)
     head, max_length = spec["head"], int(spec.get("max_length", 512))
     with torch.no_grad():
@@ -84,6 +88,37 @@ def _classify(model: Any, tokenizer: Any, max_length: int, files: list[Path] | N
                 typer.echo(json.dumps({"text": text, "label": label, "probability": round(prob, 6)}))
             else:
                 typer.echo(f"{label}\t{prob:.4f}\t{text}")
+
+
+def _kind(model_dir: Path) -> str | None:
+    """The ``kind`` of an exported model's ``[model]`` table (None when unreadable: the loader reports it)."""
+    import tomllib
+
+    from kelm.lm.hf import find_model_folder
+
+    try:
+        with (find_model_folder(model_dir) / "config.toml").open("rb") as fh:
+            return tomllib.load(fh).get("model", {}).get("kind")
+    except (OSError, tomllib.TOMLDecodeError, AttributeError):
+        return None
+
+
+def _classify_fused(model_dir: Path, files: list[Path] | None, as_json: bool) -> None:
+    """Classify with a `kelm fuse train` model: each text is linked to the graph saved with it."""
+    from kelm.fusion.inference import FusedClassifier
+
+    classifier = FusedClassifier(model_dir)
+    for chunk in _chunks(_lines(files), BATCH):
+        for p in classifier.predict([t for _, _, t in chunk]):
+            if as_json:
+                ents = [{"text": p.text[m.start : m.end], "entity": m.entity, "method": m.method} for m in p.mentions]
+                typer.echo(
+                    json.dumps(
+                        {"text": p.text, "label": p.label, "probability": round(p.probability, 6), "entities": ents}
+                    )
+                )
+            else:
+                typer.echo(f"{p.label}\t{p.probability:.4f}\t{p.text}")
 
 
 def _tag(model: Any, tokenizer: Any, max_length: int, files: list[Path] | None, as_json: bool) -> None:

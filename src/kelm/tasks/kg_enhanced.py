@@ -14,7 +14,7 @@ linking statistics of every split are in ``linking`` of the task (and the benchm
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Literal
@@ -25,6 +25,7 @@ from pydantic import Field
 from torch import nn
 from torch_geometric.data import Batch as PyGBatch
 
+from kelm.atomic import write_text_atomic
 from kelm.fusion.gnn import GraphEncoder
 from kelm.fusion.linking import EntityIndex, EntityLinker, build_entity_index, load_text_embedder, read_aliases
 from kelm.fusion.model import FusionModel, FusionSettings
@@ -33,6 +34,34 @@ from kelm.kg.model import KnowledgeGraph
 from kelm.kg.tensors import TripleTensors
 from kelm.tasks.base import Batch
 from kelm.tasks.classification import ClassificationConfig, ClassificationTask
+
+#: Files `save_artifacts` writes beside the weights, for `kelm.fusion.inference`.
+FUSION_KG = "kg"
+FUSION_INDEX = "entity_index.safetensors"
+FUSION_SETTINGS = "fusion.json"
+#: The ``[task]`` fields a saved model needs to link, retrieve and rebuild itself.
+INFERENCE_FIELDS = {
+    "model",
+    "hidden_size",
+    "num_layers",
+    "num_heads",
+    "mode",
+    "fusion",
+    "link_encoder",
+    "link_threshold",
+    "hops",
+    "fanout",
+    "max_nodes",
+    "gnn",
+    "gnn_dim",
+    "gnn_layers",
+    "gat_heads",
+    "node_features",
+    "kg_holdout",
+    "kg_negatives",
+    "temperature",
+    "dropout",
+}
 
 
 class KGEnhancedConfig(ClassificationConfig):
@@ -98,6 +127,7 @@ class KGEnhancedTask(ClassificationTask):
             embed, _ = load_text_embedder(cfg.link_encoder or "minilm", max_length=32)
             index = cached_index(self.kg, self.tensors.entity_ids, cfg.link_encoder or "minilm", embed)
             self.text_features = index.vectors[: self.tensors.num_entities]  # "label: description" rows
+        self.index = index
         if not cfg.link_encoder:
             index = embed = None
         self.linker = EntityLinker.from_kg(self.kg, aliases, index, embed, cfg.link_threshold)
@@ -115,23 +145,9 @@ class KGEnhancedTask(ClassificationTask):
     # -- samples --------------------------------------------------------------------------------
     def encode(self, texts: list[str]) -> tuple[list[dict[str, Any]], int]:
         """Token ids, linked mentions (token spans) and the subgraph of each text."""
-        enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, return_offsets_mapping=True)
-        samples, cut, linked = [], 0, 0
-        for i, mentions in enumerate(self.linker.link_many(texts)):
-            seeds = [self.entity_row[m.entity] for m in mentions]
-            graph = to_data(*self.subgraph(seeds, i), seeds)
-            local = {int(n): j for j, n in enumerate(graph.node_ids.tolist())}
-            spans = []
-            for m, s in zip(mentions, seeds, strict=True):
-                toks = [t for t, (a, b) in enumerate(enc["offset_mapping"][i]) if b > a and a < m.end and m.start < b]
-                if toks and s in local:
-                    spans.append((toks[0], toks[-1] + 1, local[s]))
-            sample: dict[str, Any] = {"input_ids": enc["input_ids"][i], "graph": graph, "mentions": spans}
-            if "token_type_ids" in enc:
-                sample["token_type_ids"] = enc["token_type_ids"][i]
-            cut += bool(enc.encodings[i].overflowing)
-            linked += len(mentions)
-            samples.append(sample)
+        samples, cut, linked = link_and_encode(
+            texts, self.tokenizer, self.max_length, self.linker, self.entity_row, self.subgraph
+        )
         self.linking[f"set{len(self.linking)}"] = {"texts": len(texts), "mentions": linked}
         return samples, cut
 
@@ -147,55 +163,14 @@ class KGEnhancedTask(ClassificationTask):
         return self.adjacency.k_hop(seeds, c.hops, c.fanout, index, c.max_nodes)
 
     def collate(self, samples: list[Any]) -> Batch:
-        batch = super().collate(samples)
-        graphs = PyGBatch.from_data_list([s["graph"] for s in samples], follow_batch=["seed_index"])
-        offsets = graphs.ptr[:-1].tolist()
-        ments = [(b, s, e, offsets[b] + n) for b, sample in enumerate(samples) for s, e, n in sample["mentions"]]
-        cols = list(zip(*ments, strict=True)) if ments else [(), (), (), ()]
-        batch |= {
-            "node_ids": graphs.node_ids,
-            "edge_index": graphs.edge_index,
-            "edge_type": graphs.edge_type,
-            "seed_index": graphs.seed_index,
-            "seed_batch": graphs.seed_index_batch,
-        }
-        for key, col in zip(("mention_batch", "mention_start", "mention_end", "mention_node"), cols, strict=True):
-            batch[key] = torch.tensor(col, dtype=torch.int64)
-        return batch
+        return super().collate(samples) | collate_graphs(samples)
 
     # -- model, loss, metrics ---------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        from kelm.kgqa.models import load_encoder
-
-        c = self.cfg
-        settings = FusionSettings(
-            mode=c.mode,
-            fusion=c.fusion,
-            kg_holdout=c.kg_holdout,
-            kg_negatives=c.kg_negatives,
-            temperature=c.temperature,
-            dropout=c.dropout,
-        )
-        lm = graph = None
-        if c.mode != "kg":
-            sizes = {"hidden_size": c.hidden_size, "num_layers": c.num_layers, "num_heads": c.num_heads}
-            lm = load_encoder(c.model, self.tokenizer, sizes, max(self.max_length, 512))
-        if c.mode != "lm":
-            feats = self.text_features if c.node_features == "text" else None
-            graph = GraphEncoder(
-                self.tensors.num_entities,
-                self.tensors.num_relations,
-                c.gnn_dim,
-                c.gnn_layers,
-                c.gnn,
-                text_features=feats,
-                dropout=c.dropout,
-                heads=c.gat_heads,
-            )
-            if c.kge_init:
-                graph.init_from_kge(c.kge_init, self.tensors.entity_ids)
         assert self.labels is not None
-        return FusionModel(settings, len(self.labels), lm, graph)
+        return build_fusion_model(
+            self.cfg, self.tokenizer, self.max_length, self.tensors, len(self.labels), self.text_features
+        )
 
     def loss_parts(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         """``task``, and ``kg`` / ``align`` where the mode has them, unweighted."""
@@ -223,9 +198,117 @@ class KGEnhancedTask(ClassificationTask):
         return {"task": self.name, "model": spec | {"labels": list(self.labels or [])}}
 
     def save_artifacts(self, folder: Path) -> None:
-        """The classification report beside the model (no ``config.json``: not a plain HF checkpoint)."""
+        """The classification report beside the model (no ``config.json``: not a plain HF checkpoint);
+        the graph (`write_tsv`), its entity index and the settings inference needs, in ``folder``."""
+        import json
+
+        from kelm.kg.io import write_tsv
+
         self._hf_config = None
         super().save_artifacts(folder)
+        write_tsv(self.kg, folder / FUSION_KG)
+        if self.index is not None:
+            self.index.save(folder / FUSION_INDEX)
+        settings = self.cfg.model_dump(include=INFERENCE_FIELDS) | {
+            "max_length": self.max_length,
+            "labels": list(self.labels or []),
+            "aliases": read_aliases(self.cfg.aliases) if self.cfg.aliases else {},
+        }
+        write_text_atomic(folder / FUSION_SETTINGS, json.dumps(settings, indent=1) + "\n")
+
+
+def link_and_encode(
+    texts: list[str],
+    tokenizer: Any,
+    max_length: int,
+    linker: EntityLinker,
+    entity_row: dict[str, int],
+    subgraph: Callable[[list[int], int], tuple[list[int], torch.Tensor]],
+) -> tuple[list[dict[str, Any]], int, int]:
+    """Per text: token ids, the linked mentions as ``(first token, end token, subgraph node)`` and
+    the subgraph of its entities (``subgraph(seed rows, text index)``); how many texts were cut,
+    and how many mentions were linked."""
+    enc = tokenizer(texts, truncation=True, max_length=max_length, return_offsets_mapping=True)
+    samples, cut, linked = [], 0, 0
+    for i, mentions in enumerate(linker.link_many(texts)):
+        seeds = [entity_row[m.entity] for m in mentions]
+        graph = to_data(*subgraph(seeds, i), seeds)
+        local = {int(n): j for j, n in enumerate(graph.node_ids.tolist())}
+        spans = []
+        for m, s in zip(mentions, seeds, strict=True):
+            toks = [t for t, (a, b) in enumerate(enc["offset_mapping"][i]) if b > a and a < m.end and m.start < b]
+            if toks and s in local:
+                spans.append((toks[0], toks[-1] + 1, local[s]))
+        sample: dict[str, Any] = {
+            "input_ids": enc["input_ids"][i],
+            "graph": graph,
+            "mentions": spans,
+            "linked": mentions,
+        }
+        if "token_type_ids" in enc:
+            sample["token_type_ids"] = enc["token_type_ids"][i]
+        cut += bool(enc.encodings[i].overflowing)
+        linked += len(mentions)
+        samples.append(sample)
+    return samples, cut, linked
+
+
+def collate_graphs(samples: list[Any]) -> Batch:
+    """The samples' subgraphs as one PyG batch, their seeds, and their mentions' token spans."""
+    graphs = PyGBatch.from_data_list([s["graph"] for s in samples], follow_batch=["seed_index"])
+    offsets = graphs.ptr[:-1].tolist()
+    ments = [(b, s, e, offsets[b] + n) for b, sample in enumerate(samples) for s, e, n in sample["mentions"]]
+    cols = list(zip(*ments, strict=True)) if ments else [(), (), (), ()]
+    batch: Batch = {
+        "node_ids": graphs.node_ids,
+        "edge_index": graphs.edge_index,
+        "edge_type": graphs.edge_type,
+        "seed_index": graphs.seed_index,
+        "seed_batch": graphs.seed_index_batch,
+    }
+    for key, col in zip(("mention_batch", "mention_start", "mention_end", "mention_node"), cols, strict=True):
+        batch[key] = torch.tensor(col, dtype=torch.int64)
+    return batch
+
+
+def build_fusion_model(
+    cfg: KGEnhancedConfig,
+    tokenizer: Any,
+    max_length: int,
+    tensors: TripleTensors,
+    num_labels: int,
+    text_features: torch.Tensor | None = None,
+) -> FusionModel:
+    """The fusion model ``cfg`` describes, over the graph ``tensors`` (a fresh head, a pretrained LM)."""
+    from kelm.kgqa.models import load_encoder
+
+    c = cfg
+    settings = FusionSettings(
+        mode=c.mode,
+        fusion=c.fusion,
+        kg_holdout=c.kg_holdout,
+        kg_negatives=c.kg_negatives,
+        temperature=c.temperature,
+        dropout=c.dropout,
+    )
+    lm = graph = None
+    if c.mode != "kg":
+        sizes = {"hidden_size": c.hidden_size, "num_layers": c.num_layers, "num_heads": c.num_heads}
+        lm = load_encoder(c.model, tokenizer, sizes, max(max_length, 512))
+    if c.mode != "lm":
+        graph = GraphEncoder(
+            tensors.num_entities,
+            tensors.num_relations,
+            c.gnn_dim,
+            c.gnn_layers,
+            c.gnn,
+            text_features=text_features if c.node_features == "text" else None,
+            dropout=c.dropout,
+            heads=c.gat_heads,
+        )
+        if c.kge_init:
+            graph.init_from_kge(c.kge_init, tensors.entity_ids)
+    return FusionModel(settings, num_labels, lm, graph)
 
 
 def cached_index(kg: KnowledgeGraph, ids: list[str], encoder: str, embed: Any) -> EntityIndex:
@@ -256,4 +339,12 @@ def _generated_files(kg: KnowledgeGraph, cfg: KGEnhancedConfig) -> dict[str, Any
     return {"dataset": None} | {k: getattr(cfg, k) or v for k, v in files.items()}
 
 
-__all__ = ["KGEnhancedConfig", "KGEnhancedTask", "cached_index", "load_graph"]
+__all__ = [
+    "KGEnhancedConfig",
+    "KGEnhancedTask",
+    "build_fusion_model",
+    "cached_index",
+    "collate_graphs",
+    "link_and_encode",
+    "load_graph",
+]
