@@ -111,3 +111,68 @@ def test_moe_config_file_is_valid() -> None:
     cfg = tomllib.loads((ROOT / "configs/moe-tiny-gpt.toml").read_text())
     _, task = validate_task(cfg["task"])
     assert task.moe_experts == 4
+
+
+# -- upcycled Hugging Face models fine-tune and serve ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_upcycled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT checkpoint (MiniLM's tokenizer) upcycled by `kelm moe upcycle` into 4 experts."""
+    from transformers import BertConfig, BertModel
+
+    from kelm.lm.hf import load_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny")
+    tok = load_tokenizer("minilm")
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    BertModel(cfg).save_pretrained(str(folder / "dense"))
+    tok.save_pretrained(str(folder / "dense"))
+    args = ["moe", "upcycle", "--model", str(folder / "dense"), "--experts", "4", "--top-k", "2"]
+    assert main([*args, "--out", str(folder / "up")]) == 0
+    return folder / "up"
+
+
+def test_upcycled_model_loads_for_fine_tuning_with_its_weights(tiny_upcycled: Path) -> None:
+    from kelm.lm.hf import build_hf_model, load_tokenizer
+
+    tok = load_tokenizer(str(tiny_upcycled))
+    clf = build_hf_model(str(tiny_upcycled), "classification", tok, labels=["neg", "pos"])
+    layers = [m for m in clf.modules() if isinstance(m, MoELayer)]
+    assert len(layers) == 2 and all(m.aux_in_backward for m in layers)
+    enc = tok(["the sun on the quiet sea"], return_tensors="pt")
+    with torch.no_grad():
+        ref = load_upcycled(tiny_upcycled)(**enc).last_hidden_state
+        got = clf.eval().bert(**enc).last_hidden_state
+    torch.testing.assert_close(got, ref)  # every weight came from the upcycled folder
+    # the auxiliary loss reaches the router although the task's loss does not add it
+    clf.train()
+    (clf(**enc).logits.sum() * 0).backward()
+    assert all(m.router.weight.grad is not None and m.router.weight.grad.abs().sum() > 0 for m in layers)
+
+
+def test_upcycled_model_fine_tunes_and_predicts(
+    tiny_upcycled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from test_lm_classification import synthetic
+
+    from kelm.lm.hf import load_finetuned
+
+    files = [str(synthetic(tmp_path / f"{s}.tsv", n, i, header=True)) for i, (s, n) in enumerate([("t", 320), ("d", 64)])]
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text('[train]\nstrategy = "single"\nthreads = 1\ntensorboard = false\nlr = 0.003\n')
+    args = ["finetune", str(cfg), "--task", "classification", "--model", str(tiny_upcycled)]
+    args += ["--train", files[0], "--dev", files[1], "--test", files[1], "--epochs", "4", "--batch-size", "16"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] > 0.85, metrics["test"]
+    model, _, _ = load_finetuned(tmp_path / "run")
+    assert len([m for m in model.modules() if isinstance(m, MoELayer)]) == 2
+    probe = tmp_path / "in.txt"
+    probe.write_text("the river with joy and glad sky\nthe stone in cold dark tears\n")
+    capsys.readouterr()
+    assert main(["predict", "--model", str(tmp_path / "run"), str(probe)]) == 0
+    assert [line.split("\t")[0] for line in capsys.readouterr().out.strip().splitlines()] == ["pos", "neg"]

@@ -165,6 +165,10 @@ def build_hf_model(
                 setattr(config, key, value)
             return cls.from_config(config)
         source = resolve_model(name)
+        from kelm.moe.upcycle import load_upcycled_hf, upcycled_table
+
+        if upcycled_table(source) is not None:  # `kelm moe upcycle` output: FFNs are MoE layers
+            return load_upcycled_hf(cls, source, **kwargs)
         try:
             if torch.get_default_device().type == "meta":
                 return cls.from_config(AutoConfig.from_pretrained(source, **kwargs))
@@ -218,7 +222,13 @@ def load_finetuned(path: str | Path) -> tuple[nn.Module, Any, dict[str, Any]]:
         raise DataError(f"missing {HF_CONFIG}", folder)
     with quiet():
         tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
-        model = auto_class(spec["head"]).from_pretrained(str(folder), use_safetensors=True)
+        from kelm.moe.upcycle import load_upcycled_hf, upcycled_table
+
+        cls = auto_class(spec["head"])
+        if upcycled_table(folder) is not None:  # fine-tuned from an upcycled (MoE) model
+            model = load_upcycled_hf(cls, folder)
+        else:
+            model = cls.from_pretrained(str(folder), use_safetensors=True)
     return model.eval(), tokenizer, spec
 
 

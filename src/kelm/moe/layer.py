@@ -80,12 +80,30 @@ class _PermuteRows(torch.autograd.Function):
         return grad.index_select(0, inverse), None, None
 
 
+class _AuxLossInBackward(torch.autograd.Function):
+    """Identity on the layer output whose backward also feeds gradient 1 to the auxiliary loss, so
+    the loss trains the router even when the task's loss does not add it (Megatron-LM's
+    ``MoEAuxLossAutoScaler`` does the same)."""
+
+    @staticmethod
+    def forward(ctx: Any, out: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
+        ctx.aux_meta = (aux.dtype, aux.device)
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype, device = ctx.aux_meta
+        return grad, torch.ones((), dtype=dtype, device=device)
+
+
 class MoELayer(nn.Module):
     """Sparse FFN on ``(..., D)`` inputs. ``domain_ids`` (one per token, -1 = none) feed the
     knowledge-guided router input when ``n_domains`` > 0.
 
     In training mode each forward pass records router statistics (`stats`) and leaves its
-    auxiliary loss (Switch + z-loss, weighted) in ``aux_loss`` for `moe_aux_loss` to collect."""
+    auxiliary loss (Switch + z-loss, weighted) in ``aux_loss`` for `moe_aux_loss` to collect, or,
+    with ``aux_in_backward`` (for tasks that do not know about MoE), adds its gradient in the
+    backward pass itself."""
 
     def __init__(self, cfg: MoEConfig | dict[str, Any]):
         super().__init__()
@@ -97,6 +115,7 @@ class MoELayer(nn.Module):
         self.ep_group: Any = None
         self.ep_size, self.ep_rank = 1, 0
         self.aux_loss: torch.Tensor | None = None
+        self.aux_in_backward = False
 
     # -- expert parallelism -----------------------------------------------------------------------
     def shard_experts(self, group: Any, ep_size: int, ep_rank: int) -> None:
@@ -140,6 +159,8 @@ class MoELayer(nn.Module):
         if self.shared is not None:
             out = out + self.shared(x2)
         self._after_routing(ro, plan, domain_ids)
+        if self.aux_in_backward and self.aux_loss is not None and self.aux_loss.requires_grad:
+            out = _AuxLossInBackward.apply(out, self.aux_loss)
         return out.view(shape)
 
     def _after_routing(self, ro: RouterOutput, plan: DispatchPlan, domain_ids: torch.Tensor | None) -> None:

@@ -175,6 +175,7 @@ def upcycle(source: str, out: str | Path, settings: dict[str, Any]) -> dict[str,
     else:
         table = upcycle_bert(model, settings)
         _save_weights(model, out)
+        model.config.kelm_moe = table  # config.json travels with fine-tuned copies too
         model.config.save_pretrained(str(out))
         if tok is not None:
             tok.save_pretrained(str(out))
@@ -195,6 +196,57 @@ def _save_weights(model: nn.Module, out: Path) -> None:
 
     with atomic_path(out / "model.safetensors") as tmp:
         save_model(model, str(tmp))
+
+
+def upcycled_table(folder: str | Path) -> dict[str, Any] | None:
+    """The MoE table an upcycled Hugging Face checkpoint records in its ``config.json``, or None
+    (not a folder, or a dense model)."""
+    import json
+
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        table = json.loads(path.read_text(encoding="utf-8")).get("kelm_moe")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return dict(table) if isinstance(table, dict) else None
+
+
+def load_upcycled_hf(cls: Any, folder: str | Path, **config_kwargs: Any) -> nn.Module:
+    """An upcycled (or fine-tuned upcycled) Hugging Face checkpoint as ``cls`` (an ``AutoModelFor*``
+    class): the model built from ``config.json``, its FFNs turned into MoE layers, then the weights
+    loaded, into the base model when the file holds no head. A new head keeps torch's init. The
+    MoE auxiliary losses reach the router through the backward pass (`MoELayer.aux_in_backward`),
+    since fine-tuning tasks compute their own loss. Nothing is read under a ``meta`` device."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from kelm.lm.hf import quiet
+
+    folder = Path(folder)
+    table = upcycled_table(folder)
+    if table is None:
+        raise DataError("not an upcycled model (config.json has no kelm_moe table)", folder / "config.json")
+    with quiet():
+        model = cls.from_config(AutoConfig.from_pretrained(str(folder), **config_kwargs))
+    upcycle_bert(model, table, copy_weights=False)
+    for layer in _moe_layers(model):
+        layer.aux_in_backward = True
+    if torch.get_default_device().type == "meta":
+        return model
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise DataError("missing model.safetensors", folder)
+    state = load_file(str(weights))
+    own = model.state_dict()
+    target = model if any(k in own for k in state) else model.base_model
+    target_keys = target.state_dict().keys()
+    missing = [k for k in target_keys if k not in state and (".experts." in k or ".router." in k)]
+    if missing or not any(k in target_keys for k in state):
+        raise DataError(f"the weights do not fit the upcycled model (missing {missing[:2]})", weights)
+    target.load_state_dict({k: v for k, v in state.items() if k in target_keys}, strict=False)
+    return model
 
 
 def load_upcycled(folder: str | Path) -> nn.Module:
