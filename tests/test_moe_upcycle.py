@@ -176,3 +176,28 @@ def test_upcycled_model_fine_tunes_and_predicts(
     capsys.readouterr()
     assert main(["predict", "--model", str(tmp_path / "run"), str(probe)]) == 0
     assert [line.split("\t")[0] for line in capsys.readouterr().out.strip().splitlines()] == ["pos", "neg"]
+
+
+def test_upcycled_encoder_routes_by_linked_kg_domains(tiny_upcycled: Path, tmp_path: Path) -> None:
+    from kelm.lm.hf import build_hf_model, load_tokenizer
+    from kelm.moe.domains import NONE, load_lexicon
+
+    dense = tiny_upcycled.parent / "dense"
+    args = ["moe", "upcycle", "--model", str(dense), "--experts", "4", "--domains", "umls"]
+    assert main([*args, "--out", str(tmp_path / "dom")]) == 0
+    config = json.loads((tmp_path / "dom" / "config.json").read_text())
+    assert config["kelm_moe"]["n_domains"] == 7 and "amphibian" in config["kelm_domains"]["entity_domain"]
+    tok = load_tokenizer(str(tmp_path / "dom"))
+    clf = build_hf_model(str(tmp_path / "dom"), "classification", tok, labels=["a", "b"]).train()
+    enc = tok(["the amphibian ate a vitamin", "no entity here"], return_tensors="pt", padding=True)
+    clf(**enc).logits.pow(2).sum().backward()
+    layer = next(m for m in clf.modules() if isinstance(m, MoELayer))
+    lexicon = load_lexicon("umls")
+    pieces = tok.convert_ids_to_tokens(enc["input_ids"][0].tolist())
+    doms = layer.context_domains
+    assert doms is not None and doms.shape == enc["input_ids"].shape
+    organism = lexicon.names.index("organism")
+    assert [int(doms[0, i]) for i, p in enumerate(pieces) if p in ("amp", "##hi", "##bian")] == [organism] * 3
+    assert int(doms[0, pieces.index("ate")]) == NONE and (doms[1] == NONE).all()
+    grad = layer.router.domain_embedding.weight.grad
+    assert grad[organism].abs().sum() > 0 and grad[lexicon.names.index("activity")].abs().sum() == 0

@@ -31,6 +31,10 @@ def upcycle_cmd(
         ),
     ] = False,
     router_std: Annotated[float, typer.Option("--router-std", help="Init std of the new router.")] = 0.002,
+    domains: Annotated[
+        str | None,
+        typer.Option(help="Knowledge-guided routing: link inputs against this KG (umls) and route by entity domain."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Turn the dense FFNs of a model into MoE layers whose experts start as copies of the FFN."""
@@ -43,7 +47,7 @@ def upcycle_cmd(
         "renormalize": not no_renormalize,
         "router_init_std": router_std,
     }
-    summary = upcycle(model, out_dir, settings)
+    summary = upcycle(model, out_dir, settings, domains)
     if as_json:
         typer.echo(json.dumps(summary))
         return

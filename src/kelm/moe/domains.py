@@ -152,3 +152,62 @@ def routing_table(experts_NK: torch.Tensor, domains_N: torch.Tensor, n_domains: 
     return torch.bincount(ids[keep] * n_experts + flat[keep], minlength=n_domains * n_experts).view(
         n_domains, n_experts
     )
+
+
+# -- domains from token ids (models that only see input_ids) ------------------------------------
+
+
+def wordpiece_text(pieces: Sequence[str], special: set[str]) -> tuple[str, list[tuple[int, int]]]:
+    """Text rebuilt from WordPiece tokens (``##`` continues a word, anything else starts one) and
+    each token's character span in it; special tokens get the empty span ``(0, 0)``."""
+    text, offsets = "", []
+    for piece in pieces:
+        if piece in special:
+            offsets.append((0, 0))
+            continue
+        if piece.startswith("##"):
+            start = len(text)
+            text += piece[2:]
+        else:
+            text += " " if text else ""
+            start = len(text)
+            text += piece
+        offsets.append((start, len(text)))
+    return text, offsets
+
+
+class TokenDomainTagger:
+    """Domain ids ``(B, T)`` for a batch of WordPiece token ids, each distinct row linked once."""
+
+    def __init__(self, lexicon: DomainLexicon, tokenizer: Any):
+        self.lexicon, self.tokenizer = lexicon, tokenizer
+        self.special = set(tokenizer.all_special_tokens)
+        self._cache: dict[tuple[int, ...], list[int]] = {}
+
+    def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
+        rows = [tuple(r) for r in input_ids.tolist()]
+        new = [r for r in dict.fromkeys(rows) if r not in self._cache]
+        if new:
+            built = [wordpiece_text(self.tokenizer.convert_ids_to_tokens(list(r)), self.special) for r in new]
+            mentions = self.lexicon.mentions([text for text, _ in built])
+            for r, (text, offsets), ms in zip(new, built, mentions, strict=True):
+                self._cache[r] = self.lexicon.token_domains(text, offsets, ms)
+        return torch.tensor([self._cache[r] for r in rows], dtype=torch.long, device=input_ids.device)
+
+
+def attach_domain_routing(model: torch.nn.Module, lexicon: DomainLexicon, tokenizer: Any) -> Any:
+    """Knowledge-guided routing for a model called with ``input_ids`` (a Hugging Face encoder with
+    MoE layers): before each forward pass the token ids are linked and every MoE layer gets their
+    domains. Returns the hook handle."""
+    from kelm.moe.layer import moe_layers
+
+    layers = moe_layers(model)
+    tagger = TokenDomainTagger(lexicon, tokenizer)
+
+    def hook(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        domains = tagger(ids) if isinstance(ids, torch.Tensor) else None
+        for layer in layers:
+            layer.context_domains = domains
+
+    return model.register_forward_pre_hook(hook, with_kwargs=True)

@@ -116,6 +116,8 @@ class MoELayer(nn.Module):
         self.ep_size, self.ep_rank = 1, 0
         self.aux_loss: torch.Tensor | None = None
         self.aux_in_backward = False
+        #: Domain ids set from outside before a forward pass (`kelm.moe.domains.attach_domain_routing`).
+        self.context_domains: torch.Tensor | None = None
 
     # -- expert parallelism -----------------------------------------------------------------------
     def shard_experts(self, group: Any, ep_size: int, ep_rank: int) -> None:
@@ -137,6 +139,8 @@ class MoELayer(nn.Module):
     def forward(self, x: torch.Tensor, domain_ids: torch.Tensor | None = None) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
+        if domain_ids is None and self.context_domains is not None and self.context_domains.numel() == x2.shape[0]:
+            domain_ids = self.context_domains.to(x2.device)
         ro = self.router(x2, domain_ids)
         plan = plan_dispatch(ro.experts, self.cfg.n_experts, capacity_of(self.cfg, x2.shape[0]))
         dropless = plan.order.numel() == x2.shape[0] * self.cfg.top_k

@@ -159,11 +159,24 @@ def _read_spec(folder: Path) -> dict[str, Any]:
         raise DataError(f"cannot read the model config ({err})", folder / "config.toml") from None
 
 
-def upcycle(source: str, out: str | Path, settings: dict[str, Any]) -> dict[str, Any]:
-    """Upcycle ``source`` and save it into ``out``; returns a summary."""
+def upcycle(source: str, out: str | Path, settings: dict[str, Any], domains: str | None = None) -> dict[str, Any]:
+    """Upcycle ``source`` and save it into ``out``; returns a summary. ``domains`` (a KG source such
+    as ``umls``) turns on knowledge-guided routing: the lexicon is stored in ``config.json`` and
+    every forward pass links its input and feeds the entities' domains to the routers."""
     from kelm.train.export import write_toml
 
     kind, model, tok = load_source(source)
+    lexicon = None
+    if domains is not None:
+        if kind != "hf":
+            raise ConfigError(
+                "moe upcycle: --domains applies to Hugging Face encoders; "
+                "GPTs take task.moe_domain_routing when trained"
+            )
+        from kelm.moe.domains import load_lexicon
+
+        lexicon = load_lexicon(domains)
+        settings = {**settings, "n_domains": len(lexicon.names)}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if kind == "gpt":
@@ -176,6 +189,8 @@ def upcycle(source: str, out: str | Path, settings: dict[str, Any]) -> dict[str,
         table = upcycle_bert(model, settings)
         _save_weights(model, out)
         model.config.kelm_moe = table  # config.json travels with fine-tuned copies too
+        if lexicon is not None:
+            model.config.kelm_domains = lexicon.to_dict()
         model.config.save_pretrained(str(out))
         if tok is not None:
             tok.save_pretrained(str(out))
@@ -233,6 +248,7 @@ def load_upcycled_hf(cls: Any, folder: str | Path, **config_kwargs: Any) -> nn.M
     upcycle_bert(model, table, copy_weights=False)
     for layer in _moe_layers(model):
         layer.aux_in_backward = True
+    _attach_domains(model, folder)
     if torch.get_default_device().type == "meta":
         return model
     weights = folder / "model.safetensors"
@@ -247,6 +263,18 @@ def load_upcycled_hf(cls: Any, folder: str | Path, **config_kwargs: Any) -> nn.M
         raise DataError(f"the weights do not fit the upcycled model (missing {missing[:2]})", weights)
     target.load_state_dict({k: v for k, v in state.items() if k in target_keys}, strict=False)
     return model
+
+
+def _attach_domains(model: nn.Module, folder: Path) -> None:
+    """Knowledge-guided routing when the checkpoint's ``config.json`` holds a domain lexicon."""
+    lexicon = getattr(model.config, "kelm_domains", None)
+    if not lexicon:
+        return
+    from transformers import AutoTokenizer
+
+    from kelm.moe.domains import DomainLexicon, attach_domain_routing
+
+    attach_domain_routing(model, DomainLexicon.from_dict(lexicon), AutoTokenizer.from_pretrained(str(folder)))
 
 
 def load_upcycled(folder: str | Path) -> nn.Module:
@@ -271,4 +299,5 @@ def load_upcycled(folder: str | Path) -> nn.Module:
         model = cls.from_config(config) if cls is transformers.AutoModel else cls(config)
     upcycle_bert(model, dict(spec.get("moe", {})), copy_weights=False)
     load_model(model, str(folder / "model.safetensors"))
+    _attach_domains(model, folder)
     return model.eval()
