@@ -137,7 +137,7 @@ def test_missing_store_is_one_line(tmp_path: Path) -> None:
 
 
 def test_demo_runs_offline(tmp_path: Path) -> None:
-    env_free = kelm("demo", "--out", str(tmp_path))
+    env_free = kelm("demo", "--out", str(tmp_path), "--quick", "--threads", "1")
     assert env_free.returncode == 0, env_free.stderr
     assert "135" in env_free.stdout and "6,529" in env_free.stdout
     metrics = json.loads((tmp_path / "metrics.json").read_text())

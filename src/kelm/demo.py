@@ -55,7 +55,7 @@ class Budget:
     text_eval_every: int
 
 
-FULL = Budget(kge_epochs=200, kge_eval_every=200, text_steps=400, text_eval_every=50)
+FULL = Budget(kge_epochs=200, kge_eval_every=200, text_steps=1000, text_eval_every=50)
 QUICK = Budget(kge_epochs=40, kge_eval_every=200, text_steps=200, text_eval_every=50)
 
 
@@ -76,7 +76,7 @@ class Answer:
     label: str
     score: float
     in_graph: bool  # the triple (head, relation, answer) is a fact of the store
-    paths: list[list[tuple[str, str, str]]]
+    paths: list[list[tuple[str, str, str]]]  # other facts linking head and answer
 
 
 @dataclass
@@ -120,7 +120,7 @@ def _stage(stages: dict[str, float], name: str, progress: Callable[[str], None])
 def _train_config(budget: Budget, text: bool, threads: int | None) -> Any:
     from kelm.train.config import TrainConfig
 
-    common = {"strategy": "single", "tensorboard": False, "threads": threads, "early_stopping_patience": 3}
+    common = {"strategy": "single", "tensorboard": False, "threads": threads, "early_stopping_patience": 5}
     if text:
         return TrainConfig(
             optimizer="adamw", lr=3e-3, schedule="constant", clip_grad_norm=None, batch_size=256,
@@ -186,9 +186,13 @@ def _unseen_query(kg: KnowledgeGraph, unseen: frozenset[str]) -> tuple[str, str]
     return head, min(rels, key=lambda r: (-rels[r], r))
 
 
-def _answer(scoring: Any, graph: Any, kg: KnowledgeGraph, ids: list[str], rel_ids: list[str], head: str, rel: str):
-    """The top answers of ``(head, rel, ?)`` with the store's evidence paths (list of `Answer`)."""
+def _answer(
+    scoring: Any, graph: Any, kg: KnowledgeGraph, ids: list[str], rel_ids: list[str], head: str, rel: str
+) -> list[Answer]:
+    """The top answers of ``(head, rel, ?)``, each with the shortest paths of other store facts
+    (the asked triple itself left out) that connect ``head`` to it."""
     from kelm.kgqa.evidence import evidence_paths
+    from kelm.kgqa.graph import QAGraph
 
     with torch.no_grad():
         scores = scoring.score_t(torch.tensor([ids.index(head)]), torch.tensor([rel_ids.index(rel)]))[0]
@@ -196,7 +200,11 @@ def _answer(scoring: Any, graph: Any, kg: KnowledgeGraph, ids: list[str], rel_id
     answers = []
     for value, k in zip(*scores.topk(TOP_K), strict=True):
         eid = ids[int(k)]
-        paths = evidence_paths(graph, graph.by_id[head], graph.by_id[eid], EVIDENCE_HOPS, limit=EVIDENCE_PATHS)
+        asked = (graph.by_id[head], graph.rel_ids.index(rel), graph.by_id[eid])
+        others = QAGraph(
+            graph.ids, graph.names, graph.rel_ids, graph.rel_names, [x for x in graph.triples if x != asked]
+        )
+        paths = evidence_paths(others, asked[0], asked[2], EVIDENCE_HOPS, limit=EVIDENCE_PATHS)
         label = kg.entities[eid].label or eid
         answers.append(Answer(eid, label, float(value), (head, rel, eid) in facts, paths))
     return answers

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kelm.cli.kg import stats_table
+from kelm.errors import ConfigError
 
 if TYPE_CHECKING:
     from kelm.demo import DemoResult, QueryResult
@@ -25,20 +26,21 @@ def results_table(res: DemoResult) -> Table:
         table.add_column(col, justify="left" if col in ("setting", "model") else "right")
     for r in res.rows:
         name = f"{r.model} (α={res.alpha[r.setting]:.1f})" if r.model == "hybrid" else r.model
-        table.add_row(
-            r.setting, name, f"{r.mrr:.3f}", f"{r.hits_at_1:.3f}", f"{r.hits_at_10:.3f}", f"{r.seconds:.1f}"
-        )
+        table.add_row(r.setting, name, f"{r.mrr:.3f}", f"{r.hits_at_1:.3f}", f"{r.hits_at_10:.3f}", f"{r.seconds:.1f}")
     return table
 
 
 def print_query(q: QueryResult) -> None:
+    """A query, its top answers, and for each the store's other facts that connect it to the head."""
+    from kelm.demo import EVIDENCE_HOPS
+
     note = " [yellow](head unseen in inductive training)[/]" if q.unseen else ""
     out.print(f"[bold]{q.text}[/] hybrid, {q.setting}{note}")
     for i, a in enumerate(q.answers, 1):
         mark = "[green]fact in the store[/]" if a.in_graph else "[cyan]predicted[/]"
         out.print(f"  {i}. {a.label}  score {a.score:.2f}  {mark}")
         if not a.paths:
-            out.print("     no path within 2 hops")
+            out.print(f"     evidence: no other path within {EVIDENCE_HOPS} hops")
         for path in a.paths:
             out.print("     evidence: " + " · ".join(f"({h}, {r}, {t})" for h, r, t in path))
 
@@ -54,18 +56,20 @@ def demo(
     quick: Annotated[
         bool, typer.Option("--quick", help="Train for a fraction of the budget (about a minute; for tests).")
     ] = False,
-    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch threads (default: all cores).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch threads (default: all cores).")] = None,
 ) -> None:
     """Train structure-only, text and hybrid KG completion on bundled UMLS (standard and inductive
     splits), print their filtered MRR and Hits@10, save them, and answer sample queries with evidence."""
     from kelm.demo import DEMO_DATASET, run_demo
 
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file; the demo writes a folder there")
     target = store if store is not None else out_dir / "store"
     with out.status("kelm demo") as status:
         res = run_demo(target, out_dir, quick=quick, threads=threads, progress=lambda m: status.update(m))
-    out.print(
-        f"[bold]kelm demo[/]: {DEMO_DATASET} imported into LadybugDB at {target} ({res.report.seconds:.2f} s)"
-    )
+    out.print(f"[bold]kelm demo[/]: {DEMO_DATASET} imported into LadybugDB at {target} ({res.report.seconds:.2f} s)")
     out.print(stats_table(res.stats, "store statistics"))
     out.print(results_table(res))
     for q in res.queries:
