@@ -24,6 +24,7 @@ from kelm.atomic import write_text_atomic
 from kelm.config import Section
 from kelm.errors import ConfigError, DataError
 from kelm.lm import metrics as M
+from kelm.lm.speedups import row_sparse_embedding_grads
 from kelm.tasks.base import Batch, Task
 
 REPORT_FILE = "classification_report.txt"
@@ -45,6 +46,9 @@ class FinetuneConfig(Section):
     model: str = Field("minilm", description="minilm, tiny-bert, tiny-gpt2, a checkpoint folder or a hub id")
     max_length: int | None = Field(None, ge=8, description="longest input in tokens (default: the model's)")
     group_by_length: bool = True
+    sparse_embedding_grads: bool = Field(
+        True, description="embedding backward writes only the rows a batch uses (same gradients, less time)"
+    )
     # sizes of from-scratch models (tiny-bert, tiny-gpt2)
     hidden_size: int = Field(128, ge=8)
     num_layers: int = Field(2, ge=1)
@@ -158,6 +162,8 @@ class HFTask(Task):
         sizes = {"hidden_size": c.hidden_size, "num_layers": c.num_layers, "num_heads": c.num_heads}
         model = build_hf_model(c.model, self.head, self.tokenizer, self.labels, sizes, max(self.max_length, 512))
         self._hf_config = model.config
+        if c.sparse_embedding_grads:
+            row_sparse_embedding_grads(model)
         return model
 
     def model_config(self) -> dict[str, Any]:

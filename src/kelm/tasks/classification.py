@@ -28,6 +28,7 @@ from kelm.lm.finetune import (
     split_files,
     warn_truncated,
 )
+from kelm.lm.speedups import first_token_last_layer
 from kelm.tasks.base import Batch
 
 
@@ -36,6 +37,9 @@ class ClassificationConfig(FinetuneConfig):
 
     name: Literal["classification"] = "classification"
     drop_labels: list[str] = Field(default_factory=list, description="training labels to leave out")
+    first_token_last_layer: bool = Field(
+        True, description="last encoder layer computed only at the position the head reads (exact; BERT-like)"
+    )
 
 
 def read_tsv(path: Path) -> list[tuple[str, str, int]]:
@@ -96,6 +100,12 @@ class ClassificationTask(HFTask):
             self.splits[split] = samples
             truncated[split] = (n_cut, len(samples))
         warn_truncated(truncated, self.max_length)
+
+    def build_model(self) -> nn.Module:
+        model = super().build_model()
+        if self.cfg.first_token_last_layer:
+            first_token_last_layer(model)
+        return model
 
     def encode(self, texts: list[str]) -> tuple[list[dict[str, Any]], int]:
         """Token ids per text, cut to the maximum length; also how many were cut."""

@@ -1,0 +1,128 @@
+"""Exact speed-ups for fine-tuning Hugging Face encoders on the CPU (the results do not change).
+
+- `row_sparse_embedding_grads`: an embedding's backward pass writes only the rows a batch uses.
+  PyTorch's dense embedding backward allocates a fresh ``vocab x dim`` zero tensor every step
+  (47 MB for a BERT vocabulary, mapped and zeroed page by page) and scatters into it. Here the
+  embedding returns a sparse gradient, which a hook adds into one dense buffer kept across steps
+  (zeroed in place), so the optimizer, gradient clipping and DDP still see the same dense
+  gradient. Under a wrapper that swaps the module's parameters (FSDP) the dense path is kept.
+- `first_token_last_layer`: for heads that read only the first position (sequence
+  classification on ``[CLS]``), the last encoder layer computes its queries, attention output
+  and feed-forward block at that position alone; keys and values still come from every position.
+  The logits are those of the full model; the last hidden state then has length 1.
+"""
+
+from __future__ import annotations
+
+import types
+import weakref
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Model types whose sequence-classification head reads the first position only.
+FIRST_TOKEN_HEADS = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "electra"})
+
+
+def row_sparse_embedding_grads(model: nn.Module) -> int:
+    """Make every untied, trainable ``nn.Embedding`` of ``model`` produce row-sparse gradients
+    that land in a persistent dense buffer; returns how many embeddings were changed."""
+    uses: dict[int, int] = {}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            uses[id(p)] = uses.get(id(p), 0) + 1
+    changed = 0
+    for module in model.modules():
+        w = getattr(module, "weight", None)
+        if not isinstance(module, nn.Embedding) or w is None or not w.requires_grad or module.sparse:
+            continue
+        if uses[id(w)] > 1 or module.max_norm is not None:  # tied to an output layer, or renormed in place
+            continue
+        module.forward = _SparseGradForward(module, w)  # module.sparse stays False: DDP expects dense
+        w.register_post_accumulate_grad_hook(_DenseGrad())
+        changed += 1
+    return changed
+
+
+class _SparseGradForward:
+    """``nn.Embedding.forward`` with a sparse gradient, while the module still holds the weight it
+    was given (a wrapper that swaps parameters, like FSDP, gets the dense gradient)."""
+
+    def __init__(self, module: nn.Embedding, weight: torch.Tensor):
+        self.module, self.weight = module, weakref.ref(weight)
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        sparse = m.weight is self.weight()
+        return F.embedding(ids, m.weight, m.padding_idx, None, m.norm_type, m.scale_grad_by_freq, sparse=sparse)
+
+
+class _DenseGrad:
+    """Post-accumulate hook: a sparse ``.grad`` becomes a dense one in a buffer reused every step."""
+
+    def __init__(self) -> None:
+        self.buffer: torch.Tensor | None = None
+
+    def __call__(self, param: torch.Tensor) -> None:
+        grad = param.grad
+        if grad is None or not grad.is_sparse:
+            return
+        if self.buffer is None or self.buffer.shape != param.shape or self.buffer.device != param.device:
+            self.buffer = torch.zeros_like(param)
+        else:
+            self.buffer.zero_()
+        grad = grad.coalesce()
+        self.buffer.index_add_(0, grad.indices()[0], grad.values())
+        param.grad = self.buffer
+
+
+def first_token_last_layer(model: nn.Module) -> bool:
+    """Let the last encoder layer of a BERT-like sequence classifier compute only what the head
+    reads (position 0). Returns False, changing nothing, for models it does not recognise."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "model_type", None) not in FIRST_TOKEN_HEADS:
+        return False
+    if getattr(config, "is_decoder", False) or getattr(config, "position_embedding_type", "absolute") != "absolute":
+        return False
+    if getattr(config, "_attn_implementation", "eager") not in ("eager", "sdpa"):
+        return False
+    encoder = getattr(getattr(model, "base_model", None), "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    if not isinstance(layers, nn.ModuleList) or not layers:
+        return False
+    last = layers[-1]
+    attention = getattr(last, "attention", None)
+    needed = ("query", "key", "value", "num_attention_heads", "attention_head_size")
+    if attention is None or not all(hasattr(attention.self, n) for n in needed):
+        return False
+    if not hasattr(attention, "output") or not hasattr(last, "feed_forward_chunk"):
+        return False
+    last.forward = types.MethodType(_first_token_forward, last)
+    return True
+
+
+def _first_token_forward(
+    self: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args: Any, **kwargs: Any
+) -> torch.Tensor:
+    """A BERT layer's forward for the first position only: ``(B, T, D)`` in, ``(B, 1, D)`` out."""
+    sa = self.attention.self
+    batch, length = hidden_states.shape[:2]
+    heads, size = sa.num_attention_heads, sa.attention_head_size
+    first = hidden_states[:, :1]
+    q = sa.query(first).view(batch, 1, heads, size).transpose(1, 2)
+    k = sa.key(hidden_states).view(batch, length, heads, size).transpose(1, 2)
+    v = sa.value(hidden_states).view(batch, length, heads, size).transpose(1, 2)
+    mask = attention_mask
+    if mask is not None and mask.dim() == 4:
+        mask = mask[:, :, :1, :]  # the first query's row (boolean keep-mask or additive float mask)
+    dropout = sa.dropout.p if self.training and hasattr(sa, "dropout") else 0.0
+    scale = getattr(sa, "scaling", size**-0.5)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
+    out = out.transpose(1, 2).reshape(batch, 1, heads * size)
+    attention_output = self.attention.output(out, first)
+    return self.feed_forward_chunk(attention_output)
+
+
+__all__ = ["FIRST_TOKEN_HEADS", "first_token_last_layer", "row_sparse_embedding_grads"]
