@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from test_text_kgc_helpers import tiny_cfg, toy_kg
+from test_text_kgc_helpers import FixedScorer, tiny_cfg, toy_kg
 
 from kelm.kge.evaluation import FilteredRankEvaluator
 from kelm.synergy.hybrid import HybridScoring, standardize
@@ -109,24 +109,9 @@ def test_entities_without_description_fall_back_with_one_warning() -> None:
 
 
 # -- hybrid ---------------------------------------------------------------------------------------
-class _Fixed:
-    """A scorer with fixed random scores per (entity, relation) query."""
-
-    def __init__(self, E: int, R: int, seed: int):
-        g = torch.Generator().manual_seed(seed)
-        self.table = torch.randn(E, 2 * R, E, generator=g)
-        self.num_entities, self.R = E, R
-
-    def score_t(self, h, r, candidates=None):  # noqa: ANN001
-        return self.table[h, r]
-
-    def score_h(self, r, t, candidates=None):  # noqa: ANN001
-        return self.table[t, r + self.R]
-
-
 def test_hybrid_mixes_standardised_scores_and_reduces_to_each_side() -> None:
     E, R = 12, 3
-    text, struct = _Fixed(E, R, 1), _Fixed(E, R, 2)
+    text, struct = FixedScorer(E, R, 1), FixedScorer(E, R, 2)
     h, r = torch.tensor([0, 5, 7]), torch.tensor([0, 2, 1])
     assert torch.equal(HybridScoring(text, struct, 1.0).score_t(h, r), text.score_t(h, r))
     assert torch.equal(HybridScoring(text, struct, 0.0).score_h(r, h), struct.score_h(r, h))
@@ -213,33 +198,97 @@ def test_kepler_joint_objective_decreases(tmp_path: Path) -> None:
     assert len(losses) == 4 and losses[-1] < losses[0] and summary["steps"] == 20
 
 
-def test_hybrid_with_a_trained_kge_model(tmp_path: Path, toy_run: tuple[Path, dict, float, float]) -> None:
-    """alpha = 0 ranks exactly as the KGE model; alpha = 1 exactly as the text model alone."""
-    from kelm.synergy.text_kgc import load_text_kgc
+@pytest.fixture(scope="module")
+def toy_kge(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    """A DistMult run on the toy graph (5 steps): its folder and its task."""
     from kelm.tasks.link_prediction import LinkPredictionConfig, LinkPredictionTask
 
-    kg = toy_kg()
-    lp = LinkPredictionTask(LinkPredictionConfig(dataset="toy", model="distmult", dim=8), kg=kg)
+    lp = LinkPredictionTask(LinkPredictionConfig(dataset="toy", model="distmult", dim=8), kg=toy_kg())
     torch.manual_seed(0)
-    Trainer_cfg = {"max_steps": 5, "batch_size": 8}
+    out = tmp_path_factory.mktemp("kge") / "run"
     try:
-        Trainer(lp, TrainConfig(strategy="single", tensorboard=False, threads=1, **Trainer_cfg), tmp_path / "kge").fit()
+        Trainer(lp, TrainConfig(strategy="single", tensorboard=False, threads=1, max_steps=5, batch_size=8), out).fit()
     finally:
         shutdown()
+    return out, lp
+
+
+def test_hybrid_with_a_trained_kge_model(
+    toy_run: tuple[Path, dict, float, float], toy_kge: tuple[Path, object]
+) -> None:
+    """alpha = 0 ranks exactly as the KGE model; alpha = 1 exactly as the text model alone."""
+    from kelm.synergy.hybrid import load_structural
+    from kelm.synergy.text_kgc import load_text_kgc
+
+    kge_dir, lp = toy_kge
+    kg = toy_kg()
     text_model = load_text_kgc(toy_run[0]).model
     test_batch = [{"eval_triples": torch.as_tensor(lp.test_triples)}]
-
-    from kelm.synergy.hybrid import load_structural
-
-    kge = load_structural(tmp_path / "kge", lp.tensors.entity_ids, lp.tensors.relation_ids).model
+    kge = load_structural(kge_dir, lp.tensors.entity_ids, lp.tensors.relation_ids).model
     want_struct = lp.evaluate(kge, test_batch)
-    plain = TextKGCTask(tiny_cfg(), kg=kg)
-    want_text = plain.evaluate(text_model, test_batch)
+    want_text = TextKGCTask(tiny_cfg(), kg=kg).evaluate(text_model, test_batch)
     for alpha, want in ((0.0, want_struct), (1.0, want_text)):
-        task = TextKGCTask(tiny_cfg(hybrid_kge=str(tmp_path / "kge"), alpha=alpha), kg=kg)
-        assert task.evaluate(text_model, test_batch) == pytest.approx(want)
-    mid = TextKGCTask(tiny_cfg(hybrid_kge=str(tmp_path / "kge"), alpha=0.5), kg=kg).evaluate(text_model, test_batch)
-    assert 0 < mid["mrr"] <= 1
+        task = TextKGCTask(tiny_cfg(hybrid_kge=str(kge_dir), alpha=alpha), kg=kg)
+        got = task.finalize_metrics(task.evaluate(text_model, test_batch))
+        assert {k: got[k] for k in want} == pytest.approx(want) and got["alpha"] == alpha
+        assert {k: got[f"structure/{k}"] for k in want} == pytest.approx(want_struct)
+        assert {k: got[f"text/{k}"] for k in want} == pytest.approx(want_text)
+    task = TextKGCTask(tiny_cfg(hybrid_kge=str(kge_dir), alpha=0.5), kg=kg)
+    assert 0 < task.finalize_metrics(task.evaluate(text_model, test_batch))["mrr"] <= 1
+
+
+def test_hybrid_alpha_is_chosen_on_valid_and_applied_to_test(
+    toy_run: tuple[Path, dict, float, float], toy_kge: tuple[Path, object]
+) -> None:
+    """Valid: the α of the best valid MRR; test: that α again, whatever test's own best is."""
+    from kelm.synergy.hybrid import HybridScoring, best_alpha
+    from kelm.synergy.text_kgc import load_text_kgc
+
+    kge_dir, _ = toy_kge
+    text_model = load_text_kgc(toy_run[0]).model
+    task = TextKGCTask(tiny_cfg(hybrid_kge=str(kge_dir), alpha_grid=[0.0, 0.25, 0.5, 0.75, 1.0]), kg=toy_kg())
+    valid = task.collate(list(task.eval_data()))
+    test = task.collate(list(task.test_data()))
+    assert (valid["eval_split"], test["eval_split"]) == ("valid", "test")
+    raw_valid = task.evaluate(text_model, [valid])
+    per_alpha = {a: raw_valid[f"alpha={a:g}/mrr"] for a in (0.0, 0.25, 0.5, 0.75, 1.0)}
+    chosen = task.finalize_metrics(raw_valid)
+    assert chosen["alpha"] == best_alpha(per_alpha) and chosen["mrr"] == max(per_alpha.values())
+    raw_test = task.evaluate(text_model, [test])
+    # pretend test prefers another alpha: finalize must still apply the valid-chosen one
+    other = next(a for a in per_alpha if a != chosen["alpha"])
+    raw_test[f"alpha={other:g}/mrr"] = 2.0
+    reported = task.finalize_metrics(raw_test)
+    assert reported["alpha"] == chosen["alpha"]
+    direct = task.evaluator().rank(
+        HybridScoring(task._text_scoring(text_model), task.structural, chosen["alpha"]), task.test_triples
+    )
+    assert reported["mrr"] == pytest.approx(direct.metrics()["mrr"])
+    assert task.model_config()["model"]["alpha"] == chosen["alpha"]
+
+
+def test_hybrid_run_records_the_valid_chosen_alpha(tmp_path: Path, toy_kge: tuple[Path, object]) -> None:
+    """Through the engine: metrics.json holds the same α for valid and test, and the exported
+    model predicts with it."""
+    from kelm.synergy.text_kgc import load_text_kgc
+
+    kge_dir, _ = toy_kge
+    torch.manual_seed(0)
+    task = TextKGCTask(tiny_cfg(hybrid_kge=str(kge_dir)), kg=toy_kg())
+    summary = _fit(task, tmp_path / "run", max_steps=4)
+    assert summary["valid"]["alpha"] == summary["test"]["alpha"] in task.cfg.alpha_grid
+    assert {"structure/mrr", "text/mrr", "mrr"} <= set(summary["test"])
+    assert not any(k.startswith("alpha=") for k in summary["test"])
+    assert load_text_kgc(tmp_path / "run").spec["alpha"] == summary["valid"]["alpha"]
+
+
+def test_hybrid_needs_valid_or_a_given_alpha(toy_kge: tuple[Path, object]) -> None:
+    from kelm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="task.alpha"):
+        TextKGCTask(tiny_cfg(hybrid_kge=str(toy_kge[0]), valid_split=None), kg=toy_kg())
+    with pytest.raises(ValueError, match="alpha"):
+        tiny_cfg(alpha_grid=[0.5, 1.5])
 
 
 def test_train_command_inductive(tmp_path: Path) -> None:

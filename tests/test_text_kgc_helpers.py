@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from kelm.kg.model import Entity, KnowledgeGraph, Relation, Triple
 
 COLORS = ("red", "green", "blue", "yellow")
@@ -41,3 +43,19 @@ def tiny_cfg(**kw: Any) -> Any:
     base = {"dataset": "toy", "model": "tiny-bert", "hidden_size": 32, "num_layers": 2, "num_heads": 2}
     base["max_length"] = 24
     return TextKGCConfig(**(base | kw))
+
+
+class FixedScorer:
+    """A scorer with fixed random scores per (entity, relation) query (``2R`` relations: tail
+    queries use ``r``, head queries ``r + R``)."""
+
+    def __init__(self, E: int, R: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        self.table = torch.randn(E, 2 * R, E, generator=g)
+        self.num_entities, self.R = E, R
+
+    def score_t(self, h: torch.Tensor, r: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        return self.table[h, r].clone()
+
+    def score_h(self, r: torch.Tensor, t: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        return self.table[t, r + self.R].clone()

@@ -46,7 +46,12 @@ def train_cmd(
         float | None, typer.Option(help="Share of entities held out of training (inductive split).")
     ] = None,
     hybrid_kge: Annotated[Path | None, typer.Option("--hybrid-kge", help="A `kelm kge train` run to mix in.")] = None,
-    alpha: Annotated[float | None, typer.Option(help="Hybrid weight of the text score (0..1).")] = None,
+    alpha: Annotated[
+        float | None, typer.Option(help="Hybrid weight of the text score (0..1); unset: chosen on the valid split.")
+    ] = None,
+    entity_text: Annotated[
+        str | None, typer.Option("--entity-text", help="description (default) or types (type labels, e.g. CoDEx).")
+    ] = None,
     kepler: Annotated[bool | None, typer.Option("--kepler/--no-kepler", help="Add TransE + MLM losses.")] = None,
     strategy: StrategyOpt = None,
     max_steps: MaxStepsOpt = None,
@@ -79,6 +84,7 @@ def train_cmd(
         "inductive": inductive,
         "hybrid-kge": kge,
         "alpha": alpha,
+        "entity-text": entity_text,
     }
     train_values = {"strategy": strategy, "max-steps": max_steps, "epochs": epochs, "batch-size": batch_size}
     overrides, flags = overrides_and_flags(values, train_values | {"lr": lr, "seed": seed})
@@ -90,6 +96,10 @@ def train_cmd(
         print_summary(summary, out_dir)
         if summary.get("test"):
             out.print("test " + ", ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))
+        if "alpha" in summary.get("valid", {}):
+            given = summary.get("config", {}).get("task", {}).get("alpha") is not None
+            how = "given" if given else "chosen on the valid split"
+            out.print(f"hybrid alpha {summary['valid']['alpha']:g} ({how})")
 
 
 def _find(name: str, ids: list[str], labels: list[str], what: str) -> int:

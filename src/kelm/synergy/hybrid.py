@@ -10,18 +10,31 @@ The structural model is a kelm link-prediction run (`kelm kge train`): its expor
 Entities and relations are matched by id; a candidate the KGE model does not know gets its
 query's mean structural score (0 after standardisation), and a query whose entity or relation it
 does not know gets 0 for every candidate.
+
+``α`` is chosen on the validation split: `rank_alphas` ranks the same triples under every ``α`` of
+a grid (each query is scored once per side, chunk by chunk, so memory stays one chunk of score
+rows per scorer), and `best_alpha` keeps the ``α`` of the highest MRR, the smaller one on ties
+(``α = 0`` is structure-only, ``α = 1`` text-only). That ``α`` is then applied once to the test
+split.
 """
 
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor
 
 from kelm.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from kelm.kge.evaluation import FilteredRankEvaluator, RankingResult
+
+#: The α grid searched on the validation split when no α is given.
+ALPHA_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 
 
 class Scorer(Protocol):
@@ -134,4 +147,79 @@ class HybridScoring:
         return _pick(self._mix(a, b), candidates)
 
 
-__all__ = ["HybridScoring", "StructuralScorer", "load_structural", "standardize"]
+class _Remembered:
+    """A scorer whose all-entity score rows are kept per query batch, so that ranking the same
+    queries under several α scores them once; every call returns a fresh copy (the ranker
+    overwrites filtered entries in place)."""
+
+    def __init__(self, scorer: Scorer):
+        self.scorer, self.num_entities = scorer, scorer.num_entities
+        self._rows: dict[tuple[str, bytes, bytes], Tensor] = {}
+
+    def _get(self, op: str, a: Tensor, b: Tensor) -> Tensor:
+        key = (op, a.cpu().numpy().tobytes(), b.cpu().numpy().tobytes())
+        if key not in self._rows:
+            self._rows[key] = getattr(self.scorer, op)(a, b)
+        return self._rows[key].clone()
+
+    def score_t(self, h: Tensor, r: Tensor, candidates: Tensor | None = None) -> Tensor:
+        return _pick(self._get("score_t", h, r), candidates)
+
+    def score_h(self, r: Tensor, t: Tensor, candidates: Tensor | None = None) -> Tensor:
+        return _pick(self._get("score_h", r, t), candidates)
+
+
+def rank_alphas(
+    evaluator: FilteredRankEvaluator,
+    text: Scorer,
+    struct: Scorer,
+    triples: Tensor,
+    alphas: Iterable[float],
+    sides: tuple[str, ...] = ("tail", "head"),
+) -> dict[float, RankingResult]:
+    """Filtered ranks of ``triples`` under ``α · z(text) + (1 − α) · z(struct)`` for every α.
+
+    Triples go through in the evaluator's chunks; each chunk's queries are scored once by each
+    scorer and ranked under every α before the next chunk, so memory is one chunk of rows per
+    scorer and side whatever the number of α. Per α, the result holds every query (a chunk's tail queries,
+    then its head queries, chunk after chunk)."""
+    from kelm.kge.evaluation import RankingResult
+
+    grid = sorted({float(a) for a in alphas})
+    if not grid:
+        raise ConfigError("task.alpha_grid: give at least one alpha")
+    parts: dict[float, list[RankingResult]] = {a: [] for a in grid}
+    triples = triples.reshape(-1, 3)
+    for chunk in triples.split(max(1, evaluator.chunk_size())):
+        t, s = _Remembered(text), _Remembered(struct)
+        for a in grid:
+            parts[a].append(evaluator.rank(HybridScoring(t, s, a), chunk, sides))
+    fields = ("ranks", "sides", "relations")
+    empty = torch.zeros(0, dtype=torch.int64)
+    return {
+        a: RankingResult(*(torch.cat([getattr(p, f) for p in ps]) for f in fields))
+        if ps
+        else RankingResult(empty.double(), empty, empty)
+        for a, ps in parts.items()
+    }
+
+
+def best_alpha(mrr_by_alpha: Mapping[float, float]) -> float:
+    """The α of the highest MRR (NaN never wins); on a tie the smaller α, closer to structure-only."""
+    if not mrr_by_alpha:
+        raise ValueError("no alpha to choose from")
+    scored = [(a, m) for a, m in mrr_by_alpha.items() if m == m]
+    if not scored:
+        return min(mrr_by_alpha)
+    return min(scored, key=lambda am: (-am[1], am[0]))[0]
+
+
+__all__ = [
+    "ALPHA_GRID",
+    "HybridScoring",
+    "StructuralScorer",
+    "best_alpha",
+    "load_structural",
+    "rank_alphas",
+    "standardize",
+]

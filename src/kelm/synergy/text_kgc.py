@@ -6,13 +6,17 @@ before tokenising); an entity without a description falls back to its label (its
 no label), with one warning giving the count. A query is the tokenizer's text pair
 ("head label: head description", "relation label"), i.e. "[CLS] head … [SEP] relation [SEP]";
 relation ``r + R`` is the reciprocal of ``r`` and reads "inverse of <relation label>".
+
+Graphs without descriptions but with entity types (CoDEx) can use the types' labels instead
+(`type_texts`): "human, politician"; an entity without a labelled type falls back to its label
+(its id), with one warning giving the count.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,10 @@ class DescriptionWarning(UserWarning):
     """Some entities have no description; their label stands in for it."""
 
 
+class TypeTextWarning(UserWarning):
+    """Some entities have no labelled type; their label (or id) stands in for their text."""
+
+
 def _words(text: str, limit: int) -> str:
     return " ".join(text.split()[:limit])
 
@@ -49,6 +57,29 @@ def entity_texts(kg: KnowledgeGraph, entity_ids: Sequence[str], max_words: int, 
         warnings.warn(
             f"{missing} of {len(texts)} entities have no description; their label is used as their text",
             DescriptionWarning,
+            stacklevel=2,
+        )
+    return texts
+
+
+def type_texts(
+    kg: KnowledgeGraph, entity_ids: Sequence[str], type_labels: Mapping[str, str], warn: bool = True
+) -> list[str]:
+    """Text per entity (in ``entity_ids`` order) from the labels of its types, in the order the
+    types are listed, without repeats ("human, politician"). Type ids without a label are
+    skipped; an entity left without any falls back to its label, else its id, and these are
+    counted in one `TypeTextWarning`."""
+    texts, missing = [], 0
+    for eid in entity_ids:
+        e = kg.entities[eid]
+        labels = dict.fromkeys(" ".join(type_labels[t].split()) for t in e.types if type_labels.get(t))
+        labels.pop("", None)
+        missing += not labels
+        texts.append(", ".join(labels) if labels else " ".join((e.label or e.id).split()))
+    if missing and warn:
+        warnings.warn(
+            f"{missing} of {len(texts)} entities have no labelled type; their label (or id) is used as their text",
+            TypeTextWarning,
             stacklevel=2,
         )
     return texts
@@ -219,8 +250,10 @@ __all__ = [
     "KGCTexts",
     "TextKGCModel",
     "TextScoring",
+    "TypeTextWarning",
     "entity_texts",
     "load_text_kgc",
     "relation_texts",
     "transe_loss",
+    "type_texts",
 ]

@@ -11,7 +11,13 @@ each query meets the whole global batch as negatives, exactly as one process wou
 Evaluation embeds every entity from its text once and ranks with the same filtered ranker as
 link prediction, so entities never seen in training (``inductive``) are ranked like any other.
 Optional: ``kepler`` adds a TransE loss over the text-derived embeddings and an MLM loss on the
-descriptions (weight ``kepler_weight``); ``hybrid_kge`` mixes in a trained KGE model's scores.
+descriptions (weight ``kepler_weight``); ``hybrid_kge`` mixes in a trained KGE model's scores
+(`kelm.synergy.hybrid`). Its text weight ``alpha``, unless given, is chosen on the validation split
+from ``alpha_grid`` at every validation and applied to the test split; the metrics then also hold
+``alpha``, ``structure/*`` (α = 0) and ``text/*`` (α = 1) for the same queries.
+
+``entity_text = "types"`` builds entity texts from the labels of their types (``types.json`` of
+the data set's type folder, e.g. ``codex-types`` for CoDEx) instead of their descriptions.
 """
 
 from __future__ import annotations
@@ -22,11 +28,11 @@ from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from kelm.config import Section
-from kelm.errors import DataError
+from kelm.errors import ConfigError, DataError
 from kelm.kg.model import KnowledgeGraph
 from kelm.kg.tensors import TripleTensors
 from kelm.synergy.infonce import (
@@ -46,6 +52,7 @@ from kelm.synergy.text_kgc import (
     prefixed,
     relation_texts,
     transe_loss,
+    type_texts,
 )
 from kelm.tasks.base import Batch, Task
 from kelm.tasks.link_prediction import (
@@ -53,7 +60,6 @@ from kelm.tasks.link_prediction import (
     RANK_METRICS,
     RELATIONS_FILE,
     Indices,
-    Triples,
     load_dataset,
     vocab_tsv,
 )
@@ -72,6 +78,10 @@ class TextKGCConfig(Section):
     num_layers: int = Field(2, ge=1, description="tiny-bert only")
     num_heads: int = Field(2, ge=1, description="tiny-bert only")
     max_length: int = Field(64, ge=8, description="tokens per query or candidate text")
+    entity_text: Literal["description", "types"] = Field(
+        "description", description="entity text: 'label: description', or its types' labels"
+    )
+    types_dir: str | None = Field(None, description="folder or types.json of type labels (entity_text = 'types')")
     # loss
     init_temperature: float = Field(0.05, gt=0, le=1)
     margin: float = Field(0.02, ge=0, description="additive margin subtracted from the positive cosine")
@@ -86,7 +96,12 @@ class TextKGCConfig(Section):
     mlm_probability: float = Field(0.15, gt=0, lt=1)
     # hybrid scoring and inductive split
     hybrid_kge: str | None = Field(None, description="run folder of a `kelm kge train` model to mix in")
-    alpha: float = Field(0.5, ge=0, le=1, description="alpha * text + (1 - alpha) * structure")
+    alpha: float | None = Field(
+        None, ge=0, le=1, description="alpha * text + (1 - alpha) * structure; unset: chosen on valid"
+    )
+    alpha_grid: list[float] = Field(
+        [round(0.1 * i, 1) for i in range(11)], min_length=1, description="alphas tried on the validation split"
+    )
     inductive: float | None = Field(None, gt=0, lt=1, description="share of entities held out of training")
     inductive_seed: int = 0
     # evaluation
@@ -95,6 +110,49 @@ class TextKGCConfig(Section):
     train_split: str = "train"
     valid_split: str | None = "valid"
     test_split: str | None = "test"
+
+    @field_validator("alpha_grid")
+    @classmethod
+    def _grid_in_unit_interval(cls, grid: list[float]) -> list[float]:
+        bad = [a for a in grid if not 0 <= a <= 1]
+        if bad:
+            raise ValueError(f"every alpha must be in [0, 1], got {bad}")
+        return sorted(set(grid))
+
+
+class _Held(Sequence[tuple[torch.Tensor, str]]):
+    """Held-out triples tagged with their split, so evaluation knows valid from test."""
+
+    def __init__(self, triples: torch.Tensor, split: str):
+        self.triples, self.split = triples, split
+
+    def __len__(self) -> int:
+        return len(self.triples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:  # type: ignore[override]
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.triples[i], self.split
+
+
+def _type_labels(cfg: TextKGCConfig) -> dict[str, str]:
+    """``type id -> label`` for ``entity_text = "types"``: ``types_dir``, else the registered
+    data set's type folder, else the data-set folder itself."""
+    from kelm.kg.io import read_type_labels
+    from kelm.kg.io.codex import TYPE_TEXT
+
+    source: Path | None = Path(cfg.types_dir) if cfg.types_dir else None
+    if source is None and not Path(cfg.dataset).exists():
+        from kelm.data import resolve_types
+
+        source = resolve_types(cfg.dataset, data_dir=cfg.data_dir)
+    if source is None:
+        source = Path(cfg.dataset) if Path(cfg.dataset).is_dir() else None
+    file = source / TYPE_TEXT if source is not None and source.suffix != ".json" else source
+    if file is None or not file.is_file():
+        where = f"{file} not found" if file is not None else f"no type folder for {cfg.dataset}"
+        raise ConfigError(f"task.entity_text = 'types': {where} ({TYPE_TEXT} with type labels); set task.types_dir")
+    return read_type_labels(file)
 
 
 class TextKGCTask(Task):
@@ -128,14 +186,18 @@ class TextKGCTask(Task):
         s_h, s_r, s_t = self.samples.unbind(1)
         self.train_keys = torch.unique(triple_keys(s_h, s_r, s_t, E, 2 * R))  # sorted
         self.tokenizer = load_tokenizer(cfg.model)
-        self.texts = KGCTexts(
-            self.tokenizer,
-            entity_texts(kg, self.tensors.entity_ids, cfg.max_length, warn=is_main_process()),
-            relation_texts(kg, self.tensors.relation_ids),
-            cfg.max_length,
-        )
+        ids, warn = self.tensors.entity_ids, is_main_process()
+        if cfg.entity_text == "types":
+            ents = type_texts(kg, ids, _type_labels(cfg), warn=warn)
+        else:
+            ents = entity_texts(kg, ids, cfg.max_length, warn=warn)
+        self.texts = KGCTexts(self.tokenizer, ents, relation_texts(kg, self.tensors.relation_ids), cfg.max_length)
         self.queue = PreBatchQueue(cfg.pre_batch)
         self.structural = None
+        self.alpha = cfg.alpha  # the hybrid's text weight: given, or chosen at each validation
+        self._last_split: str | None = None
+        if cfg.hybrid_kge and cfg.alpha is None and not cfg.valid_split:
+            raise ConfigError("task.alpha: with hybrid_kge and no valid_split, alpha cannot be chosen; give it")
         if cfg.hybrid_kge:
             from kelm.synergy.hybrid import load_structural
 
@@ -172,7 +234,7 @@ class TextKGCTask(Task):
             "num_relations": self.num_relations,
             "max_length": c.max_length,
             "hybrid_kge": str(Path(c.hybrid_kge).resolve()) if c.hybrid_kge else None,
-            "alpha": c.alpha,
+            "alpha": self.alpha,
         }
         return {"task": self.name, "model": spec}
 
@@ -181,14 +243,16 @@ class TextKGCTask(Task):
         return Indices(len(self.samples))
 
     def eval_data(self) -> Sequence[Any] | None:
-        return None if self.valid_triples is None else Triples(self.valid_triples)
+        return None if self.valid_triples is None else _Held(self.valid_triples, "valid")
 
     def test_data(self) -> Sequence[Any] | None:
-        return None if self.test_triples is None else Triples(self.test_triples)
+        return None if self.test_triples is None else _Held(self.test_triples, "test")
 
     def collate(self, samples: list[Any], rng: BatchRandom | None = None) -> Batch:
         """Evaluation triples, or training triples with tokenised queries and candidates (tails,
         then heads for self-negatives) and, with ``kepler``, masked descriptions drawn from ``rng``."""
+        if samples and isinstance(samples[0], tuple):
+            return {"eval_triples": torch.stack([row for row, _ in samples]), "eval_split": samples[0][1]}
         if samples and isinstance(samples[0], torch.Tensor):
             return {"eval_triples": torch.stack(samples)}
         triples = self.samples[torch.tensor(samples, dtype=torch.int64)]
@@ -291,30 +355,73 @@ class TextKGCTask(Task):
 
     def scoring(self, model: nn.Module) -> Any:
         """Text scoring over all entities (embedded once now), mixed with the structural model if set."""
-        base = getattr(model, "module", model)  # DDP's wrapped module: no collectives in evaluation
-        device = next(base.parameters()).device
-        text = TextScoring(base.encode, self.texts, self.num_relations, device, self.cfg.encode_batch_size)
+        text = self._text_scoring(model)
         if self.structural is None:
             return text
         from kelm.synergy.hybrid import HybridScoring
 
-        return HybridScoring(text, self.structural, self.cfg.alpha)
+        return HybridScoring(text, self.structural, 0.5 if self.alpha is None else self.alpha)
+
+    def _text_scoring(self, model: nn.Module) -> TextScoring:
+        base = getattr(model, "module", model)  # DDP's wrapped module: no collectives in evaluation
+        device = next(base.parameters()).device
+        return TextScoring(base.encode, self.texts, self.num_relations, device, self.cfg.encode_batch_size)
+
+    def _alphas(self) -> list[float]:
+        """The α values a hybrid evaluation ranks under: the grid (or the given α), plus 0 and 1."""
+        grid = self.cfg.alpha_grid if self.cfg.alpha is None else [self.cfg.alpha]
+        return sorted({*grid, 0.0, 1.0})
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Sequence[Batch]) -> dict[str, float]:
-        """Filtered rank metrics over both sides of every triple, all entities scored from text."""
+        """Filtered rank metrics over both sides of every triple, all entities scored from text.
+
+        With a structural model: the metrics of every α of `_alphas` as ``alpha=<α>/<metric>``
+        (plain means over queries, so ranks combine exactly); `finalize_metrics` picks the α."""
+        self._last_split = batches[0].get("eval_split") if batches else None
+        alphas = self._alphas() if self.structural is not None else []
         if not batches:
-            return {k: 0.0 for k in RANK_METRICS}
+            return {_alpha_key(a, k): 0.0 for a in alphas for k in RANK_METRICS} or {k: 0.0 for k in RANK_METRICS}
         triples = torch.cat([b["eval_triples"] for b in batches])
         was_training = model.training
         model.eval()
         try:
-            result = self.evaluator().rank(self.scoring(model), triples, sides=self.sides)
+            if self.structural is None:
+                result = self.evaluator().rank(self._text_scoring(model), triples, sides=self.sides)
+            else:
+                from kelm.synergy.hybrid import rank_alphas
+
+                text = self._text_scoring(model)
+                by_alpha = rank_alphas(self.evaluator(), text, self.structural, triples, alphas, self.sides)
         finally:
             model.train(was_training)
-        self._last_ranks = result
-        metrics = result.metrics()
-        return {k: float(metrics[k]) for k in RANK_METRICS}
+        if self.structural is None:
+            self._last_ranks = result
+            metrics = result.metrics()
+            return {k: float(metrics[k]) for k in RANK_METRICS}
+        self._last_ranks = by_alpha.get(self.alpha) if self.alpha is not None else None
+        out = {}
+        for a, res in by_alpha.items():
+            m = res.metrics()
+            out |= {_alpha_key(a, k): float(m[k]) for k in RANK_METRICS}
+        return out
+
+    def finalize_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Hybrid runs: choose α by MRR unless it is given or this is the test split, then report
+        that α's metrics, ``alpha``, and the ``structure/*`` (α = 0) and ``text/*`` (α = 1) rows."""
+        if self.structural is None:
+            return metrics
+        from kelm.synergy.hybrid import best_alpha
+
+        if self.cfg.alpha is None and self._last_split != "test":
+            self.alpha = best_alpha({a: metrics[_alpha_key(a, "mrr")] for a in self.cfg.alpha_grid})
+        if self.alpha is None:
+            raise ConfigError("task.alpha: the test split was ranked before alpha was chosen on the validation split")
+        out = {k: metrics[_alpha_key(self.alpha, k)] for k in RANK_METRICS}
+        out["alpha"] = self.alpha
+        for prefix, a in (("structure", 0.0), ("text", 1.0)):
+            out |= {f"{prefix}/{k}": metrics[_alpha_key(a, k)] for k in RANK_METRICS}
+        return out
 
     def eval_details(self) -> Any:
         return self._last_ranks
@@ -343,6 +450,10 @@ class TextKGCTask(Task):
         if self._encoder_config is not None:
             self._encoder_config.save_pretrained(str(enc))
         self.tokenizer.save_pretrained(str(enc))
+
+
+def _alpha_key(alpha: float, metric: str) -> str:
+    return f"alpha={alpha:g}/{metric}"
 
 
 __all__ = ["TextKGCConfig", "TextKGCTask"]
