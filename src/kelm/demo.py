@@ -75,7 +75,7 @@ class Answer:
     id: str
     label: str
     score: float
-    in_graph: bool  # the triple (head, relation, answer) is a fact of the store
+    split: str | None  # the store's split holding the fact (head, relation, answer), None if not a fact
     paths: list[list[tuple[str, str, str]]]  # other facts linking head and answer
 
 
@@ -123,7 +123,7 @@ def _train_config(budget: Budget, text: bool, threads: int | None) -> Any:
     common = {"strategy": "single", "tensorboard": False, "threads": threads, "early_stopping_patience": 5}
     if text:
         return TrainConfig(
-            optimizer="adamw", lr=3e-3, schedule="constant", clip_grad_norm=None, batch_size=256,
+            optimizer="adamw", lr=3e-3, schedule="constant", clip_grad_norm=100.0, batch_size=256,
             max_steps=budget.text_steps, eval_every=budget.text_eval_every, log_every=50, **common,
         )  # fmt: skip
     return TrainConfig(
@@ -196,7 +196,7 @@ def _answer(
 
     with torch.no_grad():
         scores = scoring.score_t(torch.tensor([ids.index(head)]), torch.tensor([rel_ids.index(rel)]))[0]
-    facts = {(t.head, t.relation, t.tail) for t in kg.triples()}
+    facts = {(t.head, t.relation, t.tail): name for name, triples in kg.splits.items() for t in triples}
     answers = []
     for value, k in zip(*scores.topk(TOP_K), strict=True):
         eid = ids[int(k)]
@@ -206,7 +206,7 @@ def _answer(
         )
         paths = evidence_paths(others, asked[0], asked[2], EVIDENCE_HOPS, limit=EVIDENCE_PATHS)
         label = kg.entities[eid].label or eid
-        answers.append(Answer(eid, label, float(value), (head, rel, eid) in facts, paths))
+        answers.append(Answer(eid, label, float(value), facts.get((head, rel, eid)), paths))
     return answers
 
 

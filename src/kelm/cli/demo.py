@@ -37,7 +37,7 @@ def print_query(q: QueryResult) -> None:
     note = " [yellow](head unseen in inductive training)[/]" if q.unseen else ""
     out.print(f"[bold]{q.text}[/] hybrid, {q.setting}{note}")
     for i, a in enumerate(q.answers, 1):
-        mark = "[green]fact in the store[/]" if a.in_graph else "[cyan]predicted[/]"
+        mark = f"[green]a {a.split} fact of the store[/]" if a.split else "[cyan]not in the store[/]"
         out.print(f"  {i}. {a.label}  score {a.score:.2f}  {mark}")
         if not a.paths:
             out.print(f"     evidence: no other path within {EVIDENCE_HOPS} hops")

@@ -124,20 +124,19 @@ class FrozenTextModel:
 
 def load_frozen_text(path: str | Path) -> FrozenTextModel:
     """Rebuild a ``frozen-text-kgc`` model from a run folder (or its ``model/``)."""
+    from kelm.lm.hf import find_model_folder
     from kelm.tasks.link_prediction import ENTITIES_FILE, RELATIONS_FILE, read_vocab
     from kelm.train.export import CONFIG, load_weights
 
-    p = Path(path)
-    folder = p / "model" if (p / "model").is_dir() else p
+    folder = find_model_folder(path)
     try:
-        with (folder / CONFIG).open("rb") as fh:
-            spec = dict(tomllib.load(fh).get("model", {}))
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise DataError(f"cannot read the exported model config ({err})", folder / CONFIG) from None
-    if spec.get("kind") != KIND:
-        raise DataError(f"not a {KIND} model (kind {spec.get('kind')!r})", folder / CONFIG)
-    shape = (int(spec["num_entities"]), int(spec["feature_dim"]))
-    model = FrozenTextScorer(torch.zeros(shape), int(spec["num_relations"]), int(spec["dim"]))
+        spec = dict(tomllib.loads((folder / CONFIG).read_text(encoding="utf-8")).get("model", {}))
+        if spec.get("kind") != KIND:
+            raise ValueError(f"not a {KIND} model (kind {spec.get('kind')!r})")
+        shape = (int(spec["num_entities"]), int(spec["feature_dim"]))
+        model = FrozenTextScorer(torch.zeros(shape), int(spec["num_relations"]), int(spec["dim"]))
+    except (OSError, ValueError, KeyError, TypeError) as err:  # TOMLDecodeError is a ValueError
+        raise DataError(f"cannot rebuild the model from its config ({err})", folder / CONFIG) from None
     load_weights(model, folder)
     ent_ids, ent_labels = read_vocab(folder / ENTITIES_FILE)
     rel_ids, rel_labels = read_vocab(folder / RELATIONS_FILE)

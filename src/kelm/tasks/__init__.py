@@ -71,6 +71,12 @@ def _text_kgc() -> TaskSpec:
     return TaskSpec(TextKGCConfig, TextKGCTask)
 
 
+def _frozen_text_kgc() -> TaskSpec:
+    from kelm.tasks.frozen_text_kgc import FrozenTextKGCConfig, FrozenTextKGCTask
+
+    return TaskSpec(FrozenTextKGCConfig, FrozenTextKGCTask)
+
+
 def _kg_enhanced() -> TaskSpec:
     from kelm.tasks.kg_enhanced import KGEnhancedConfig, KGEnhancedTask
 
@@ -86,6 +92,7 @@ TASKS["mlm"] = TASKS["clm"] = _pretrain
 TASKS["kgqa"] = _kgqa
 TASKS["kg-enhanced-classification"] = _kg_enhanced
 TASKS["text-kgc"] = _text_kgc
+TASKS["frozen-text-kgc"] = _frozen_text_kgc
 
 
 def task_names() -> list[str]:

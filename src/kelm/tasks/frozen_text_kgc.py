@@ -50,38 +50,41 @@ class FrozenTextKGCConfig(Section):
     test_split: str | None = "test"
 
 
+def _graph(cfg: FrozenTextKGCConfig, kg: KnowledgeGraph | None) -> tuple[KnowledgeGraph, frozenset[str]]:
+    """The graph to learn from (with ``inductive``, its inductive split) and the unseen entities."""
+    kg = kg if kg is not None else load_dataset(cfg.dataset, cfg.data_dir)
+    if not cfg.inductive:
+        return kg, frozenset()
+    from kelm.synergy.inductive import inductive_split
+
+    split = inductive_split(kg, cfg.inductive, cfg.inductive_seed, cfg.train_split)
+    return split.kg, split.unseen
+
+
 class FrozenTextKGCTask(LinkPredictionTask):
     """Link prediction whose entity vectors are projections of frozen text features."""
 
     name = KIND
 
-    def __init__(self, cfg: FrozenTextKGCConfig, kg: KnowledgeGraph | None = None):  # noqa: D107
+    def __init__(self, cfg: FrozenTextKGCConfig, kg: KnowledgeGraph | None = None):
+        """Split (inductively if asked), index the graph and read every entity's text features."""
         self.cfg = cfg  # type: ignore[assignment]
-        kg = kg if kg is not None else load_dataset(cfg.dataset, cfg.data_dir)
-        self.unseen: frozenset[str] = frozenset()
-        if cfg.inductive:
-            from kelm.synergy.inductive import inductive_split
-
-            split = inductive_split(kg, cfg.inductive, cfg.inductive_seed, cfg.train_split)
-            kg, self.unseen = split.kg, split.unseen
-        self.kg = kg
-        self.tensors = TripleTensors.from_graph(kg)
-        self.train_triples = self._split(cfg.train_split)
-        self.valid_triples = self._split(cfg.valid_split) if cfg.valid_split else None
-        self.test_triples = self._split(cfg.test_split) if cfg.test_split else None
+        self.kg, self.unseen = _graph(cfg, kg)
+        self.tensors = TripleTensors.from_graph(self.kg)
+        splits = (cfg.train_split, cfg.valid_split, cfg.test_split)
+        self.train_triples, self.valid_triples, self.test_triples = (self._split(s) if s else None for s in splits)
         self.known = torch.cat(list(self.tensors.triples.values()))
-        E, R = self.tensors.num_entities, self.tensors.num_relations
-        h, r, t = self.train_triples.unbind(1)
-        self.samples = torch.cat([self.train_triples, torch.stack([t, r + R, h], 1)])
-        seen = torch.tensor([e not in self.unseen for e in self.tensors.entity_ids])
-        self.candidates = seen.nonzero().squeeze(1)  # training candidates: entities seen in training
-        self.position = torch.full((E,), -1, dtype=torch.int64)
+        self._num_entities, R = self.tensors.num_entities, self.tensors.num_relations
+        h, r, t = self.train_triples.unbind(1)  # type: ignore[union-attr]
+        self.samples = torch.cat([self.train_triples, torch.stack([t, r + R, h], 1)])  # type: ignore[list-item]
+        # training candidates: the entities seen in training, and each one's column among them
+        self.candidates = torch.tensor([e not in self.unseen for e in self.tensors.entity_ids]).nonzero().squeeze(1)
+        self.position = torch.full((self._num_entities,), -1, dtype=torch.int64)
         self.position[self.candidates] = torch.arange(len(self.candidates))
-        texts, labels = feature_texts(kg, self.tensors.entity_ids, cfg.max_words)
+        texts, labels = feature_texts(self.kg, self.tensors.entity_ids, cfg.max_words)
         self.features = text_features(texts, labels, cfg.encoder, cfg.max_length, cfg.feature_cache)
         self._evaluator: Any = None
         self._last_ranks: Any = None
-        self._num_entities = E
 
     # -- model ----------------------------------------------------------------------------------
     def model_spec(self) -> dict[str, Any]:
