@@ -316,3 +316,26 @@ def test_minilm_bi_encoder_step() -> None:
     assert model.log_temperature.grad is not None
     emb = model("encode", **task.texts.candidate_inputs([0, 1]))
     assert torch.allclose(emb.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_train_command_hybrid_prints_the_chosen_alpha(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`kelm kgc train --hybrid-kge RUN` on UMLS without --alpha: α is chosen on valid and printed."""
+    from kelm.cli import main
+
+    kge = ["kge", "train", "--dataset", "umls", "--model", "distmult", "--dim", "8", "--training", "1-n"]
+    assert main(kge + ["--max-steps", "2", "--out", str(tmp_path / "kge")]) == 0
+    args = ["kgc", "train", "--dataset", "umls", "--model", "tiny-bert", "--max-length", "16"]
+    args += [
+        "--hybrid-kge",
+        str(tmp_path / "kge"),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    capsys.readouterr()
+    assert main(args) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert f"hybrid alpha {metrics['valid']['alpha']:g} (chosen on the valid split)" in capsys.readouterr().out
