@@ -6,7 +6,8 @@ their own. Reports, on the held-out tail, the loss and perplexity (the task metr
 specialisation of every MoE layer's routing (NMI between expert choice and domain, and the share
 of each domain's token slots that go to its most used expert), averaged over layers.
 
-    KELM_DATA_DIR=../shared/data python bench/moe_routing.py [--json] [--steps 300] [--only plain|routed]
+    KELM_DATA_DIR=../shared/data python bench/moe_routing.py [--json] [--steps 600] [--only plain|routed]
+        [--domain-std 1.0]
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from kelm.train.export import load_model  # noqa: E402
 CORPUS = Path(__file__).resolve().parents[1] / "src/kelm/data/bundled/umls/entity2textlong.txt"
 
 
-def task_table(routed: bool, experts: int) -> dict[str, Any]:
+def task_table(routed: bool, experts: int, domain_std: float = 1.0) -> dict[str, Any]:
     return {
         "name": "causal-lm",
         "text": [str(CORPUS)],
@@ -46,6 +47,7 @@ def task_table(routed: bool, experts: int) -> dict[str, Any]:
         "moe_d_ff": 128,
         "moe_domain_routing": "umls" if routed else None,
         "moe_domain_documents": True,
+        "moe_domain_init_std": domain_std,
     }
 
 
@@ -78,7 +80,7 @@ def measure(model: torch.nn.Module, task: CausalLMTask, routed: bool) -> dict[st
     return {**out, "tokens_with_domain": covered}
 
 
-def run(routed: bool, steps: int, experts: int, out: Path) -> dict[str, Any]:
+def run(routed: bool, steps: int, experts: int, domain_std: float, out: Path) -> dict[str, Any]:
     train = {
         "strategy": "single",
         "threads": 1,
@@ -92,7 +94,7 @@ def run(routed: bool, steps: int, experts: int, out: Path) -> dict[str, Any]:
         "tensorboard": False,
     }
     t0 = time.perf_counter()
-    summary = run_training({"task": task_table(routed, experts), "train": train}, out)
+    summary = run_training({"task": task_table(routed, experts, domain_std), "train": train}, out)
     wall = time.perf_counter() - t0
     task = CausalLMTask(CausalLMConfig(**task_table(True, experts)))
     spec = measure(load_model(out / "model"), task, routed)
@@ -109,17 +111,18 @@ def run(routed: bool, steps: int, experts: int, out: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--experts", type=int, default=8)
     parser.add_argument("--only", choices=("plain", "routed"))
+    parser.add_argument("--domain-std", type=float, default=1.0, help="init std of the domain embeddings")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    results: dict[str, Any] = {"steps": args.steps, "experts": args.experts, "top_k": 2}
+    results: dict[str, Any] = {"steps": args.steps, "experts": args.experts, "top_k": 2, "domain_std": args.domain_std}
     with tempfile.TemporaryDirectory(prefix="kelm-moe-routing-") as tmp:
         for name in ("plain", "routed"):
             if args.only in (None, name):
-                results[name] = run(name == "routed", args.steps, args.experts, Path(tmp) / name)
+                results[name] = run(name == "routed", args.steps, args.experts, args.domain_std, Path(tmp) / name)
     emit("moe_routing", results, args.json)
 
 

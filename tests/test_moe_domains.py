@@ -68,6 +68,7 @@ def test_domain_embedding_changes_routing_and_learns() -> None:
     domains = torch.tensor([0, 1, 2, NONE] * 8)
     with torch.no_grad():  # expert e reads input feature e; domain 0 adds a large feature 2
         layer.router.weight.copy_(torch.eye(4, 8))
+        layer.router.domain_embedding.weight.zero_()
         layer.router.domain_embedding.weight[0, 2] = 3.0
     plain = layer.router(x).experts
     routed = layer.router(x, domains).experts
@@ -79,6 +80,21 @@ def test_domain_embedding_changes_routing_and_learns() -> None:
     grad = layer.router.domain_embedding.weight.grad
     assert grad is not None and all(grad[d].abs().sum() > 0 for d in range(3))
     assert "domain_expert_nmi" in layer.stats()
+
+
+def test_domain_embedding_leaves_the_rest_of_the_init_unchanged() -> None:
+    from kelm.models.gpt import GPT, GPTConfig
+
+    moe = {"n_experts": 4, "top_k": 2, "d_ff": 32}
+    models = []
+    for n_domains in (0, 5):
+        torch.manual_seed(3)
+        models.append(GPT(GPTConfig(seq_len=8, d_model=16, n_layer=2, n_head=2, moe={**moe, "n_domains": n_domains})))
+    plain, routed = (dict(m.named_parameters()) for m in models)
+    assert set(routed) - set(plain) == {f"blocks.{i}.mlp.router.domain_embedding.weight" for i in range(2)}
+    assert all(torch.equal(plain[k], routed[k]) for k in plain)
+    emb = routed["blocks.0.mlp.router.domain_embedding.weight"]
+    assert 0.5 < float(emb.std()) < 1.5  # domain_init_std 1, not the GPT's 0.02
 
 
 def test_specialisation_on_hand_made_tables() -> None:

@@ -7,15 +7,14 @@ kilobyte of the bundled UMLS descriptions, one thread per process."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import tomli_w
 from safetensors.torch import load_file
+from test_train_resume import kelm_subprocess
 
 from kelm.train.logging import read_metrics
 
@@ -59,13 +58,7 @@ def _config(folder: Path, name: str, ep: int, **task: Any) -> Path:
 
 
 def kelm(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from kelm.cli import run; run()", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "KELM_PROGRESS": "0", "OMP_NUM_THREADS": "1"},
-    )
+    return kelm_subprocess(*args, env={"OMP_NUM_THREADS": "1"}, timeout=300)
 
 
 def train(*args: str) -> None:
@@ -135,3 +128,11 @@ def test_degree_above_the_process_count_is_one_line(tmp_path: Path) -> None:
     proc = kelm("train", str(_config(tmp_path, "few", 2)), "--out", str(tmp_path / "few"))
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "expert_parallel = 2" in proc.stderr and "--nproc 2" in proc.stderr
+
+
+def test_layer_config_refuses_an_uneven_split() -> None:
+    from kelm.errors import ConfigError
+    from kelm.moe import MoEConfig
+
+    with pytest.raises(ConfigError, match="6 experts cannot be split evenly over expert_parallel = 4"):
+        MoEConfig(d_model=8, n_experts=6, top_k=2, expert_parallel=4)

@@ -161,7 +161,9 @@ def test_upcycled_model_fine_tunes_and_predicts(
 
     from kelm.lm.hf import load_finetuned
 
-    files = [str(synthetic(tmp_path / f"{s}.tsv", n, i, header=True)) for i, (s, n) in enumerate([("t", 320), ("d", 64)])]
+    files = [
+        str(synthetic(tmp_path / f"{s}.tsv", n, i, header=True)) for i, (s, n) in enumerate([("t", 320), ("d", 64)])
+    ]
     cfg = tmp_path / "cfg.toml"
     cfg.write_text('[train]\nstrategy = "single"\nthreads = 1\ntensorboard = false\nlr = 0.003\n')
     args = ["finetune", str(cfg), "--task", "classification", "--model", str(tiny_upcycled)]

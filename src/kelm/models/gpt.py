@@ -81,6 +81,8 @@ class GPT(nn.Module):
 
     @staticmethod
     def _init(m: nn.Module) -> None:
+        if getattr(m, "keep_init", False):  # drawn by its owner (MoE domain embeddings)
+            return
         if isinstance(m, nn.Linear | nn.Embedding):
             nn.init.normal_(m.weight, std=0.02)
         if isinstance(m, nn.Linear) and m.bias is not None:

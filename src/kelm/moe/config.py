@@ -21,8 +21,9 @@ class MoEConfig:
     means dropless; otherwise each expert takes at most ``ceil(factor * tokens * top_k / n_experts)``
     token slots per forward pass, first choices before second ones, and the rest are dropped (zero
     expert output). ``expert_parallel`` > 1 asks the engine to shard the experts over that many
-    ranks (`kelm.moe.enable_expert_parallel`); it does not change the model. ``n_domains`` > 0 enables knowledge-guided routing: a learned embedding of a
-    token's entity type/domain is added to the router input."""
+    ranks (`kelm.moe.enable_expert_parallel`); it does not change the model. ``n_domains`` > 0
+    enables knowledge-guided routing: a learned embedding of a token's entity type/domain is added
+    to the router input (`kelm.moe.domains`)."""
 
     d_model: int
     n_experts: int = 8
@@ -40,6 +41,8 @@ class MoEConfig:
     n_shared_experts: int = 0
     router_init_std: float = 0.02
     n_domains: int = 0
+    #: Init std of the domain embeddings (0: start as the plain router).
+    domain_init_std: float = 1.0
     #: Expert-parallel degree: experts sharded over groups of this many ranks when training.
     expert_parallel: int = 1
     global_stats: bool = True

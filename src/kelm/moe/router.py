@@ -68,15 +68,27 @@ class TopKRouter(nn.Module):
         self.weight = nn.Parameter(torch.empty(cfg.n_experts, cfg.d_model))
         nn.init.normal_(self.weight, std=cfg.router_init_std)
         self.register_buffer("expert_bias", torch.zeros(cfg.n_experts))
-        self.domain_embedding = nn.Embedding(cfg.n_domains, cfg.d_model) if cfg.n_domains else None
-        if self.domain_embedding is not None:
-            nn.init.zeros_(self.domain_embedding.weight)  # starts as the plain router
+        self.domain_embedding: nn.Embedding | None = None
+        if cfg.n_domains:  # drawn from its own generator: the rest of a model's init stays as without it
+            self.domain_embedding = nn.Embedding(cfg.n_domains, cfg.d_model, _weight=torch.empty(nd_shape(cfg)))
+            self.domain_embedding.keep_init = True  # type: ignore[assignment]
+        self.reset_domain_embedding()
         E, nd = cfg.n_experts, cfg.n_domains
         # layout of the statistics vector: counts, prob sums, [tokens, dropped, entropy, z], domain joint
         self._n_stats = 2 * E + 4 + nd * E
         self._acc = torch.zeros(self._n_stats, dtype=torch.float64)
         self._acc_step = -1
         self.stats_group: dist.ProcessGroup | None = None  # None: the default (world) group
+
+    @torch.no_grad()
+    def reset_domain_embedding(self) -> None:
+        """Draw the domain embeddings (std ``domain_init_std``) from a generator seeded by torch's
+        initial seed, so adding them leaves every other parameter's init unchanged."""
+        w = self.domain_embedding.weight if self.domain_embedding is not None else None
+        if w is None or w.is_meta:
+            return
+        g = torch.Generator().manual_seed(torch.initial_seed() + 1)
+        w.copy_(torch.randn(w.shape, generator=g) * self.cfg.domain_init_std)
 
     # -- routing ------------------------------------------------------------------------------
     def forward(self, x_ND: torch.Tensor, domain_ids: torch.Tensor | None = None) -> RouterOutput:
@@ -180,6 +192,10 @@ class TopKRouter(nn.Module):
         if nd:
             out["domain_expert_nmi"] = normalized_mutual_information(acc[2 * E + 4 :].view(nd, E))
         return out
+
+
+def nd_shape(cfg: MoEConfig) -> tuple[int, int]:
+    return (cfg.n_domains, cfg.d_model)
 
 
 def switch_loss(running_counts: torch.Tensor, running_tokens: float, top_k: int, probs: torch.Tensor) -> torch.Tensor:

@@ -48,6 +48,7 @@ class CausalLMConfig(Section):
         None,
         description="knowledge-guided routing: a KG ('umls') whose linked entities' domains feed the router",
     )
+    moe_domain_init_std: float = Field(1.0, ge=0, description="init std of the domain embeddings")
     moe_domain_documents: bool = Field(
         False, description="lines 'entity_id<TAB>text' give all their tokens that entity's domain"
     )
@@ -162,6 +163,7 @@ class CausalLMTask(Task):
             "n_shared_experts": c.moe_shared_experts,
             "expert_parallel": c.moe_expert_parallel,
             "n_domains": len(self.domain_names),
+            "domain_init_std": c.moe_domain_init_std,
         }
         return {k: v for k, v in table.items() if v is not None}
 
