@@ -1,7 +1,7 @@
 """Hybrid (text + structure) KG completion against structure-only and text-only.
 
     KELM_DATA_DIR=../shared/data HF_HUB_OFFLINE=1 python bench/hybrid.py [--parts umls,umls-inductive,codex-s]
-        [--out DIR] [--reuse] [--umls-steps 60] [--codex-steps 60] [--batch-size 32]
+        [--out DIR] [--reuse] [--umls-steps 60] [--codex-steps 60] [--batch-size 32] [--lr X] [--schedule S]
         [--codex-dim 512] [--codex-epochs 25] [--threads 1] [--json]
 
 Per data set: the structure-only model (`kelm kge train` with ``configs/kge/<name>-complex.toml``),
@@ -84,6 +84,7 @@ def part(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     steps = args.codex_steps if name == "codex-s" else args.umls_steps
     text_train = threads | {"max_steps": steps, "batch_size": args.batch_size, "log_every": max(1, steps // 4)}
     text_train |= {"warmup_steps": max(1, steps // 10), "tensorboard": False}
+    text_train |= {k: v for k, v in (("lr", args.lr), ("schedule", args.schedule)) if v is not None}
     text_task: dict[str, Any] = {"max_length": args.max_length}
     if name == "codex-s":
         kge_cfg = _config(
@@ -152,6 +153,8 @@ def main() -> None:
     p.add_argument("--codex-steps", type=int, default=60, help="text-model steps on CoDEx-S")
     p.add_argument("--batch-size", type=int, default=32, help="text-model batch")
     p.add_argument("--max-length", type=int, default=32, help="text-model tokens per text")
+    p.add_argument("--lr", type=float, default=None, help="text-model learning rate (default: the config's)")
+    p.add_argument("--schedule", default=None, help="text-model schedule (default: the config's)")
     p.add_argument("--codex-dim", type=int, default=512)
     p.add_argument("--codex-epochs", type=int, default=25)
     p.add_argument("--inductive", type=float, default=0.2)
