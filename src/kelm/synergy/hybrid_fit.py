@@ -1,8 +1,10 @@
 """Fitting and saving a hybrid model: the mixing weight of `HybridScoring`, chosen on validation.
 
 The hybrid of a text model and a structural model has one parameter, ``α`` in
-``α · z(text) + (1 − α) · z(struct)``. `choose_alpha` ranks the validation triples for every
-``α`` of a grid with the filtered ranker and keeps the best MRR (ties go to the smaller ``α``).
+``α · z(text) + (1 − α) · z(struct)``. `choose_alpha` ranks the validation triples under every
+``α`` of a grid (`kelm.synergy.hybrid.rank_alphas`) and keeps the best MRR (`best_alpha`: ties go
+to the smaller ``α``).
+
 A saved hybrid is a folder with ``hybrid.json`` naming its two component model folders
 (relative paths) and ``α``; `load_hybrid` rebuilds the scoring from it.
 """
@@ -18,10 +20,9 @@ import torch
 
 from kelm.atomic import write_text_atomic
 from kelm.errors import DataError
-from kelm.synergy.hybrid import HybridScoring, Scorer
+from kelm.synergy.hybrid import ALPHA_GRID, HybridScoring, Scorer, best_alpha, rank_alphas
 
 HYBRID_FILE = "hybrid.json"
-ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
 
 
 @dataclass
@@ -31,15 +32,13 @@ class AlphaChoice:
 
 
 def choose_alpha(
-    evaluator: Any, text: Scorer, struct: Scorer, valid: torch.Tensor, alphas: tuple[float, ...] = ALPHAS
+    evaluator: Any, text: Scorer, struct: Scorer, valid: torch.Tensor, alphas: tuple[float, ...] = ALPHA_GRID
 ) -> AlphaChoice:
-    """The ``α`` of the grid with the best filtered validation MRR (both sides of every triple)."""
-    scores: dict[float, float] = {}
+    """The ``α`` of the grid with the best filtered validation MRR (`rank_alphas`, `best_alpha`)."""
     with torch.no_grad():
-        for a in alphas:
-            scores[a] = float(evaluator.rank(HybridScoring(text, struct, a), valid).metrics()["mrr"])
-    best = max(alphas, key=lambda a: (scores[a], -a))
-    return AlphaChoice(best, scores)
+        ranked = rank_alphas(evaluator, text, struct, valid, alphas)
+    mrr = {a: float(r.metrics()["mrr"]) for a, r in ranked.items()}
+    return AlphaChoice(best_alpha(mrr), mrr)
 
 
 def save_hybrid(folder: Path, text_model: Path, struct_model: Path, choice: AlphaChoice) -> None:
@@ -73,4 +72,4 @@ def load_hybrid(folder: str | Path) -> tuple[HybridScoring, Any]:
     return HybridScoring(text.scoring(), struct, alpha), text
 
 
-__all__ = ["ALPHAS", "HYBRID_FILE", "AlphaChoice", "choose_alpha", "load_hybrid", "save_hybrid"]
+__all__ = ["HYBRID_FILE", "AlphaChoice", "choose_alpha", "load_hybrid", "save_hybrid"]
