@@ -92,6 +92,8 @@ def test_queries_with_evidence(demo: tuple[subprocess.CompletedProcess[str], Pat
     metrics = json.loads((out / "metrics.json").read_text())
     queries = metrics["queries"]
     assert len(queries) == 3 and all(len(q["answers"]) == 3 for q in queries)
+    # answers are predictions: no training fact of the query's setting among them
+    assert all(a["split"] in (None, "valid", "test", "removed") for q in queries for a in q["answers"])
     assert queries[0]["query"] == "(virus, causes, ?)"
     unseen = [q for q in queries if q["unseen"]]
     assert len(unseen) == 1 and unseen[0]["setting"] == "inductive"

@@ -11,8 +11,9 @@
    (z-scored mix, ``α`` chosen on validation MRR, `kelm.synergy.hybrid_fit`).
 4. Every model is saved under ``OUT/<setting>/<model>``; ``OUT/metrics.json`` holds a row per
    model and setting (filtered test MRR, Hits@1, Hits@10, seconds, folder).
-5. Three sample queries are answered by the hybrids, each answer with the fact paths of the store
-   that connect the query entity to it; one query is about an entity unseen in inductive training.
+5. Three sample queries are answered by the hybrids (training facts left out, so the answers are
+   predictions), each answer with the fact paths of the store that connect the query entity to
+   it; one query is about an entity unseen in inductive training.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class Answer:
     id: str
     label: str
     score: float
-    split: str | None  # the store's split holding the fact (head, relation, answer), None if not a fact
+    split: str | None  # the split holding (head, relation, answer): valid, test, removed (inductive), or None
     paths: list[list[tuple[str, str, str]]]  # other facts linking head and answer
 
 
@@ -187,26 +188,31 @@ def _unseen_query(kg: KnowledgeGraph, unseen: frozenset[str]) -> tuple[str, str]
 
 
 def _answer(
-    scoring: Any, graph: Any, kg: KnowledgeGraph, ids: list[str], rel_ids: list[str], head: str, rel: str
+    scoring: Any, graph: Any, data: KnowledgeGraph, ids: list[str], rel_ids: list[str], head: str, rel: str
 ) -> list[Answer]:
-    """The top answers of ``(head, rel, ?)``, each with the shortest paths of other store facts
-    (the asked triple itself left out) that connect ``head`` to it."""
+    """The top answers of ``(head, rel, ?)`` that are not training facts of ``data`` (the setting's
+    graph), each with the split of ``data`` that holds it, if any, and the shortest paths of the
+    store's other facts (the asked triple itself left out) that connect ``head`` to it."""
     from kelm.kgqa.evidence import evidence_paths
     from kelm.kgqa.graph import QAGraph
 
     with torch.no_grad():
         scores = scoring.score_t(torch.tensor([ids.index(head)]), torch.tensor([rel_ids.index(rel)]))[0]
-    facts = {(t.head, t.relation, t.tail): name for name, triples in kg.splits.items() for t in triples}
-    answers = []
-    for value, k in zip(*scores.topk(TOP_K), strict=True):
-        eid = ids[int(k)]
+    facts = {(t.head, t.relation, t.tail): name for name, triples in data.splits.items() for t in triples}
+    answers: list[Answer] = []
+    for k in scores.argsort(descending=True).tolist():
+        eid = ids[k]
+        split = facts.get((head, rel, eid))
+        if split == "train":
+            continue
         asked = (graph.by_id[head], graph.rel_ids.index(rel), graph.by_id[eid])
         others = QAGraph(
             graph.ids, graph.names, graph.rel_ids, graph.rel_names, [x for x in graph.triples if x != asked]
         )
         paths = evidence_paths(others, asked[0], asked[2], EVIDENCE_HOPS, limit=EVIDENCE_PATHS)
-        label = kg.entities[eid].label or eid
-        answers.append(Answer(eid, label, float(value), facts.get((head, rel, eid)), paths))
+        answers.append(Answer(eid, data.entities[eid].label or eid, float(scores[k]), split, paths))
+        if len(answers) == TOP_K:
+            break
     return answers
 
 
@@ -289,7 +295,8 @@ def run_demo(
         asked.append(("inductive", *_unseen_query(split.kg, split.unseen), True))
         for setting, head, rel, unseen in asked:
             scoring, text = hybrids[setting]
-            answers = _answer(scoring, graph, kg, text.entity_ids, text.relation_ids, head, rel)
+            data = kg if setting == "transductive" else split.kg
+            answers = _answer(scoring, graph, data, text.entity_ids, text.relation_ids, head, rel)
             rel_label = kg.relations[rel].label or rel
             queries.append(QueryResult(setting, kg.entities[head].label or head, rel_label, unseen, answers))
     result = DemoResult(Path(store), out, report, stats, rows, alpha, len(split.unseen), queries, stages)

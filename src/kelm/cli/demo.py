@@ -17,11 +17,15 @@ if TYPE_CHECKING:
 
 out = Console(highlight=False)
 DEFAULT_OUT = Path("kelm-demo")
+SPLIT_NOTES = {"test": "held-out test fact", "valid": "held-out valid fact", "removed": "fact held out of training"}
 
 
 def results_table(res: DemoResult) -> Table:
     """Model × setting: filtered test MRR, Hits@1, Hits@10 and training seconds."""
-    table = Table(title=f"UMLS link prediction, filtered, test split ({res.unseen} entities unseen when inductive)")
+    table = Table(
+        title="UMLS, filtered ranking of the test split",
+        caption=f"inductive: {res.unseen} of {res.stats.entities} entities unseen in training",
+    )
     for col in ("setting", "model", "MRR", "Hits@1", "Hits@10", "train s"):
         table.add_column(col, justify="left" if col in ("setting", "model") else "right")
     for r in res.rows:
@@ -35,9 +39,9 @@ def print_query(q: QueryResult) -> None:
     from kelm.demo import EVIDENCE_HOPS
 
     note = " [yellow](head unseen in inductive training)[/]" if q.unseen else ""
-    out.print(f"[bold]{q.text}[/] hybrid, {q.setting}{note}")
+    out.print(f"[bold]{q.text}[/] hybrid, {q.setting}{note}; training facts left out")
     for i, a in enumerate(q.answers, 1):
-        mark = f"[green]a {a.split} fact of the store[/]" if a.split else "[cyan]not in the store[/]"
+        mark = f"[green]✓ {SPLIT_NOTES.get(a.split, a.split)}[/]" if a.split else "[cyan]not a fact of the store[/]"
         out.print(f"  {i}. {a.label}  score {a.score:.2f}  {mark}")
         if not a.paths:
             out.print(f"     evidence: no other path within {EVIDENCE_HOPS} hops")
