@@ -312,7 +312,8 @@ def build_fusion_model(
 
 
 def cached_index(kg: KnowledgeGraph, ids: list[str], encoder: str, embed: Any) -> EntityIndex:
-    """The entity index of ``kg`` under ``encoder``, built once and kept under ``$KELM_CACHE_DIR/fusion``."""
+    """The entity index of ``kg`` under ``encoder``, built once and kept under ``$KELM_CACHE_DIR/fusion``
+    (a cached file whose rows or width do not fit the graph and the encoder is rebuilt)."""
     import hashlib
 
     from kelm.data.resolve import cache_root
@@ -321,7 +322,10 @@ def cached_index(kg: KnowledgeGraph, ids: list[str], encoder: str, embed: Any) -
     key = hashlib.sha256("\n".join([encoder, *ids, *texts]).encode()).hexdigest()[:16]
     path = cache_root() / "fusion" / f"index-{key}.safetensors"
     if path.is_file():
-        return EntityIndex.load(path)
+        index = EntityIndex.load(path)
+        rows = len(ids) + sum(1 for e in ids if kg.entities[e].description)
+        if index.vectors.shape == (rows, embed(texts[:1]).shape[-1]) and len(index.ids) == rows:
+            return index
     index = build_entity_index(kg, embed, ids)
     path.parent.mkdir(parents=True, exist_ok=True)
     index.save(path)
