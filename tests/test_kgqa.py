@@ -168,3 +168,40 @@ def test_metrics_against_hand_computed_cases() -> None:
     assert answer_set([1, 2, 3, 4], [0.1, 0.5, 0.3, 0.1], 1.0) == [2]
     assert answer_set([1, 2, 3, 4], [0.1, 0.5, 0.3, 0.1], 0.1) == [2, 3, 1, 4]
     assert answer_set([], [], 0.5) == []
+
+
+def test_followed_paths_trace_the_attended_relations_not_the_shortest_path() -> None:
+    """T -r1-> A -r2-> X and T -r3-> X: with hop attention on r1 then r2, the evidence for X is the
+    2-fact path the score travelled, though a 1-fact path exists; backward steps read as facts."""
+    import torch
+
+    from kelm.kgqa.evidence import followed_paths
+
+    kg = KnowledgeGraph("tri")
+    kg.add_triples(
+        "train", [Triple("T", "r1", "A"), Triple("A", "r2", "X"), Triple("T", "r3", "X"), Triple("B", "r2", "A")]
+    )
+    g = QAGraph.from_kg(kg)
+    R, (t, a, b, x) = g.num_relations, (g.by_id[e] for e in ("T", "A", "B", "X"))
+    nodes = [t, a, b, x]
+    pos = {e: i for i, e in enumerate(nodes)}
+    edges = []
+    for h, r, tl in g.triples:
+        edges += [(pos[h], r, pos[tl]), (pos[tl], r + R, pos[h])]
+    r1, r2, r3 = (g.rel_ids.index(r) for r in ("r1", "r2", "r3"))
+    attention = torch.full((2, 2 * R), 0.01)
+    attention[0, r1] = attention[1, r2] = 0.9
+    scores = torch.zeros(2, 4)
+    for u, step, v in edges:  # hop 1 from the topic, then hop 2
+        scores[0, v] += float(u == 0) * attention[0, step]
+    for u, step, v in edges:
+        scores[1, v] += scores[0, u] * attention[1, step]
+    assert evidence_paths(g, t, x) == [[("T", "r3", "X")]]
+    assert followed_paths(g, nodes, edges, scores, attention, 2, pos[x], limit=3) == [
+        [("T", "r1", "A"), ("A", "r2", "X")]  # the only 2-hop walk to X
+    ]
+    assert followed_paths(g, nodes, edges, scores, attention, 1, pos[x], limit=3) == [[("T", "r3", "X")]]
+    # B is reached at hop 2 by walking r2 backward from A: the fact keeps its own direction
+    assert followed_paths(g, nodes, edges, scores, attention, 2, pos[b], limit=1) == [
+        [("T", "r1", "A"), ("B", "r2", "A")]
+    ]

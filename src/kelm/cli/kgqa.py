@@ -15,13 +15,21 @@ from kelm.cli.options import (
     ConfigOpt,
     EpochsOpt,
     LrOpt,
+    MaxRestartsOpt,
     MaxStepsOpt,
+    NnodesOpt,
+    NodeRankOpt,
+    NprocOpt,
     OutDirOpt,
+    RdzvEndpointOpt,
+    RdzvIdOpt,
     ResumeOpt,
     SeedOpt,
     StoreOpt,
+    StrategyOpt,
     TrainConfigArg,
     UriOpt,
+    overrides_and_flags,
     resolve_config,
     store_from_config,
 )
@@ -81,29 +89,31 @@ def train_cmd(
     store: Annotated[str | None, typer.Option("--store", "-s", help="The graph store (a LadybugDB folder).")] = None,
     model: Annotated[str | None, typer.Option("--model", help="lm (LM-only baseline) or kg (KG-enhanced).")] = None,
     encoder: Annotated[str | None, typer.Option(help="minilm, tiny-bert or a checkpoint folder.")] = None,
+    strategy: StrategyOpt = None,
     max_steps: MaxStepsOpt = None,
     epochs: EpochsOpt = None,
     batch_size: BatchSizeOpt = None,
     lr: LrOpt = None,
     seed: SeedOpt = None,
     resume: ResumeOpt = None,
+    nproc: NprocOpt = None,
+    max_restarts: MaxRestartsOpt = None,
+    nnodes: NnodesOpt = None,
+    node_rank: NodeRankOpt = None,
+    rdzv_endpoint: RdzvEndpointOpt = None,
+    rdzv_id: RdzvIdOpt = None,
 ) -> None:
     """Train a question-answering model through the training engine; test metrics per hop count."""
     from kelm.cli.train import print_summary, train_or_launch
 
-    overrides = {
-        "task.name": "kgqa",
-        "task.data": str(data.resolve()) if data is not None else None,
-        "task.store": str(Path(store).resolve()) if store is not None and Path(store).exists() else store,
-        "task.model": model,
-        "task.encoder": encoder,
-        "train.max_steps": max_steps,
-        "train.epochs": epochs,
-        "train.batch_size": batch_size,
-        "train.lr": lr,
-        "train.seed": seed,
-    }
-    summary = train_or_launch(["kgqa", "train"], config, out_dir, resume, overrides, {}, (None,) * 6)
+    data_dir = str(data.resolve()) if data is not None else None
+    store_path = str(Path(store).resolve()) if store is not None and Path(store).exists() else store
+    task = {"data": data_dir, "store": store_path, "model": model, "encoder": encoder}
+    train = {"strategy": strategy, "max-steps": max_steps, "epochs": epochs, "batch-size": batch_size}
+    overrides, flags = overrides_and_flags(task, train | {"lr": lr, "seed": seed})
+    overrides["task.name"] = "kgqa"
+    launch_opts = (nproc, max_restarts, nnodes, node_rank, rdzv_endpoint, rdzv_id)
+    summary = train_or_launch(["kgqa", "train"], config, out_dir, resume, overrides, flags, launch_opts)
     if summary is not None:
         print_summary(summary, out_dir)
         if summary.get("test"):

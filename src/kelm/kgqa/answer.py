@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from kelm.errors import DataError
-from kelm.kgqa.evidence import Triple, evidence_paths
+from kelm.kgqa.evidence import Triple, evidence_paths, followed_paths
 from kelm.kgqa.graph import QAGraph
 from kelm.kgqa.metrics import answer_set
 from kelm.kgqa.questions import Question, find_topic
@@ -64,7 +64,7 @@ class QAModel:
         self.model = load_weights(build_qa_model(self.spec), folder).eval()
 
     def _batch(self, text: str, topic: int) -> dict[str, Any]:
-        from kelm.kgqa.models import embed_texts, reference_encoder
+        from kelm.kgqa.models import pad_states, reference_encoder, token_states
         from kelm.lm.finetune import encode_inputs
         from kelm.tasks.classification import encode_texts
         from kelm.tasks.kgqa import SubgraphTensors, collate_subgraphs
@@ -76,7 +76,7 @@ class QAModel:
         else:
             sizes = {k: s[k] for k in ("hidden_size", "num_layers", "num_heads")}
             enc = reference_encoder(s["encoder"], self.tokenizer, sizes)
-            batch = {"qvec": embed_texts(enc, self.tokenizer, [text], s["max_length"])}
+            batch = pad_states(token_states(enc, self.tokenizer, [text], s["max_length"]))
         batch["topic"] = torch.tensor([topic])
         if s["model"] == "kg":
             sub = self.graph.subgraph(topic, s["subgraph_hops"], s["fanout"], s["max_nodes"])
@@ -95,27 +95,38 @@ class QAModel:
         text = q.masked("the entity") if self.spec["mask_topic"] else question.replace("[", "").replace("]", "")
         batch = self._batch(text, topic)
         tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        logits = self.model(**tensors).float()
         if self.spec["model"] == "lm":
+            logits = self.model(**tensors).float()
             cand, scores = list(range(logits.shape[1])), logits[0]
-            within = None
         else:
-            cand, scores = batch["nodes"].tolist(), logits
-            within = cand
+            reasoning = self.model.reason(**tensors)
+            cand, scores = batch["nodes"].tolist(), reasoning.logits.float()
         probs = scores.softmax(-1).tolist()
         keep = [j for j, c in enumerate(cand) if c != topic]
         chosen = answer_set([cand[j] for j in keep], [probs[j] for j in keep], self.threshold)[:top]
         prob_of = dict(zip(cand, probs, strict=True))
-        answers = [
-            Answer(
-                self.graph.names[a],
-                self.graph.ids[a],
-                prob_of[a],
-                evidence_paths(self.graph, topic, a, 3, within, paths),
-            )
-            for a in chosen
-        ]
+        if self.spec["model"] == "lm":
+            evidence = {a: evidence_paths(self.graph, topic, a, 3, None, paths) for a in chosen}
+        else:
+            evidence = self._followed(batch, reasoning, chosen, paths)
+        answers = [Answer(self.graph.names[a], self.graph.ids[a], prob_of[a], evidence[a]) for a in chosen]
         return Response(question, self.graph.names[topic], answers)
+
+    def _followed(
+        self, batch: dict[str, Any], reasoning: Any, chosen: list[int], limit: int
+    ) -> dict[int, list[list[Triple]]]:
+        """Per chosen answer, the paths the model's score followed at the hop that gave it most mass."""
+        nodes = batch["nodes"].tolist()
+        position = {g: j for j, g in enumerate(nodes)}
+        src, dst = batch["edge_index"].tolist()
+        edges = list(zip(src, batch["edge_type"].tolist(), dst, strict=True))
+        attention, mix = reasoning.attention[:, 0], reasoning.mix[0]
+        out = {}
+        for a in chosen:
+            p = position[a]
+            hop = int((reasoning.scores[:, p] * mix).argmax()) + 1
+            out[a] = followed_paths(self.graph, nodes, edges, reasoning.scores, attention, hop, p, limit)
+        return out
 
 
 def _read_spec(folder: Path) -> dict[str, Any]:

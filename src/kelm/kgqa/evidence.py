@@ -1,8 +1,12 @@
-"""Evidence for an answer: the shortest fact paths (at most 3 hops) linking the topic to it."""
+"""Evidence for an answer: the fact paths a relation-following model's score travelled along
+(`followed_paths`), or the shortest fact paths (at most 3 hops) linking the topic to it
+(`evidence_paths`, for models that follow no relations)."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
+
+import torch
 
 from kelm.kgqa.graph import QAGraph
 
@@ -64,3 +68,45 @@ def evidence_paths(
 
     walk(answer, [])
     return paths
+
+
+def followed_paths(
+    graph: QAGraph,
+    nodes: Sequence[int],
+    edges: Sequence[tuple[int, int, int]],
+    scores: torch.Tensor,
+    attention: torch.Tensor,
+    hop: int,
+    answer: int,
+    limit: int = 3,
+) -> list[list[Triple]]:
+    """The paths along which a relation-following model's score reached ``answer`` in ``hop`` hops,
+    best first (at most ``limit``), as ``(head, relation, tail)`` name triples in the facts' own
+    direction.
+
+    ``nodes`` are the subgraph's entity indices (the topic first), ``edges`` its directed
+    ``(src, step, dst)`` in local positions (a step ``r + R`` walks a fact backward), ``scores``
+    each node's score after every hop ``(hops, nodes)`` and ``attention`` each hop's weight per
+    step ``(hops, 2R)``. A path's weight is the product of its steps' weights, the share of the
+    answer's score it carried; the search walks back from the answer keeping the ``limit`` best
+    partial paths, each ranked by its weight times the score its start held one hop earlier."""
+    R = graph.num_relations
+    into: dict[int, list[tuple[int, int]]] = {}
+    for u, step, v in edges:
+        into.setdefault(v, []).append((u, step))
+
+    def triple(u: int, step: int, v: int) -> Triple:
+        a, b = graph.names[nodes[u]], graph.names[nodes[v]]
+        return (a, graph.rel_names[step], b) if step < R else (b, graph.rel_names[step - R], a)
+
+    beams: list[tuple[float, float, int, list[Triple]]] = [(1.0, 1.0, answer, [])]
+    for j in range(hop, 0, -1):
+        grown = []
+        for _, weight, v, suffix in beams:
+            for u, step in into.get(v, ()):
+                before = (1.0 if u == 0 else 0.0) if j == 1 else float(scores[j - 2, u])
+                w = weight * float(attention[j - 1, step])
+                if before > 0:
+                    grown.append((w * before, w, u, [triple(u, step, v), *suffix]))
+        beams = sorted(grown, key=lambda b: -b[0])[:limit]
+    return [path for _, _, _, path in beams]

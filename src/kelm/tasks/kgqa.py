@@ -34,8 +34,10 @@ from kelm.kgqa.models import (
     LMQAModel,
     embed_texts,
     load_encoder,
+    pad_states,
     reference_encoder,
     segment_log_softmax,
+    token_states,
 )
 from kelm.kgqa.questions import SPLITS, Question, read_split
 from kelm.lm.finetune import Samples, encode_inputs
@@ -60,7 +62,7 @@ class KGQAConfig(Section):
     max_eval_per_hop: int | None = Field(None, ge=1, description="keep the first N dev/test questions per hop")
     # question encoder
     encoder: str = Field("minilm", description="minilm, tiny-bert or a checkpoint folder")
-    finetune_encoder: bool = Field(True, description="train the encoder; false: fixed question vectors")
+    finetune_encoder: bool = Field(True, description="train the encoder; false: fixed token states, computed once")
     max_length: int = Field(64, ge=8)
     mask_topic: bool | None = Field(None, description="hide the topic's name from the encoder (default: kg only)")
     hidden_size: int = Field(128, ge=8)
@@ -96,10 +98,11 @@ class KGQATask(Task):
         if not self.splits.get("train"):
             raise DataError(f"no training questions for hops {cfg.hops} (train_{{k}}hop.txt)", cfg.data)
         self.q_dim = self._q_dim()
-        self.qvecs: torch.Tensor | None = None
+        self.qtoks: list[torch.Tensor] = []
         if not cfg.finetune_encoder:
             texts = [s["text"] for split in self.splits.values() for s in split]
-            self.qvecs = self.embed(texts)
+            enc = reference_encoder(cfg.encoder, self.tokenizer, self._sizes())
+            self.qtoks = token_states(enc, self.tokenizer, texts, cfg.max_length)
             row = 0
             for split in self.splits.values():
                 for s in split:
@@ -175,8 +178,7 @@ class KGQATask(Task):
         if self.cfg.finetune_encoder:
             batch = encode_inputs(samples, self.tokenizer.pad_token_id)
         else:
-            assert self.qvecs is not None
-            batch = {"qvec": self.qvecs[torch.tensor([s["qrow"] for s in samples])]}
+            batch = pad_states([self.qtoks[s["qrow"]] for s in samples])
         batch["topic"] = torch.tensor([s["topic"] for s in samples], dtype=torch.int64)
         batch["answers"] = [s["answers"] for s in samples]
         batch["hops"] = [s["hops"] for s in samples]
