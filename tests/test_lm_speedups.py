@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from kelm.lm.hf import build_hf_model, load_tokenizer
-from kelm.lm.speedups import first_token_last_layer, row_sparse_embedding_grads
+from kelm.lm.speedups import first_token_last_layer, head_at, row_sparse_embedding_grads
 from kelm.train import run_training
 
 SIZES = {"hidden_size": 64, "num_layers": 2, "num_heads": 4}
@@ -112,3 +112,18 @@ def test_training_with_and_without_sparse_embedding_grads_is_the_same_run(tmp_pa
     slow = run_training({"task": table | plain, "train": train}, tmp_path / "plain")
     assert fast["valid"]["loss"] == pytest.approx(slow["valid"]["loss"], abs=1e-5)
     assert fast["final_train_loss"] == pytest.approx(slow["final_train_loss"], abs=1e-5)
+
+
+def test_head_at_masked_positions_gives_the_full_heads_logits(tok) -> None:
+    torch.manual_seed(0)
+    mlm = build_hf_model("tiny-bert", "mlm", tok, None, SIZES).eval()
+    ids = tok(TEXTS, padding=True, return_tensors="pt")["input_ids"]
+    keep = torch.rand(ids.shape, generator=torch.Generator().manual_seed(0)) < 0.3
+    with torch.no_grad():
+        want = mlm(input_ids=ids).logits[keep]
+        with head_at(mlm, keep) as selected:
+            got = mlm(input_ids=ids).logits
+        after = mlm(input_ids=ids).logits
+    assert selected and got.shape == (int(keep.sum()), len(tok))
+    assert torch.allclose(got, want, atol=1e-5, rtol=0)
+    assert after.shape[:2] == ids.shape  # the hook is gone after the block

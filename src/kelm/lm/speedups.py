@@ -10,12 +10,16 @@
   classification on ``[CLS]``), the last encoder layer computes its queries, attention output
   and feed-forward block at that position alone; keys and values still come from every position.
   The logits are those of the full model; the last hidden state then has length 1.
+- `head_at`: a masked-LM head (``cls`` / ``lm_head``) applied only at the predicted positions,
+  so the vocabulary projection runs on the ~15% masked tokens instead of every token.
 """
 
 from __future__ import annotations
 
+import contextlib
 import types
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -125,4 +129,34 @@ def _first_token_forward(
     return self.feed_forward_chunk(attention_output)
 
 
-__all__ = ["FIRST_TOKEN_HEADS", "first_token_last_layer", "row_sparse_embedding_grads"]
+def lm_head(model: nn.Module) -> nn.Module | None:
+    """The output head of a Hugging Face masked-LM model (through a DDP wrapper), if it has one."""
+    inner = getattr(model, "module", model)
+    for name in ("cls", "lm_head"):
+        head = getattr(inner, name, None)
+        if isinstance(head, nn.Module):
+            return head
+    return None
+
+
+@contextlib.contextmanager
+def head_at(model: nn.Module, keep: torch.Tensor) -> Iterator[bool]:
+    """Within the block, the model's LM head sees only the hidden states where ``keep`` (``(B, T)``)
+    is true, so ``logits`` come out as ``(N, vocab)`` for those N positions. Yields False, changing
+    nothing, for a model without a recognised head (its logits stay ``(B, T, vocab)``)."""
+    head = lm_head(model)
+    if head is None:
+        yield False
+        return
+
+    def select(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (args[0][keep], *args[1:])
+
+    handle = head.register_forward_pre_hook(select)
+    try:
+        yield True
+    finally:
+        handle.remove()
+
+
+__all__ = ["FIRST_TOKEN_HEADS", "first_token_last_layer", "head_at", "lm_head", "row_sparse_embedding_grads"]

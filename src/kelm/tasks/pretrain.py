@@ -22,6 +22,7 @@ from torch import nn
 
 from kelm.config import Section
 from kelm.lm.corpus import load_corpus, split_blocks
+from kelm.lm.speedups import head_at
 from kelm.tasks.base import Batch, Task
 
 IGNORE = -100
@@ -143,12 +144,14 @@ class PretrainTask(Task):
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         ids = batch["input_ids"]
-        logits = model(input_ids=ids).logits
         if self.cfg.name == "clm":
+            logits = model(input_ids=ids).logits
             return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten()), {}
         labels = batch["labels"]
         keep = labels != IGNORE
-        return F.cross_entropy(logits[keep].float(), labels[keep]), {}
+        with head_at(model, keep) as selected:  # the vocabulary projection only where a token is predicted
+            logits = model(input_ids=ids).logits
+        return F.cross_entropy((logits if selected else logits[keep]).float(), labels[keep]), {}
 
     def finalize_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         return {**metrics, "perplexity": math.exp(min(metrics["loss"], 50.0))}
