@@ -7,6 +7,7 @@ import gc
 import math
 import os
 import random
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -289,7 +290,7 @@ class Trainer:
             history_from=run_dir_of(ckpt) if ckpt is not None else None,
         )
         bytes_at_start = comm.bytes_sent()
-        wall0 = timer()
+        wall0, cpu0 = timer(), time.process_time()
         tokens_this_run = 0
         stream = self._micro_batches()
         # summed on the device and read only when logged: no host sync per step
@@ -336,7 +337,7 @@ class Trainer:
                         final_eval = metrics
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < self.total_steps:
                     self._save(info, window)
-            loop_seconds = timer() - wall0
+            loop_seconds, loop_cpu_seconds = timer() - wall0, time.process_time() - cpu0
             if self.strategy.finish(self.model, self.state.step):
                 final_eval, self._saved_step = {}, None  # parameters changed: evaluate and save again
             best_weights = self.__dict__.pop("_best_weights", None)
@@ -376,6 +377,7 @@ class Trainer:
             "best_step": self.state.best_step,
             "wall_seconds": wall,
             "loop_seconds": loop_seconds,  # the training loop alone: no final evaluation, save or export
+            "loop_cpu_seconds": loop_cpu_seconds,  # its CPU time (all threads): steadier on a busy machine
             "tokens": int(tok[0]),
             "tokens_per_second": float(tok[0]) / wall if wall > 0 else math.nan,
             "bytes_communicated": int(tok[1]),
