@@ -24,6 +24,7 @@ from kelm.cli.options import (
     SeedOpt,
     StrategyOpt,
     TrainConfigArg,
+    overrides_and_flags,
 )
 
 out = Console(highlight=False, soft_wrap=True)
@@ -71,38 +72,18 @@ def finetune(
         raise ConfigError("give --task (classification, ner or qa) or a CONFIG file with a [task] table")
     if model is not None and Path(model).exists():
         model = str(Path(model).resolve())
-    overrides = {
-        "task.name": task,
-        "task.dataset": dataset,
-        "task.data_dir": _abs(data_dir),
-        "task.train": _abs(train_file),
-        "task.dev": _abs(dev_file),
-        "task.test": _abs(test_file),
-        "task.model": model,
-        "task.max_length": max_length,
-        "train.strategy": strategy,
-        "train.max_steps": max_steps,
-        "train.epochs": epochs,
-        "train.batch_size": batch_size,
-        "train.lr": lr,
-        "train.seed": seed,
+    values = {
+        "dataset": dataset,
+        "data-dir": _abs(data_dir),
+        "train": _abs(train_file),
+        "dev": _abs(dev_file),
+        "test": _abs(test_file),
+        "model": model,
+        "max-length": max_length,
     }
-    flags = {
-        "--task": task,
-        "--dataset": dataset,
-        "--data-dir": _abs(data_dir),
-        "--train": _abs(train_file),
-        "--dev": _abs(dev_file),
-        "--test": _abs(test_file),
-        "--model": model,
-        "--max-length": max_length,
-        "--strategy": strategy,
-        "--max-steps": max_steps,
-        "--epochs": epochs,
-        "--batch-size": batch_size,
-        "--lr": lr,
-        "--seed": seed,
-    }
+    train_values = {"strategy": strategy, "max-steps": max_steps, "epochs": epochs, "batch-size": batch_size}
+    overrides, flags = overrides_and_flags(values, train_values | {"lr": lr, "seed": seed})
+    overrides["task.name"], flags["--task"] = task, task
     launch_opts = (nproc, max_restarts, nnodes, node_rank, rdzv_endpoint, rdzv_id)
     summary = train_or_launch(["finetune"], config, out_dir, resume, overrides, flags, launch_opts)
     if summary is not None:

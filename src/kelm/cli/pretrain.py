@@ -23,6 +23,7 @@ from kelm.cli.options import (
     SeedOpt,
     StrategyOpt,
     TrainConfigArg,
+    overrides_and_flags,
 )
 
 
@@ -62,30 +63,10 @@ def pretrain(
     texts = [str(t.resolve()) for t in text] if text else None
     if model is not None and Path(model).exists():
         model = str(Path(model).resolve())
-    overrides = {
-        "task.name": objective,
-        "task.text": texts,
-        "task.model": model,
-        "task.block_size": block_size,
-        "train.strategy": strategy,
-        "train.max_steps": max_steps,
-        "train.epochs": epochs,
-        "train.batch_size": batch_size,
-        "train.lr": lr,
-        "train.seed": seed,
-    }
-    flags = {
-        "--objective": objective,
-        "--text": texts,
-        "--model": model,
-        "--block-size": block_size,
-        "--strategy": strategy,
-        "--max-steps": max_steps,
-        "--epochs": epochs,
-        "--batch-size": batch_size,
-        "--lr": lr,
-        "--seed": seed,
-    }
+    values = {"text": texts, "model": model, "block-size": block_size}
+    train_values = {"strategy": strategy, "max-steps": max_steps, "epochs": epochs, "batch-size": batch_size}
+    overrides, flags = overrides_and_flags(values, train_values | {"lr": lr, "seed": seed})
+    overrides["task.name"], flags["--objective"] = objective, objective
     launch_opts = (nproc, max_restarts, nnodes, node_rank, rdzv_endpoint, rdzv_id)
     summary = train_or_launch(["pretrain"], config, out_dir, resume, overrides, flags, launch_opts)
     if summary is not None:
