@@ -7,10 +7,13 @@ clipping at 1.0, no weight decay, seed and thread count, and each runs in its ow
 - kelm: `kelm.train.run_training` with dynamic padding and length-grouped batches (its default).
   Its time is the engine's `loop_seconds` (the training loop alone, like HF's `train()`); the
   run's `wall_seconds`, which adds the final dev evaluation, checkpoint and export, is also given.
+  "kelm-plain" is the same run with its exact speed-ups off (row-sparse embedding gradients,
+  last layer at the [CLS] position only; `kelm.lm.speedups`).
 - HF: `Trainer.train()` with `DataCollatorWithPadding` (each batch padded to its own longest
   sequence), once with random batches and once grouped by length
-  (`train_sampling_strategy="group_by_length"`, formerly `group_by_length=True`). Its time is
-  `train()` alone; dev metrics come from a separate pass afterwards.
+  (`train_sampling_strategy="group_by_length"`, formerly `group_by_length=True`), with its
+  default fused AdamW. Its time is `train()` alone; dev metrics come from a separate pass
+  afterwards. ``--bf16`` gives both sides bf16 autocast (kelm ``amp="bf16"``, HF ``bf16=True``).
 
 Rates are the fastest of ``--repeats`` interleaved rounds, in wall-clock time and in the
 process's CPU time over the same span (steadier when other work shares the machine).
