@@ -136,3 +136,19 @@ def test_layer_config_refuses_an_uneven_split() -> None:
 
     with pytest.raises(ConfigError, match="6 experts cannot be split evenly over expert_parallel = 4"):
         MoEConfig(d_model=8, n_experts=6, top_k=2, expert_parallel=4)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "world", "message"), [("fsdp2", 2, "runs with strategy 'ddp'"), ("ddp", 3, "3 were launched")]
+)
+def test_strategy_refuses_expert_parallel_it_cannot_run(strategy: str, world: int, message: str) -> None:
+    import torch
+
+    from kelm.errors import ConfigError
+    from kelm.models.gpt import GPT, GPTConfig
+    from kelm.train.distributed import DistInfo
+    from kelm.train.strategies import shard_experts
+
+    model = GPT(GPTConfig(seq_len=8, d_model=16, n_layer=1, n_head=2, moe={"n_experts": 4, "expert_parallel": 2}))
+    with pytest.raises(ConfigError, match=message):
+        shard_experts(model, strategy, DistInfo(0, world, 0, torch.device("cpu")))
