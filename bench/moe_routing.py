@@ -2,12 +2,13 @@
 the UMLS entity descriptions twice through kelm's engine, with and without the domain embedding
 in the router input, same data, seed and steps. Token domains: each description's entity gives
 its semantic group to the whole line, and entities linked inside it (kelm's `EntityLinker`) give
-their own. Reports, on the held-out tail, the loss and perplexity (the task metric) and the
-specialisation of every MoE layer's routing (NMI between expert choice and domain, and the share
-of each domain's token slots that go to its most used expert), averaged over layers.
+their own (``--mentions-only``: only tokens of linked mentions have a domain). Reports, on the
+held-out tail, the loss and perplexity (the task metric) and the specialisation of every MoE
+layer's routing over the tokens with a domain (NMI between expert choice and domain, and the
+share of each domain's token slots that go to its most used expert), averaged over layers.
 
     KELM_DATA_DIR=../shared/data python bench/moe_routing.py [--json] [--steps 600] [--only plain|routed]
-        [--domain-std 1.0]
+        [--domain-std 1.0] [--mentions-only]
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from kelm.train.export import load_model  # noqa: E402
 CORPUS = Path(__file__).resolve().parents[1] / "src/kelm/data/bundled/umls/entity2textlong.txt"
 
 
-def task_table(routed: bool, experts: int, domain_std: float = 1.0) -> dict[str, Any]:
+def task_table(routed: bool, experts: int, domain_std: float = 1.0, documents: bool = True) -> dict[str, Any]:
     return {
         "name": "causal-lm",
         "text": [str(CORPUS)],
@@ -46,7 +47,7 @@ def task_table(routed: bool, experts: int, domain_std: float = 1.0) -> dict[str,
         "moe_top_k": 2,
         "moe_d_ff": 128,
         "moe_domain_routing": "umls" if routed else None,
-        "moe_domain_documents": True,
+        "moe_domain_documents": documents,
         "moe_domain_init_std": domain_std,
     }
 
@@ -80,7 +81,7 @@ def measure(model: torch.nn.Module, task: CausalLMTask, routed: bool) -> dict[st
     return {**out, "tokens_with_domain": covered}
 
 
-def run(routed: bool, steps: int, experts: int, domain_std: float, out: Path) -> dict[str, Any]:
+def run(routed: bool, steps: int, experts: int, domain_std: float, documents: bool, out: Path) -> dict[str, Any]:
     train = {
         "strategy": "single",
         "threads": 1,
@@ -94,9 +95,9 @@ def run(routed: bool, steps: int, experts: int, domain_std: float, out: Path) ->
         "tensorboard": False,
     }
     t0 = time.perf_counter()
-    summary = run_training({"task": task_table(routed, experts, domain_std), "train": train}, out)
+    summary = run_training({"task": task_table(routed, experts, domain_std, documents), "train": train}, out)
     wall = time.perf_counter() - t0
-    task = CausalLMTask(CausalLMConfig(**task_table(True, experts)))
+    task = CausalLMTask(CausalLMConfig(**task_table(True, experts, domain_std, documents)))
     spec = measure(load_model(out / "model"), task, routed)
     valid = summary["valid"]
     return {
@@ -115,14 +116,19 @@ def main() -> None:
     parser.add_argument("--experts", type=int, default=8)
     parser.add_argument("--only", choices=("plain", "routed"))
     parser.add_argument("--domain-std", type=float, default=1.0, help="init std of the domain embeddings")
+    parser.add_argument(
+        "--mentions-only", action="store_true", help="domains only on linked mentions, not whole descriptions"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     results: dict[str, Any] = {"steps": args.steps, "experts": args.experts, "top_k": 2, "domain_std": args.domain_std}
+    results["documents"] = not args.mentions_only
     with tempfile.TemporaryDirectory(prefix="kelm-moe-routing-") as tmp:
         for name in ("plain", "routed"):
             if args.only in (None, name):
-                results[name] = run(name == "routed", args.steps, args.experts, args.domain_std, Path(tmp) / name)
+                arm = (name == "routed", args.steps, args.experts, args.domain_std, not args.mentions_only)
+                results[name] = run(*arm, Path(tmp) / name)
     emit("moe_routing", results, args.json)
 
 
