@@ -203,3 +203,17 @@ def test_upcycled_encoder_routes_by_linked_kg_domains(tiny_upcycled: Path, tmp_p
     assert int(doms[0, pieces.index("ate")]) == NONE and (doms[1] == NONE).all()
     grad = layer.router.domain_embedding.weight.grad
     assert grad[organism].abs().sum() > 0 and grad[lexicon.names.index("activity")].abs().sum() == 0
+
+
+def test_upcycled_folder_without_table_in_config_json_still_loads(tiny_upcycled: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from kelm.moe.upcycle import upcycled_table
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_upcycled, old)
+    config = json.loads((old / "config.json").read_text())
+    del config["kelm_moe"]
+    (old / "config.json").write_text(json.dumps(config))
+    assert upcycled_table(old) == upcycled_table(tiny_upcycled)
+    assert upcycled_table(tiny_upcycled.parent / "dense") is None

@@ -225,6 +225,9 @@ def upcycled_table(folder: str | Path) -> dict[str, Any] | None:
         table = json.loads(path.read_text(encoding="utf-8")).get("kelm_moe")
     except (OSError, ValueError, AttributeError):
         return None
+    if table is None and (path.parent / "config.toml").is_file():  # written before config.json held it
+        spec = _read_spec(path.parent)
+        table = spec.get("moe") if spec.get("kind") == "moe-hf" else None
     return dict(table) if isinstance(table, dict) else None
 
 
