@@ -103,7 +103,8 @@ class MoELayer(nn.Module):
     In training mode each forward pass records router statistics (`stats`) and leaves its
     auxiliary loss (Switch + z-loss, weighted) in ``aux_loss`` for `moe_aux_loss` to collect, or,
     with ``aux_in_backward`` (for tasks that do not know about MoE), adds its gradient in the
-    backward pass itself."""
+    backward pass itself (at full weight per micro-batch: with gradient accumulation over n
+    micro-batches the auxiliary loss counts n times as much as the task loss)."""
 
     def __init__(self, cfg: MoEConfig | dict[str, Any]):
         super().__init__()
