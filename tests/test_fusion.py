@@ -199,3 +199,25 @@ def test_predict_loads_a_fused_model_and_links_to_its_graph(synthetic, trained, 
     assert main(["predict", "--model", str(root / "kg"), str(inputs)]) == 0
     assert capsys.readouterr().out.splitlines()[0].split("\t")[2] == rows[0][1]
     assert main(["predict", "--model", str(tmp_path), str(inputs)]) != 0
+
+
+def test_fuse_train_flags_override_the_config(synthetic, tmp_path):
+    """`kelm fuse train`: flags become task and train overrides; a bad value is one clear error."""
+    import json
+    import tomllib
+
+    import tomli_w
+
+    from kelm.cli import main
+
+    task = {k: v for k, v in _task_cfg(synthetic, mode="kg").items() if v is not None} | {"link_encoder": ""}
+    train = {"strategy": "single", "max_steps": 50, "batch_size": 8, "tensorboard": False, "threads": 1}
+    cfg = tmp_path / "fuse.toml"
+    cfg.write_text(tomli_w.dumps({"task": task, "train": train}), encoding="utf-8")
+    out = tmp_path / "run"
+    args = ["fuse", "train", str(cfg), "--mode", "joint", "--fusion", "greaselm", "--max-steps", "2", "--seed", "3"]
+    assert main([*args, "--out", str(out)]) == 0
+    run = tomllib.loads((out / "config.toml").read_text(encoding="utf-8"))
+    assert (run["task"]["mode"], run["task"]["fusion"], run["train"]["seed"]) == ("joint", "greaselm", 3)
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 2
+    assert main(["fuse", "train", str(cfg), "--mode", "both", "--out", str(tmp_path / "bad")]) != 0
