@@ -38,7 +38,7 @@ class FrozenTextKGCConfig(Section):
     feature_cache: str | None = Field(None, description="folder caching the entity features")
     # scorer
     dim: int = Field(256, ge=1, description="complex dimensions of the projected entity vectors")
-    dropout: float = Field(0.7, ge=0, lt=1, description="dropout on the text features")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the text features")
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     # inductive split
     inductive: float | None = Field(None, gt=0, lt=1, description="share of entities held out of training")
