@@ -216,6 +216,61 @@ def _answer(
     return answers
 
 
+@dataclass
+class _Setting:
+    rows: list[Row]
+    alpha: float
+    hybrid: Any  # HybridScoring
+    text: Any  # FrozenTextModel
+
+
+def _train_setting(
+    setting: str,
+    kg: KnowledgeGraph,
+    inductive_kg: KnowledgeGraph,
+    out: Path,
+    budget: Budget,
+    threads: int | None,
+    stages: dict[str, float],
+    say: Callable[[str], None],
+) -> _Setting:
+    """Structure, text and hybrid models of one setting, trained and saved under ``out/setting``."""
+    from kelm.kge.evaluation import FilteredRankEvaluator
+    from kelm.synergy.frozen_text import load_frozen_text
+    from kelm.synergy.hybrid import HybridScoring, load_structural
+    from kelm.synergy.hybrid_fit import choose_alpha, save_hybrid
+
+    base = out / setting
+    base.mkdir(parents=True, exist_ok=True)
+    with _stage(stages, f"{setting}: structure (ComplEx)", say):
+        t0 = time.perf_counter()
+        data = kg if setting == "transductive" else inductive_kg
+        s_sum = _fit(_structure_task(data), _train_config(budget, False, threads), base / "structure")
+        s_sec = time.perf_counter() - t0
+    with _stage(stages, f"{setting}: text (frozen MiniLM + ComplEx head)", say):
+        t0 = time.perf_counter()
+        task = _text_task(kg, setting == "inductive", out / "cache")
+        t_sum = _fit(task, _train_config(budget, True, threads), base / "text")
+        t_sec = time.perf_counter() - t0
+    with _stage(stages, f"{setting}: hybrid (alpha on validation)", say):
+        t0 = time.perf_counter()
+        text = load_frozen_text(base / "text")
+        struct = load_structural(base / "structure", text.entity_ids, text.relation_ids)
+        evaluator = FilteredRankEvaluator(task.known, task.tensors.num_entities)
+        choice = choose_alpha(evaluator, text.scoring(), struct, task.valid_triples)
+        save_hybrid(base / "hybrid", base / "text" / "model", base / "structure" / "model", choice)
+        hybrid = HybridScoring(text.scoring(), struct, choice.alpha)
+        with torch.no_grad():
+            h_test = evaluator.rank(hybrid, task.test_triples).metrics()
+        h_sec = time.perf_counter() - t0 + s_sec + t_sec
+    rows = [
+        _row("structure", setting, s_sum["test"], s_sec, base / "structure"),
+        _row("text", setting, t_sum["test"], t_sec, base / "text"),
+        _row("hybrid", setting, h_test, h_sec, base / "hybrid"),
+    ]
+    return _Setting(rows, choice.alpha, hybrid, text)
+
+
 def run_demo(
     store: str | Path,
     out: str | Path,
@@ -227,11 +282,7 @@ def run_demo(
     import torch.distributed as dist
 
     from kelm.data import bundled_path
-    from kelm.kge.evaluation import FilteredRankEvaluator
     from kelm.kgqa.graph import QAGraph
-    from kelm.synergy.frozen_text import load_frozen_text
-    from kelm.synergy.hybrid import HybridScoring, load_structural
-    from kelm.synergy.hybrid_fit import choose_alpha, save_hybrid
     from kelm.synergy.inductive import inductive_split
     from kelm.train.distributed import shutdown
 
@@ -248,44 +299,16 @@ def run_demo(
             kg = gs.export(DEMO_DATASET)
         graph = QAGraph.from_kg(kg)
     split = inductive_split(kg, INDUCTIVE_FRACTION, INDUCTIVE_SEED)
-    cache = out / "cache"
     with _stage(stages, "text features (frozen MiniLM)", say):
-        _text_task(kg, False, cache)  # encodes every entity once; later tasks read the cache
+        _text_task(kg, False, out / "cache")  # encodes every entity once; later tasks read the cache
     rows: list[Row] = []
     alpha: dict[str, float] = {}
     hybrids: dict[str, Any] = {}
     try:
         for setting in SETTINGS:
-            data = kg if setting == "transductive" else split.kg
-            base = out / setting
-            base.mkdir(parents=True, exist_ok=True)
-            with _stage(stages, f"{setting}: structure (ComplEx)", say):
-                t0 = time.perf_counter()
-                s_sum = _fit(_structure_task(data), _train_config(budget, False, threads), base / "structure")
-                s_sec = time.perf_counter() - t0
-            with _stage(stages, f"{setting}: text (frozen MiniLM + ComplEx head)", say):
-                t0 = time.perf_counter()
-                task = _text_task(kg, setting == "inductive", cache)
-                t_sum = _fit(task, _train_config(budget, True, threads), base / "text")
-                t_sec = time.perf_counter() - t0
-            with _stage(stages, f"{setting}: hybrid (alpha on validation)", say):
-                t0 = time.perf_counter()
-                text = load_frozen_text(base / "text")
-                struct = load_structural(base / "structure", text.entity_ids, text.relation_ids)
-                evaluator = FilteredRankEvaluator(task.known, task.tensors.num_entities)
-                choice = choose_alpha(evaluator, text.scoring(), struct, task.valid_triples)
-                save_hybrid(base / "hybrid", base / "text" / "model", base / "structure" / "model", choice)
-                hybrid = HybridScoring(text.scoring(), struct, choice.alpha)
-                with torch.no_grad():
-                    h_test = evaluator.rank(hybrid, task.test_triples).metrics()
-                h_sec = time.perf_counter() - t0 + s_sec + t_sec
-            alpha[setting] = choice.alpha
-            hybrids[setting] = (hybrid, text)
-            rows += [
-                _row("structure", setting, s_sum["test"], s_sec, base / "structure"),
-                _row("text", setting, t_sum["test"], t_sec, base / "text"),
-                _row("hybrid", setting, h_test, h_sec, base / "hybrid"),
-            ]
+            trained = _train_setting(setting, kg, split.kg, out, budget, threads, stages, say)
+            rows += trained.rows
+            alpha[setting], hybrids[setting] = trained.alpha, (trained.hybrid, trained.text)
     finally:
         if owns_group:
             shutdown()
