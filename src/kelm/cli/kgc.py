@@ -102,6 +102,39 @@ def train_cmd(
             out.print(f"hybrid alpha {summary['valid']['alpha']:g} ({how})")
 
 
+@app.command("evaluate")
+def evaluate_cmd(
+    model_dir: Annotated[Path, typer.Option("--model", "-m", help="A text-kgc run folder or its model/ folder.")],
+    hybrid_kge: Annotated[
+        Path | None, typer.Option("--hybrid-kge", help="A `kelm kge train` run to mix in (instead of the run's).")
+    ] = None,
+    alpha: Annotated[
+        float | None, typer.Option(help="Hybrid weight of the text score (0..1); unset: chosen on the valid split.")
+    ] = None,
+    alpha_grid: Annotated[
+        str | None, typer.Option("--alpha-grid", help="Comma-separated alphas tried on the valid split.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of lines.")] = False,
+) -> None:
+    """Rank the run's valid and test splits again, as text alone or as a hybrid (alpha chosen on valid)."""
+    from kelm.tasks.text_kgc import evaluate_run
+
+    if not model_dir.is_dir():
+        raise DataError("model folder not found", model_dir)
+    grid = None
+    if alpha_grid is not None:
+        try:
+            grid = [float(x) for x in alpha_grid.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"--alpha-grid: expected comma-separated numbers, got '{alpha_grid}'") from None
+    result = evaluate_run(model_dir, hybrid_kge, alpha, grid)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    for split, metrics in result.items():
+        out.print(f"{split} " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+
 def _find(name: str, ids: list[str], labels: list[str], what: str) -> int:
     """Index of an entity or relation given by id, else by a unique label."""
     if name in ids:

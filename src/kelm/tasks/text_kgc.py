@@ -452,8 +452,50 @@ class TextKGCTask(Task):
         self.tokenizer.save_pretrained(str(enc))
 
 
+def evaluate_run(
+    run: str | Path,
+    hybrid_kge: str | Path | None = None,
+    alpha: float | None = None,
+    alpha_grid: list[float] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Rank a finished ``text-kgc`` run's valid and test splits again (one process, no training),
+    optionally mixed with a KGE run (``hybrid_kge``, replacing the run's own) with ``alpha`` given
+    or chosen on valid from ``alpha_grid``. The data set, split and texts are the run's. With a
+    structural model, ``valid_mrr_by_alpha`` holds the validation MRR of every α tried."""
+    import tomllib
+
+    from kelm.synergy.text_kgc import load_text_kgc
+    from kelm.train.export import CONFIG
+
+    trained = load_text_kgc(run)
+    try:
+        with (trained.folder / CONFIG).open("rb") as fh:
+            task_table = dict(tomllib.load(fh).get("task", {}))
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise DataError(f"cannot read the run's config ({err})", trained.folder / CONFIG) from None
+    if hybrid_kge is not None:
+        task_table["hybrid_kge"] = str(Path(hybrid_kge).resolve())
+    if alpha is not None or hybrid_kge is not None:
+        task_table["alpha"] = alpha
+    if alpha_grid is not None:
+        task_table["alpha_grid"] = alpha_grid
+    try:
+        cfg = TextKGCConfig(**task_table)
+    except ValueError as err:
+        raise ConfigError(f"task: {err}".splitlines()[0]) from None
+    task = TextKGCTask(cfg)
+    out: dict[str, dict[str, float]] = {}
+    for split, data in (("valid", task.eval_data()), ("test", task.test_data())):
+        if data is not None:
+            raw = task.evaluate(trained.model, [task.collate(list(data))])
+            if split == "valid" and task.structural is not None:
+                out["valid_mrr_by_alpha"] = {f"{a:g}": raw[_alpha_key(a, "mrr")] for a in task._alphas()}
+            out[split] = task.finalize_metrics(raw)
+    return out
+
+
 def _alpha_key(alpha: float, metric: str) -> str:
     return f"alpha={alpha:g}/{metric}"
 
 
-__all__ = ["TextKGCConfig", "TextKGCTask"]
+__all__ = ["TextKGCConfig", "TextKGCTask", "evaluate_run"]
