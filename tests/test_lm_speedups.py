@@ -48,6 +48,22 @@ def test_first_token_last_layer_gives_the_full_models_logits(tok, attn: str) -> 
         assert torch.allclose(p.grad, q.grad, atol=1e-5, rtol=1e-4), name
 
 
+def test_first_token_last_layer_draws_the_full_layers_dropout(tok) -> None:
+    full = classifier(tok).train()
+    fast = copy.deepcopy(full)
+    assert first_token_last_layer(fast)
+    batch = tok(TEXTS, padding=True, return_tensors="pt")
+    outs = []
+    for model in (full, fast):
+        torch.manual_seed(5)
+        outs.append((model(**batch).logits, torch.rand(4)))  # and the generator is left where the full model leaves it
+    assert torch.allclose(outs[1][0], outs[0][0], atol=1e-5, rtol=0)
+    assert torch.equal(outs[1][1], outs[0][1])
+    torch.manual_seed(6)
+    other = full(**batch).logits
+    assert not torch.allclose(other, outs[0][0], atol=1e-3)  # dropout is on: another seed, other logits
+
+
 def test_first_token_last_layer_leaves_other_models_alone(tok) -> None:
     gpt = build_hf_model("tiny-gpt2", "classification", tok, ["a", "b"], SIZES)
     before = gpt.transformer.h[-1].forward
@@ -98,7 +114,7 @@ def synthetic(path: Path, n: int, seed: int) -> Path:
     return path
 
 
-def test_training_with_and_without_sparse_embedding_grads_is_the_same_run(tmp_path: Path) -> None:
+def test_training_with_and_without_speedups_is_the_same_run(tmp_path: Path) -> None:
     table = {
         "name": "classification",
         "model": "tiny-bert",
@@ -106,8 +122,7 @@ def test_training_with_and_without_sparse_embedding_grads_is_the_same_run(tmp_pa
         "dev": str(synthetic(tmp_path / "dev.tsv", 32, 1)),
     } | SIZES
     train = {"strategy": "single", "max_steps": 6, "batch_size": 16, "lr": 2e-3, "threads": 1, "tensorboard": False}
-    # dropout draws differ once the last layer runs at one position, so only the gradient path is toggled
-    plain = {"sparse_embedding_grads": False}
+    plain = {"sparse_embedding_grads": False, "first_token_last_layer": False}
     fast = run_training({"task": table, "train": train}, tmp_path / "fast")
     slow = run_training({"task": table | plain, "train": train}, tmp_path / "plain")
     assert fast["valid"]["loss"] == pytest.approx(slow["valid"]["loss"], abs=1e-5)

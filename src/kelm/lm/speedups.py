@@ -9,7 +9,8 @@
 - `first_token_last_layer`: for heads that read only the first position (sequence
   classification on ``[CLS]``), the last encoder layer computes its queries, attention output
   and feed-forward block at that position alone; keys and values still come from every position.
-  The logits are those of the full model; the last hidden state then has length 1.
+  The logits are those of the full model, and in training each dropout keeps the mask the full
+  layer would draw, so a run is the full model's run; the last hidden state has length 1.
 - `head_at`: a masked-LM head (``cls`` / ``lm_head``) applied only at the predicted positions,
   so the vocabulary projection runs on the ~15% masked tokens instead of every token.
 """
@@ -101,7 +102,10 @@ def first_token_last_layer(model: nn.Module) -> bool:
     needed = ("query", "key", "value", "num_attention_heads", "attention_head_size")
     if attention is None or not all(hasattr(attention.self, n) for n in needed):
         return False
-    if not hasattr(attention, "output") or not hasattr(last, "feed_forward_chunk"):
+    blocks = (getattr(attention, "output", None), getattr(last, "output", None))
+    if not hasattr(last, "intermediate") or not all(
+        isinstance(getattr(b, n, None), nn.Module) for b in blocks for n in ("dense", "dropout", "LayerNorm")
+    ):
         return False
     last.forward = types.MethodType(_first_token_forward, last)
     return True
@@ -110,9 +114,12 @@ def first_token_last_layer(model: nn.Module) -> bool:
 def _first_token_forward(
     self: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args: Any, **kwargs: Any
 ) -> torch.Tensor:
-    """A BERT layer's forward for the first position only: ``(B, T, D)`` in, ``(B, 1, D)`` out."""
-    sa = self.attention.self
-    batch, length = hidden_states.shape[:2]
+    """A BERT layer's forward for the first position only: ``(B, T, D)`` in, ``(B, 1, D)`` out.
+
+    In training, each dropout draws its mask at the full layer's shape and keeps the first
+    position's part, so the random stream, and hence the whole run, is the full model's."""
+    sa, so, out = self.attention.self, self.attention.output, self.output
+    batch, length, width = hidden_states.shape
     heads, size = sa.num_attention_heads, sa.attention_head_size
     first = hidden_states[:, :1]
     q = sa.query(first).view(batch, 1, heads, size).transpose(1, 2)
@@ -121,12 +128,32 @@ def _first_token_forward(
     mask = attention_mask
     if mask is not None and mask.dim() == 4:
         mask = mask[:, :, :1, :]  # the first query's row (boolean keep-mask or additive float mask)
-    dropout = sa.dropout.p if self.training and hasattr(sa, "dropout") else 0.0
     scale = getattr(sa, "scaling", size**-0.5)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
-    out = out.transpose(1, 2).reshape(batch, 1, heads * size)
-    attention_output = self.attention.output(out, first)
-    return self.feed_forward_chunk(attention_output)
+    p_attn = sa.dropout.p if self.training and hasattr(sa, "dropout") else 0.0
+    if p_attn > 0:
+        scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        probs = _first_row_dropout(scores.softmax(-1), p_attn, (batch, heads, length, length))
+        context = torch.matmul(probs, v)
+    else:
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    context = context.transpose(1, 2).reshape(batch, 1, heads * size)
+    full = (batch, length, width)
+    h = _first_row_dropout(so.dense(context), so.dropout.p if self.training else 0.0, full)
+    attention_output = so.LayerNorm(h + first)
+    h = out.dense(self.intermediate(attention_output))
+    h = _first_row_dropout(h, out.dropout.p if self.training else 0.0, full)
+    return out.LayerNorm(h + attention_output)
+
+
+def _first_row_dropout(x: torch.Tensor, p: float, full: tuple[int, ...]) -> torch.Tensor:
+    """Dropout on ``x``, the first row (dim -2) of a tensor of shape ``full``, with the mask the
+    full tensor would draw (same shape, same generator calls), cut to that row."""
+    if p <= 0:
+        return x
+    keep = torch.empty(full, dtype=x.dtype, device=x.device).bernoulli_(1 - p)
+    return x * keep[..., :1, :].div_(1 - p)
 
 
 def lm_head(model: nn.Module) -> nn.Module | None:
