@@ -344,7 +344,8 @@ def test_train_command_hybrid_prints_the_chosen_alpha(tmp_path: Path, capsys: py
     again = json.loads(capsys.readouterr().out)
     assert again["test"] == pytest.approx(metrics["test"]) and again["valid"]["alpha"] == metrics["valid"]["alpha"]
     assert set(again["valid_mrr_by_alpha"]) == {f"{i / 10:g}" for i in range(11)}
-    assert main(["kgc", "evaluate", "--model", str(tmp_path / "run"), "--alpha-grid", "1", "--json"]) == 0
+    again_args = ["kgc", "evaluate", "--model", str(tmp_path / "run"), "--hybrid-kge", str(tmp_path / "kge")]
+    assert main(again_args + ["--alpha-grid", "1", "--json"]) == 0
     text_only = json.loads(capsys.readouterr().out)["test"]
     assert text_only["alpha"] == 1.0 and text_only["mrr"] == pytest.approx(metrics["test"]["text/mrr"])
     assert main(["kgc", "evaluate", "--model", str(tmp_path / "run"), "--alpha-grid", "x"]) == 2
