@@ -52,7 +52,7 @@ def print_query(q: QueryResult) -> None:
 def demo(
     store: Annotated[
         Path | None,
-        typer.Option("--store", "-s", help="LadybugDB folder for the demo graph (default: OUT/store)."),
+        typer.Option("--store", "-s", help="LadybugDB folder (its content is replaced; default: OUT/store)."),
     ] = None,
     out_dir: Annotated[
         Path, typer.Option("--out", "-o", help="Models, metrics.json and the feature cache go here.")
