@@ -38,6 +38,21 @@ def umls_store(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path
     return store
 
 
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["kg", "subgraph", "virus", "--fanout", "0"], "--fanout"),
+        (["kg", "subgraph"], "Missing argument"),
+        (["kg", "subgraph", "virus", "--bogus"], "No such option: --bogus"),
+    ],
+)
+def test_usage_errors_are_one_message_not_a_traceback(args: list[str], says: str) -> None:
+    res = kelm(*args)
+    assert res.returncode == 2
+    assert says in res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+
+
 def test_version_and_help() -> None:
     res = kelm("--version")
     assert res.returncode == 0 and res.stdout.startswith("kelm ")

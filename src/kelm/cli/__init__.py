@@ -26,6 +26,15 @@ from kelm.cli import train as train_cmd
 from kelm.errors import KelmError
 from kelm.progress import console
 
+try:  # typer >= 0.29 ships its own copy of click, with its own exception classes
+    from typer._click.exceptions import ClickException as _VendoredClickException
+except ImportError:  # pragma: no cover - older typer raises click's own
+    _VendoredClickException = click.ClickException
+
+_USAGE_ERRORS = (click.ClickException, _VendoredClickException)
+_EXITS = (click.exceptions.Exit, typer.Exit)
+_ABORTS = (click.exceptions.Abort, typer.Abort)
+
 app = typer.Typer(
     name="kelm",
     help="Train language models and knowledge graphs together.",
@@ -70,12 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     except KelmError as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         return err.exit_code
-    except click.exceptions.Exit as err:
+    except _EXITS as err:
         return err.exit_code
-    except click.ClickException as err:
+    except _USAGE_ERRORS as err:
         err.show()
         return err.exit_code
-    except click.exceptions.Abort:
+    except _ABORTS:
         console.print("aborted")
         return 130
     except KeyboardInterrupt:
