@@ -3,6 +3,7 @@
     KELM_DATA_DIR=../shared/data python bench/kgqa.py [--train-per-hop 400] [--eval-per-hop 100]
         [--epochs 20] [--lm-lrs 0.003] [--kg-lrs 0.001] [--fanout 24] [--max-nodes 800] [--encoder minilm] [--threads 1]
         [--keep DIR] [--json]
+    KELM_DATA_DIR=../shared/data python bench/kgqa.py --evaluate DIR/run_kg_lr0.001 DIR/run_lm_lr0.003 [--json]
 
 Steps: import CoDEx-S into a LadybugDB store in a temporary folder; generate 1-, 2- and 3-hop
 questions from the store (`kelm.kgqa.generator`, one question per topic entity and hop count,
@@ -17,6 +18,10 @@ same training budget and optimiser; each model is trained at every learning rate
 at 10 epochs) and the one with the best dev Hits@1 is reported; the answer-set threshold is chosen
 on dev. Reports
 test Hits@1 and F1 per hop count for both, and wall times.
+
+``--evaluate RUN...`` instead scores runs kept by ``--keep`` on every dev and test question
+(not only the first ``--eval-per-hop``): Hits@1 and F1 per hop count, the answer-set threshold
+chosen on all of dev.
 
 CoDEx-S as shipped here has no entity labels, so entity names (and the bracketed topic
 mentions) are Wikidata ids such as ``Q7604``; relation names are the English labels.
@@ -51,11 +56,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--keep", type=Path, default=None, help="keep the store, questions and runs here")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--evaluate", type=Path, nargs="+", default=None, help="score these kept runs on every question")
     args = ap.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.evaluate:
+        emit("kgqa-codex-s-all-questions", {str(run): evaluate_all(run) for run in args.evaluate}, args.json)
+        return
     from kelm.kg.importer import import_source, open_source
     from kelm.kg.store import open_store
     from kelm.kgqa.generator import GeneratorConfig, generate, write_generated
@@ -129,6 +138,24 @@ def main() -> None:
     }
     results["load_average_end"] = os.getloadavg()[0]
     emit("kgqa-codex-s", results, args.json)
+
+
+def evaluate_all(run: Path) -> dict[str, dict[str, float]]:
+    """Hits@1 and F1 per hop count of a kept run on all its dev and test questions."""
+    from kelm.config import read_toml
+    from kelm.tasks.kgqa import KGQAConfig, KGQATask
+    from kelm.train.export import load_weights
+
+    cfg = read_toml(run / "config.toml")["task"] | {"max_eval_per_hop": None}
+    task = KGQATask(KGQAConfig(**cfg))
+    model = load_weights(task.build_model(), run / "model").eval()
+    out = {}
+    for split in ("dev", "test"):  # dev first: it sets the threshold test uses
+        samples = task.splits[split]
+        batches = [task.collate(samples[i : i + 32]) for i in range(0, len(samples), 32)]
+        metrics = task.finalize_metrics(task.evaluate(model, batches))
+        out[split] = {k: round(v, 4) for k, v in metrics.items() if k != "loss"} | {"questions": len(samples)}
+    return out
 
 
 if __name__ == "__main__":
