@@ -112,3 +112,15 @@ def test_ask_gives_answers_with_evidence_and_no_entity_message(runs, capsys) -> 
     assert f"topic: {q.topic}" in printed and "->" in printed
     assert main(["kgqa", "ask", "--model", str(root / "lm"), "no brackets here"]) == 0
     assert NO_ENTITY in capsys.readouterr().out
+
+
+def test_two_process_training_through_the_launcher(runs) -> None:
+    """`kelm kgqa train --nproc 2`: two gloo workers get the same flags and write one summary."""
+    root, _ = runs
+    out = root / "kg2"
+    args = ["kgqa", "train", str(root / "qa.toml"), "--data", str(root / "data"), "--store", str(root / "store")]
+    flags = ["--model", "kg", "--strategy", "ddp", "--max-steps", "3", "--nproc", "2", "--out", str(out)]
+    assert main([*args, *flags]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] == 3
+    assert 0 <= metrics["test"]["hits@1_2hop"] <= 1
