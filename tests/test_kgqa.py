@@ -154,6 +154,19 @@ def test_evidence_paths_are_real_paths(kg: KnowledgeGraph, graph: QAGraph) -> No
     assert evidence_paths(graph, p0, country, within=[p0, country]) == []
 
 
+def test_evidence_paths_exclude_equals_the_graph_without_those_facts(graph: QAGraph) -> None:
+    checked = 0
+    for fact in graph.triples[:: max(1, len(graph.triples) // 40)]:
+        others = QAGraph(
+            graph.ids, graph.names, graph.rel_ids, graph.rel_names, [x for x in graph.triples if x != fact]
+        )
+        want = evidence_paths(others, fact[0], fact[2], max_hops=3, limit=5)
+        assert evidence_paths(graph, fact[0], fact[2], max_hops=3, limit=5, exclude={fact}) == want
+        assert evidence_paths(graph, fact[0], fact[2], max_hops=3, limit=5) != want or not want or fact[0] == fact[2]
+        checked += 1
+    assert checked >= 20
+
+
 def test_metrics_against_hand_computed_cases() -> None:
     assert hits_at_1("a", {"a", "b"}) == 1.0
     assert hits_at_1("c", {"a", "b"}) == 0.0

@@ -194,7 +194,6 @@ def _answer(
     graph), each with the split of ``data`` that holds it, if any, and the shortest paths of the
     store's other facts (the asked triple itself left out) that connect ``head`` to it."""
     from kelm.kgqa.evidence import evidence_paths
-    from kelm.kgqa.graph import QAGraph
 
     with torch.no_grad():
         scores = scoring.score_t(torch.tensor([ids.index(head)]), torch.tensor([rel_ids.index(rel)]))[0]
@@ -206,10 +205,7 @@ def _answer(
         if split == "train":
             continue
         asked = (graph.by_id[head], graph.rel_ids.index(rel), graph.by_id[eid])
-        others = QAGraph(
-            graph.ids, graph.names, graph.rel_ids, graph.rel_names, [x for x in graph.triples if x != asked]
-        )
-        paths = evidence_paths(others, asked[0], asked[2], EVIDENCE_HOPS, limit=EVIDENCE_PATHS)
+        paths = evidence_paths(graph, asked[0], asked[2], EVIDENCE_HOPS, limit=EVIDENCE_PATHS, exclude={asked})
         answers.append(Answer(eid, data.entities[eid].label or eid, float(scores[k]), split, paths))
         if len(answers) == TOP_K:
             break

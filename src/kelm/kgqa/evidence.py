@@ -20,9 +20,11 @@ def evidence_paths(
     max_hops: int = 3,
     within: Collection[int] | None = None,
     limit: int = 3,
+    exclude: Collection[tuple[int, int, int]] = (),
 ) -> list[list[Triple]]:
     """Up to ``limit`` shortest paths from ``topic`` to ``answer`` as ``(head, relation, tail)`` name
-    triples in the facts' own direction, walking facts both ways, only through ``within`` if given.
+    triples in the facts' own direction, walking facts both ways, only through ``within`` if given
+    and never along the ``(head, relation, tail)`` index facts in ``exclude``.
     Empty if the answer is more than ``max_hops`` away."""
     if topic == answer:
         return []
@@ -38,6 +40,8 @@ def evidence_paths(
             for step in sorted(graph.steps[u]):
                 for v in graph.steps[u][step]:
                     if allowed is not None and v not in allowed:
+                        continue
+                    if exclude and ((u, step, v) if step < R else (v, step - R, u)) in exclude:
                         continue
                     if v not in dist:
                         dist[v] = d
