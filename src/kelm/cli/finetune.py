@@ -9,22 +9,11 @@ import typer
 from rich.console import Console
 
 from kelm.cli.options import (
-    BatchSizeOpt,
-    EpochsOpt,
-    LrOpt,
-    MaxRestartsOpt,
-    MaxStepsOpt,
-    NnodesOpt,
-    NodeRankOpt,
-    NprocOpt,
     OutDirOpt,
-    RdzvEndpointOpt,
-    RdzvIdOpt,
-    ResumeOpt,
-    SeedOpt,
-    StrategyOpt,
+    RunOptions,
     TrainConfigArg,
     overrides_and_flags,
+    run_options,
 )
 
 out = Console(highlight=False, soft_wrap=True)
@@ -35,6 +24,7 @@ def _abs(path: Path | None) -> str | None:
     return None if path is None else str(path.resolve())
 
 
+@run_options
 def finetune(
     out_dir: OutDirOpt,
     config: TrainConfigArg = None,
@@ -48,19 +38,8 @@ def finetune(
         str | None, typer.Option(help="minilm, tiny-bert, tiny-gpt2, a checkpoint folder or a hub id.")
     ] = None,
     max_length: Annotated[int | None, typer.Option(help="Longest input in tokens.")] = None,
-    strategy: StrategyOpt = None,
-    max_steps: MaxStepsOpt = None,
-    epochs: EpochsOpt = None,
-    batch_size: BatchSizeOpt = None,
-    lr: LrOpt = None,
-    seed: SeedOpt = None,
-    resume: ResumeOpt = None,
-    nproc: NprocOpt = None,
-    max_restarts: MaxRestartsOpt = None,
-    nnodes: NnodesOpt = None,
-    node_rank: NodeRankOpt = None,
-    rdzv_endpoint: RdzvEndpointOpt = None,
-    rdzv_id: RdzvIdOpt = None,
+    *,
+    opts: RunOptions,
 ) -> None:
     """Fine-tune a model; metrics.json (valid, test), a classification report and model/ go to --out."""
     from kelm.cli.train import print_summary, train_or_launch
@@ -81,11 +60,9 @@ def finetune(
         "model": model,
         "max-length": max_length,
     }
-    train_values = {"strategy": strategy, "max-steps": max_steps, "epochs": epochs, "batch-size": batch_size}
-    overrides, flags = overrides_and_flags(values, train_values | {"lr": lr, "seed": seed})
+    overrides, flags = overrides_and_flags(values, opts.train)
     overrides["task.name"], flags["--task"] = task, task
-    launch_opts = (nproc, max_restarts, nnodes, node_rank, rdzv_endpoint, rdzv_id)
-    summary = train_or_launch(["finetune"], config, out_dir, resume, overrides, flags, launch_opts)
+    summary = train_or_launch(["finetune"], config, out_dir, opts, overrides, flags)
     if summary is not None:
         print_summary(summary, out_dir)
         if summary.get("test"):

@@ -9,28 +9,18 @@ import typer
 
 from kelm.cli.finetune import _abs, out
 from kelm.cli.options import (
-    BatchSizeOpt,
-    EpochsOpt,
-    LrOpt,
-    MaxRestartsOpt,
-    MaxStepsOpt,
-    NnodesOpt,
-    NodeRankOpt,
-    NprocOpt,
     OutDirOpt,
-    RdzvEndpointOpt,
-    RdzvIdOpt,
-    ResumeOpt,
-    SeedOpt,
-    StrategyOpt,
+    RunOptions,
     TrainConfigArg,
     overrides_and_flags,
+    run_options,
 )
 
 app = typer.Typer(help="KG-enhanced language models: entity linking, subgraphs, GNN fusion.", no_args_is_help=True)
 
 
 @app.command("train")
+@run_options
 def train_cmd(
     out_dir: OutDirOpt,
     config: TrainConfigArg = None,
@@ -43,19 +33,8 @@ def train_cmd(
     fusion: Annotated[str | None, typer.Option("--fusion", help="concat or greaselm.")] = None,
     model: Annotated[str | None, typer.Option(help="minilm, tiny-bert or a checkpoint folder.")] = None,
     gnn: Annotated[str | None, typer.Option(help="rgcn or gat.")] = None,
-    strategy: StrategyOpt = None,
-    max_steps: MaxStepsOpt = None,
-    epochs: EpochsOpt = None,
-    batch_size: BatchSizeOpt = None,
-    lr: LrOpt = None,
-    seed: SeedOpt = None,
-    resume: ResumeOpt = None,
-    nproc: NprocOpt = None,
-    max_restarts: MaxRestartsOpt = None,
-    nnodes: NnodesOpt = None,
-    node_rank: NodeRankOpt = None,
-    rdzv_endpoint: RdzvEndpointOpt = None,
-    rdzv_id: RdzvIdOpt = None,
+    *,
+    opts: RunOptions,
 ) -> None:
     """Train kg-enhanced-classification; metrics.json (valid, test) and model/ go to --out."""
     from kelm.cli.train import print_summary, train_or_launch
@@ -72,19 +51,10 @@ def train_cmd(
         "model": model,
         "gnn": gnn,
     }
-    train = {
-        "strategy": strategy,
-        "max-steps": max_steps,
-        "epochs": epochs,
-        "batch-size": batch_size,
-        "lr": lr,
-        "seed": seed,
-    }
-    overrides, flags = overrides_and_flags(task, train)
+    overrides, flags = overrides_and_flags(task, opts.train)
     overrides["task.name"] = "kg-enhanced-classification"
     flags["--data"] = flags.pop("--dataset")  # the flag is --data, the field dataset
-    launch_opts = (nproc, max_restarts, nnodes, node_rank, rdzv_endpoint, rdzv_id)
-    summary = train_or_launch(["fuse", "train"], config, out_dir, resume, overrides, flags, launch_opts)
+    summary = train_or_launch(["fuse", "train"], config, out_dir, opts, overrides, flags)
     if summary is not None:
         print_summary(summary, out_dir)
         if summary.get("test"):

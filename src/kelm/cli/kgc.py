@@ -11,22 +11,11 @@ from rich.console import Console
 from rich.table import Table
 
 from kelm.cli.options import (
-    BatchSizeOpt,
-    EpochsOpt,
-    LrOpt,
-    MaxRestartsOpt,
-    MaxStepsOpt,
-    NnodesOpt,
-    NodeRankOpt,
-    NprocOpt,
     OutDirOpt,
-    RdzvEndpointOpt,
-    RdzvIdOpt,
-    ResumeOpt,
-    SeedOpt,
-    StrategyOpt,
+    RunOptions,
     TrainConfigArg,
     overrides_and_flags,
+    run_options,
 )
 from kelm.errors import ConfigError, DataError
 
@@ -35,6 +24,7 @@ out = Console(highlight=False, soft_wrap=True)
 
 
 @app.command("train")
+@run_options
 def train_cmd(
     out_dir: OutDirOpt,
     config: TrainConfigArg = None,
@@ -53,19 +43,8 @@ def train_cmd(
         str | None, typer.Option("--entity-text", help="description (default) or types (type labels, e.g. CoDEx).")
     ] = None,
     kepler: Annotated[bool | None, typer.Option("--kepler/--no-kepler", help="Add TransE + MLM losses.")] = None,
-    strategy: StrategyOpt = None,
-    max_steps: MaxStepsOpt = None,
-    epochs: EpochsOpt = None,
-    batch_size: BatchSizeOpt = None,
-    lr: LrOpt = None,
-    seed: SeedOpt = None,
-    resume: ResumeOpt = None,
-    nproc: NprocOpt = None,
-    max_restarts: MaxRestartsOpt = None,
-    nnodes: NnodesOpt = None,
-    node_rank: NodeRankOpt = None,
-    rdzv_endpoint: RdzvEndpointOpt = None,
-    rdzv_id: RdzvIdOpt = None,
+    *,
+    opts: RunOptions,
 ) -> None:
     """Train a bi-encoder through the same engine and launcher as `kelm train`."""
     from kelm.cli.train import print_summary, train_or_launch
@@ -86,12 +65,10 @@ def train_cmd(
         "alpha": alpha,
         "entity-text": entity_text,
     }
-    train_values = {"strategy": strategy, "max-steps": max_steps, "epochs": epochs, "batch-size": batch_size}
-    overrides, flags = overrides_and_flags(values, train_values | {"lr": lr, "seed": seed})
+    overrides, flags = overrides_and_flags(values, opts.train)
     overrides |= {"task.name": "text-kgc", "task.kepler": kepler}
-    launch_opts = (nproc, max_restarts, nnodes, node_rank, rdzv_endpoint, rdzv_id)
     args = ["kgc", "train"] + (["--kepler" if kepler else "--no-kepler"] if kepler is not None else [])
-    summary = train_or_launch(args, config, out_dir, resume, overrides, flags, launch_opts)
+    summary = train_or_launch(args, config, out_dir, opts, overrides, flags)
     if summary is not None:
         print_summary(summary, out_dir)
         if summary.get("test"):

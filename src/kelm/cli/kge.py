@@ -12,22 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from kelm.cli.options import (
-    BatchSizeOpt,
-    EpochsOpt,
-    LrOpt,
-    MaxRestartsOpt,
-    MaxStepsOpt,
-    NnodesOpt,
-    NodeRankOpt,
-    NprocOpt,
     OutDirOpt,
-    RdzvEndpointOpt,
-    RdzvIdOpt,
-    ResumeOpt,
-    SeedOpt,
-    StrategyOpt,
+    RunOptions,
     TrainConfigArg,
     overrides_and_flags,
+    run_options,
 )
 from kelm.errors import ConfigError, DataError
 
@@ -36,6 +25,7 @@ out = Console(highlight=False, soft_wrap=True)
 
 
 @app.command("train")
+@run_options
 def train_cmd(
     out_dir: OutDirOpt,
     config: TrainConfigArg = None,
@@ -44,19 +34,8 @@ def train_cmd(
     model: Annotated[str | None, typer.Option(help="transe, distmult, complex, rotate or rescal.")] = None,
     dim: Annotated[int | None, typer.Option(help="Embedding size.")] = None,
     training: Annotated[str | None, typer.Option(help="1-n, 1-vs-all or negative-sampling.")] = None,
-    strategy: StrategyOpt = None,
-    max_steps: MaxStepsOpt = None,
-    epochs: EpochsOpt = None,
-    batch_size: BatchSizeOpt = None,
-    lr: LrOpt = None,
-    seed: SeedOpt = None,
-    resume: ResumeOpt = None,
-    nproc: NprocOpt = None,
-    max_restarts: MaxRestartsOpt = None,
-    nnodes: NnodesOpt = None,
-    node_rank: NodeRankOpt = None,
-    rdzv_endpoint: RdzvEndpointOpt = None,
-    rdzv_id: RdzvIdOpt = None,
+    *,
+    opts: RunOptions,
 ) -> None:
     """Train a link-prediction model through the same engine and launcher as `kelm train`."""
     from kelm.cli.train import print_summary, train_or_launch
@@ -65,11 +44,9 @@ def train_cmd(
         dataset = str(Path(dataset).resolve())
     data_root = str(data_dir.resolve()) if data_dir is not None else None
     task = {"dataset": dataset, "data-dir": data_root, "model": model, "dim": dim, "training": training}
-    train = {"strategy": strategy, "max-steps": max_steps, "epochs": epochs, "batch-size": batch_size}
-    overrides, flags = overrides_and_flags(task, train | {"lr": lr, "seed": seed})
+    overrides, flags = overrides_and_flags(task, opts.train)
     overrides["task.name"] = "link-prediction"
-    launch_opts = (nproc, max_restarts, nnodes, node_rank, rdzv_endpoint, rdzv_id)
-    summary = train_or_launch(["kge", "train"], config, out_dir, resume, overrides, flags, launch_opts)
+    summary = train_or_launch(["kge", "train"], config, out_dir, opts, overrides, flags)
     if summary is not None:
         print_summary(summary, out_dir)
         if summary.get("test"):

@@ -11,26 +11,15 @@ from rich.console import Console
 
 from kelm.cli.options import (
     BackendOpt,
-    BatchSizeOpt,
     ConfigOpt,
-    EpochsOpt,
-    LrOpt,
-    MaxRestartsOpt,
-    MaxStepsOpt,
-    NnodesOpt,
-    NodeRankOpt,
-    NprocOpt,
     OutDirOpt,
-    RdzvEndpointOpt,
-    RdzvIdOpt,
-    ResumeOpt,
-    SeedOpt,
+    RunOptions,
     StoreOpt,
-    StrategyOpt,
     TrainConfigArg,
     UriOpt,
     overrides_and_flags,
     resolve_config,
+    run_options,
     store_from_config,
 )
 from kelm.errors import ConfigError
@@ -82,6 +71,7 @@ def generate_cmd(
 
 
 @app.command("train")
+@run_options
 def train_cmd(
     out_dir: OutDirOpt,
     config: TrainConfigArg = None,
@@ -89,19 +79,8 @@ def train_cmd(
     store: Annotated[str | None, typer.Option("--store", "-s", help="The graph store (a LadybugDB folder).")] = None,
     model: Annotated[str | None, typer.Option("--model", help="lm (LM-only baseline) or kg (KG-enhanced).")] = None,
     encoder: Annotated[str | None, typer.Option(help="minilm, tiny-bert or a checkpoint folder.")] = None,
-    strategy: StrategyOpt = None,
-    max_steps: MaxStepsOpt = None,
-    epochs: EpochsOpt = None,
-    batch_size: BatchSizeOpt = None,
-    lr: LrOpt = None,
-    seed: SeedOpt = None,
-    resume: ResumeOpt = None,
-    nproc: NprocOpt = None,
-    max_restarts: MaxRestartsOpt = None,
-    nnodes: NnodesOpt = None,
-    node_rank: NodeRankOpt = None,
-    rdzv_endpoint: RdzvEndpointOpt = None,
-    rdzv_id: RdzvIdOpt = None,
+    *,
+    opts: RunOptions,
 ) -> None:
     """Train a question-answering model through the training engine; test metrics per hop count."""
     from kelm.cli.train import print_summary, train_or_launch
@@ -109,11 +88,9 @@ def train_cmd(
     data_dir = str(data.resolve()) if data is not None else None
     store_path = str(Path(store).resolve()) if store is not None and Path(store).exists() else store
     task = {"data": data_dir, "store": store_path, "model": model, "encoder": encoder}
-    train = {"strategy": strategy, "max-steps": max_steps, "epochs": epochs, "batch-size": batch_size}
-    overrides, flags = overrides_and_flags(task, train | {"lr": lr, "seed": seed})
+    overrides, flags = overrides_and_flags(task, opts.train)
     overrides["task.name"] = "kgqa"
-    launch_opts = (nproc, max_restarts, nnodes, node_rank, rdzv_endpoint, rdzv_id)
-    summary = train_or_launch(["kgqa", "train"], config, out_dir, resume, overrides, flags, launch_opts)
+    summary = train_or_launch(["kgqa", "train"], config, out_dir, opts, overrides, flags)
     if summary is not None:
         print_summary(summary, out_dir)
         if summary.get("test"):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -91,3 +95,68 @@ def overrides_and_flags(task: dict[str, Any], train: dict[str, Any]) -> tuple[di
     overrides = {f"task.{k.replace('-', '_')}": v for k, v in task.items()}
     overrides |= {f"train.{k.replace('-', '_')}": v for k, v in train.items()}
     return overrides, {f"--{k}": v for k, v in (task | train).items()}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The training and launch flags every training command takes (see `run_options`)."""
+
+    strategy: str | None = None
+    max_steps: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int | None = None
+    resume: Path | None = None
+    nproc: int | None = None
+    max_restarts: int | None = None
+    nnodes: str | None = None
+    node_rank: int | None = None
+    rdzv_endpoint: str | None = None
+    rdzv_id: str | None = None
+
+    @property
+    def train(self) -> dict[str, Any]:
+        """The ``[train]`` values, flag-named (for `overrides_and_flags`)."""
+        names = ("strategy", "max_steps", "epochs", "batch_size", "lr", "seed")
+        return {n.replace("_", "-"): getattr(self, n) for n in names}
+
+    @property
+    def launch(self) -> tuple[Any, ...]:
+        """nproc, max_restarts, nnodes, node_rank, rdzv_endpoint, rdzv_id."""
+        return (self.nproc, self.max_restarts, self.nnodes, self.node_rank, self.rdzv_endpoint, self.rdzv_id)
+
+
+_RUN_FLAGS: dict[str, Any] = {
+    "strategy": StrategyOpt,
+    "max_steps": MaxStepsOpt,
+    "epochs": EpochsOpt,
+    "batch_size": BatchSizeOpt,
+    "lr": LrOpt,
+    "seed": SeedOpt,
+    "resume": ResumeOpt,
+    "nproc": NprocOpt,
+    "max_restarts": MaxRestartsOpt,
+    "nnodes": NnodesOpt,
+    "node_rank": NodeRankOpt,
+    "rdzv_endpoint": RdzvEndpointOpt,
+    "rdzv_id": RdzvIdOpt,
+}
+
+
+def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a training command the shared training and launch flags (`RunOptions`): the command
+    declares a keyword-only ``opts: RunOptions`` and the CLI shows ``--strategy`` … ``--rdzv-id``."""
+    sig = inspect.signature(command, eval_str=True)
+    own = [p for p in sig.parameters.values() if p.name != "opts"]
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    shared = [inspect.Parameter(n, kind, default=None, annotation=a) for n, a in _RUN_FLAGS.items()]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        opts = RunOptions(**{n: kwargs.pop(n, None) for n in _RUN_FLAGS})
+        return command(*args, opts=opts, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=own + shared)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in own + shared} | {"return": sig.return_annotation}
+    return wrapper

@@ -9,21 +9,11 @@ import typer
 from rich.console import Console
 
 from kelm.cli.options import (
-    BatchSizeOpt,
-    EpochsOpt,
-    LrOpt,
-    MaxRestartsOpt,
-    MaxStepsOpt,
-    NnodesOpt,
-    NodeRankOpt,
-    NprocOpt,
     OutDirOpt,
-    RdzvEndpointOpt,
-    RdzvIdOpt,
-    ResumeOpt,
-    SeedOpt,
-    StrategyOpt,
+    RunOptions,
     TrainConfigArg,
+    overrides_and_flags,
+    run_options,
 )
 
 out = Console(highlight=False, soft_wrap=True)
@@ -47,49 +37,21 @@ def _worker_args(
     return args
 
 
+@run_options
 def train(
     out_dir: OutDirOpt,
     config: TrainConfigArg = None,
-    strategy: StrategyOpt = None,
-    max_steps: MaxStepsOpt = None,
-    epochs: EpochsOpt = None,
-    batch_size: BatchSizeOpt = None,
-    lr: LrOpt = None,
-    seed: SeedOpt = None,
     text: Annotated[
         list[Path] | None,
         typer.Option("--text", metavar="FILE", help="Text file or folder for causal-lm (repeatable)."),
     ] = None,
-    resume: ResumeOpt = None,
-    nproc: NprocOpt = None,
-    max_restarts: MaxRestartsOpt = None,
-    nnodes: NnodesOpt = None,
-    node_rank: NodeRankOpt = None,
-    rdzv_endpoint: RdzvEndpointOpt = None,
-    rdzv_id: RdzvIdOpt = None,
+    *,
+    opts: RunOptions,
 ) -> None:
     """Train a model: checkpoints every N steps, metrics (CSV, TensorBoard, metrics.json), final model."""
     texts = [str(t.resolve()) for t in text] if text else None
-    overrides = {
-        "train.strategy": strategy,
-        "train.max_steps": max_steps,
-        "train.epochs": epochs,
-        "train.batch_size": batch_size,
-        "train.lr": lr,
-        "train.seed": seed,
-        "task.text": texts,
-    }
-    flags = {
-        "--strategy": strategy,
-        "--max-steps": max_steps,
-        "--epochs": epochs,
-        "--batch-size": batch_size,
-        "--lr": lr,
-        "--seed": seed,
-        "--text": texts,
-    }
-    launch_opts = (nproc, max_restarts, nnodes, node_rank, rdzv_endpoint, rdzv_id)
-    summary = train_or_launch(["train"], config, out_dir, resume, overrides, flags, launch_opts)
+    overrides, flags = overrides_and_flags({"text": texts}, opts.train)
+    summary = train_or_launch(["train"], config, out_dir, opts, overrides, flags)
     if summary is not None:
         print_summary(summary, out_dir)
 
@@ -98,19 +60,19 @@ def train_or_launch(
     command: list[str],
     config: Path | None,
     out_dir: Path,
-    resume: Path | None,
+    opts: RunOptions,
     overrides: dict[str, Any],
     flags: dict[str, Any],
-    launch_opts: tuple[Any, ...],
 ) -> dict[str, Any] | None:
     """Train in this process, or, given launch flags outside torchrun, start torchrun workers that
     run ``kelm COMMAND`` with the same ``flags``. Returns the run summary on rank 0, else None."""
     from kelm.train.distributed import env_rank, launched_by_torchrun
     from kelm.train.run import load_run_config, preflight, run_training
 
+    resume = opts.resume
     run = load_run_config(config, overrides, resume)
-    nproc, max_restarts, nnodes, node_rank, rdzv_endpoint, rdzv_id = launch_opts
-    if any(v is not None for v in launch_opts) and not launched_by_torchrun():
+    nproc, max_restarts, nnodes, node_rank, rdzv_endpoint, rdzv_id = opts.launch
+    if any(v is not None for v in opts.launch) and not launched_by_torchrun():
         from kelm.train.launch import LaunchSpec, check_spec, launch
 
         spec = LaunchSpec(
