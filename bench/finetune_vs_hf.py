@@ -78,7 +78,7 @@ def run_kelm(args: argparse.Namespace, plain: bool = False) -> dict[str, Any]:
     }
     table = task_table(args.data_dir)
     if plain:  # without the exact speed-ups, to show what they bring
-        table |= {"sparse_embedding_grads": False, "first_token_last_layer": False}
+        table |= {"sparse_embedding_grads": False, "first_token_last_layer": False, "compact_vocab": False}
     with tempfile.TemporaryDirectory() as tmp:
         summary = run_training({"task": table, "train": train}, tmp)
     # padded positions of the same batches (same seed, same order), without the model

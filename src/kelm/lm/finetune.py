@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,10 @@ from kelm.atomic import write_text_atomic
 from kelm.config import Section
 from kelm.errors import ConfigError, DataError
 from kelm.lm import metrics as M
+from kelm.lm.compact_vocab import compact_vocabulary
 from kelm.lm.speedups import row_sparse_embedding_grads
 from kelm.tasks.base import Batch, Task
+from kelm.train.config import TrainConfig
 
 REPORT_FILE = "classification_report.txt"
 SPLITS = ("train", "dev", "test")
@@ -48,6 +50,11 @@ class FinetuneConfig(Section):
     group_by_length: bool = True
     sparse_embedding_grads: bool = Field(
         True, description="embedding backward writes only the rows a batch uses (same gradients, less time)"
+    )
+    compact_vocab: bool = Field(
+        True,
+        description="train only the vocabulary rows the data uses (exact with weight_decay 0; the saved "
+        "model has the full vocabulary)",
     )
     # sizes of from-scratch models (tiny-bert, tiny-gpt2)
     hidden_size: int = Field(128, ge=8)
@@ -153,8 +160,14 @@ class HFTask(Task):
         self._last: dict[str, dict[str, float]] | None = None
         self._report_total = 0.0
         self.splits: dict[str, list[dict[str, Any]]] = {}
+        self._compact = False
 
     # -- model ----------------------------------------------------------------------------------
+    def configure(self, train: TrainConfig) -> None:
+        """Compact the vocabulary only where it is exact: no weight decay (rows without gradient
+        then never move) and parameters that are not sharded (FSDP2 shards the full table)."""
+        self._compact = self.cfg.compact_vocab and train.weight_decay == 0 and train.strategy != "fsdp2"
+
     def build_model(self) -> nn.Module:
         from kelm.lm.hf import build_hf_model
 
@@ -162,9 +175,24 @@ class HFTask(Task):
         sizes = {"hidden_size": c.hidden_size, "num_layers": c.num_layers, "num_heads": c.num_heads}
         model = build_hf_model(c.model, self.head, self.tokenizer, self.labels, sizes, max(self.max_length, 512))
         self._hf_config = model.config
+        if self._compact:
+            compact_vocabulary(model, self.token_ids(), sparse_grads=c.sparse_embedding_grads)
         if c.sparse_embedding_grads:
             row_sparse_embedding_grads(model)
         return model
+
+    def token_ids(self) -> set[int]:
+        """Every token id the task can feed the model: all splits' inputs and the special tokens."""
+        ids = set(self.tokenizer.all_special_ids)
+        for row in self.input_rows():
+            ids.update(row)
+        return ids
+
+    def input_rows(self) -> Iterator[Sequence[int]]:
+        """The ``input_ids`` of every sample of every split."""
+        for samples in self.splits.values():
+            for s in samples:
+                yield s["input_ids"]
 
     def model_config(self) -> dict[str, Any]:
         spec = {"kind": "hf", "head": self.head, "base": self.cfg.model, "max_length": self.max_length}

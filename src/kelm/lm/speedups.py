@@ -46,7 +46,7 @@ def row_sparse_embedding_grads(model: nn.Module) -> int:
         if uses[id(w)] > 1 or module.max_norm is not None:  # tied to an output layer, or renormed in place
             continue
         module.forward = _SparseGradForward(module, w)  # module.sparse stays False: DDP expects dense
-        w.register_post_accumulate_grad_hook(_DenseGrad())
+        w.register_post_accumulate_grad_hook(DenseGradBuffer())
         changed += 1
     return changed
 
@@ -64,7 +64,7 @@ class _SparseGradForward:
         return F.embedding(ids, m.weight, m.padding_idx, None, m.norm_type, m.scale_grad_by_freq, sparse=sparse)
 
 
-class _DenseGrad:
+class DenseGradBuffer:
     """Post-accumulate hook: a sparse ``.grad`` becomes a dense one in a buffer reused every step."""
 
     def __init__(self) -> None:
@@ -186,4 +186,11 @@ def head_at(model: nn.Module, keep: torch.Tensor) -> Iterator[bool]:
         handle.remove()
 
 
-__all__ = ["FIRST_TOKEN_HEADS", "first_token_last_layer", "head_at", "lm_head", "row_sparse_embedding_grads"]
+__all__ = [
+    "FIRST_TOKEN_HEADS",
+    "DenseGradBuffer",
+    "first_token_last_layer",
+    "head_at",
+    "lm_head",
+    "row_sparse_embedding_grads",
+]

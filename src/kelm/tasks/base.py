@@ -10,10 +10,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from kelm.train.config import TrainConfig
 
 Batch = dict[str, Any]
 
@@ -26,6 +29,11 @@ class Task(ABC):
     #: ``min`` if a lower value of `monitor` is better (loss, perplexity), ``max`` otherwise.
     monitor: str = "loss"
     monitor_mode: str = "min"
+
+    def configure(self, train: TrainConfig) -> None:
+        """Called by the engine before `build_model` with the run's training settings, for tasks
+        whose model depends on them (e.g. an exact shortcut that holds for some optimizers only)."""
+        return None
 
     @abstractmethod
     def build_model(self) -> nn.Module:

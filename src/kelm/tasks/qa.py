@@ -17,7 +17,7 @@ best span.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -215,6 +215,12 @@ class QATask(HFTask):
         return config
 
     # -- data -----------------------------------------------------------------------------------
+    def input_rows(self) -> Iterator[Sequence[int]]:
+        for per_split in self.features.values():
+            for feats in per_split:
+                for f in feats:
+                    yield f["input_ids"]
+
     def train_data(self) -> Sequence[Any]:
         items = [f for feats in self.features["train"] for f in feats]
         return Samples(items, [len(f["input_ids"]) for f in items] if self.cfg.group_by_length else None)

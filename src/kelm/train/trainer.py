@@ -143,6 +143,7 @@ class Trainer:
         comm.install()
         seed_everything(cfg.seed)
         self.strategy = build_strategy(cfg, info)
+        self.task.configure(cfg)
         base = self.task.build_model().to(info.device)
         self.fingerprint = model_fingerprint(base)
         self.model = self.strategy.wrap(base)
