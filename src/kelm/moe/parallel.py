@@ -199,22 +199,27 @@ def shard_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) ->
 
 
 @torch.no_grad()
-def clip_grad_norm_(model: nn.Module, max_norm: float) -> torch.Tensor:
-    """`torch.nn.utils.clip_grad_norm_` for a model with sharded experts: the norm of the whole
-    (unsharded) gradient, the expert part summed over the EP group. Collective over that group."""
+def grad_norm(model: nn.Module) -> torch.Tensor:
+    """The norm of the whole (unsharded) gradient of a model with sharded experts: the expert
+    part summed over the EP group. Collective over that group."""
     experts, group = expert_parameters(model)
     expert_ids = {id(p) for p in experts}
     params = [p for p in model.parameters() if p.grad is not None]
     if not experts:
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return torch.nn.utils.get_total_norm([p.grad for p in params])
     dense = [p.grad for p in params if id(p) not in expert_ids]
     sparse = [p.grad for p in params if id(p) in expert_ids]
     zero = torch.zeros((), dtype=torch.float64, device=params[0].grad.device)
     dense_sq = torch.nn.utils.get_total_norm(dense).double() ** 2 if dense else zero
     sparse_sq = torch.nn.utils.get_total_norm(sparse).double() ** 2 if sparse else zero.clone()
     dist.all_reduce(sparse_sq, group=group)
-    total = (dense_sq + sparse_sq).sqrt().float()
-    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return (dense_sq + sparse_sq).sqrt().float()
+
+
+def clip_grad_norm_(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """`torch.nn.utils.clip_grad_norm_` for a model with sharded experts (see `grad_norm`)."""
+    total = grad_norm(model)
+    torch.nn.utils.clip_grads_with_norm_([p for p in model.parameters() if p.grad is not None], max_norm, total)
     return total
 
 

@@ -56,13 +56,13 @@ class Strategy:
 
             shard_optimizer_state(optimizer, self.unwrap(model))
 
-    def clip_grad_norm(self, model: nn.Module, max_norm: float) -> torch.Tensor:
-        """Clip the gradient of the whole model to ``max_norm`` (sharded experts count once each)."""
+    def grad_norm(self, model: nn.Module) -> torch.Tensor:
+        """The norm of the whole model's gradient (sharded experts count once each)."""
         if self.expert_parallel > 1:
-            from kelm.moe.parallel import clip_grad_norm_
+            from kelm.moe.parallel import grad_norm
 
-            return clip_grad_norm_(self.unwrap(model), max_norm)
-        return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            return grad_norm(self.unwrap(model))
+        return torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
 
     @contextlib.contextmanager
     def sync(self, model: nn.Module, last_micro_batch: bool) -> Iterator[None]:

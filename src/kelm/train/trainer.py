@@ -19,7 +19,7 @@ from torch import nn
 
 from kelm.errors import ConfigError
 from kelm.tasks.base import Batch, Task
-from kelm.train import comm
+from kelm.train import clipping, comm
 from kelm.train.checkpoint import (
     CheckpointError,
     checkpoint_dirs,
@@ -312,8 +312,10 @@ class Trainer:
                     window[1] += w
                     tokens_this_run += self.task.tokens(batch)
                 if cfg.clip_grad_norm is not None:
-                    self.strategy.clip_grad_norm(self.model, cfg.clip_grad_norm)
+                    norm = self.strategy.grad_norm(self.model)
+                    clipping.clip_gradients(self.optimizer, self.model.parameters(), norm, cfg.clip_grad_norm)
                 self.optimizer.step()
+                clipping.after_step(self.optimizer)
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.state.step += 1
