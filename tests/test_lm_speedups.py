@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from kelm.lm.hf import build_hf_model, load_tokenizer
-from kelm.lm.speedups import first_token_last_layer, head_at, row_sparse_embedding_grads
+from kelm.lm.speedups import (
+    SHORT_ROW,
+    first_token_last_layer,
+    head_at,
+    row_sparse_embedding_grads,
+    short_row_attention,
+    softmax_last,
+)
 from kelm.train import run_training
 
 SIZES = {"hidden_size": 64, "num_layers": 2, "num_heads": 4}
@@ -122,7 +129,12 @@ def test_training_with_and_without_speedups_is_the_same_run(tmp_path: Path) -> N
         "dev": str(synthetic(tmp_path / "dev.tsv", 32, 1)),
     } | SIZES
     train = {"strategy": "single", "max_steps": 6, "batch_size": 16, "lr": 2e-3, "threads": 1, "tensorboard": False}
-    plain = {"sparse_embedding_grads": False, "first_token_last_layer": False, "compact_vocab": False}
+    plain = {
+        "sparse_embedding_grads": False,
+        "first_token_last_layer": False,
+        "compact_vocab": False,
+        "short_row_attention": False,
+    }
     fast = run_training({"task": table, "train": train}, tmp_path / "fast")
     slow = run_training({"task": table | plain, "train": train}, tmp_path / "plain")
     assert fast["valid"]["loss"] == pytest.approx(slow["valid"]["loss"], abs=1e-5)
@@ -142,3 +154,31 @@ def test_head_at_masked_positions_gives_the_full_heads_logits(tok) -> None:
     assert selected and got.shape == (int(keep.sum()), len(tok))
     assert torch.allclose(got, want, atol=1e-5, rtol=0)
     assert after.shape[:2] == ids.shape  # the hook is gone after the block
+
+
+@pytest.mark.parametrize("words", [3, 30])  # under and over the 16-token row the fast path pads to
+def test_short_row_attention_is_sdpa_attention(tok, words: int) -> None:
+    full = classifier(tok)
+    fast = copy.deepcopy(full)
+    assert short_row_attention(fast)
+    texts = [" ".join(["verse"] * words), "a night", " ".join(["hill"] * (words // 2))]
+    batch = tok(texts, padding=True, return_tensors="pt")
+    assert (batch["input_ids"].shape[1] < SHORT_ROW) is (words == 3)
+    for mode in ("eval", "train"):  # in training, dropout draws the same masks
+        outs = []
+        for model in (full, fast):
+            getattr(model, mode)()
+            torch.manual_seed(7)
+            logits = model(**batch).logits
+            logits.logsumexp(-1).sum().backward()
+            outs.append((logits, [p.grad.clone() for p in model.parameters()]))
+            model.zero_grad()
+        assert torch.allclose(outs[0][0], outs[1][0], atol=1e-6, rtol=0)
+        for g_full, g_fast in zip(outs[0][1], outs[1][1], strict=True):
+            assert torch.allclose(g_full, g_fast, atol=1e-6, rtol=1e-5)
+
+
+def test_softmax_last_pads_short_rows_exactly() -> None:
+    x = torch.randn(3, 4, 5, 11)
+    x[..., -2:] = float("-inf")  # masked keys
+    assert torch.allclose(softmax_last(x), x.softmax(-1), atol=1e-7, rtol=0)

@@ -25,7 +25,7 @@ from kelm.config import Section
 from kelm.errors import ConfigError, DataError
 from kelm.lm import metrics as M
 from kelm.lm.compact_vocab import compact_vocabulary
-from kelm.lm.speedups import row_sparse_embedding_grads
+from kelm.lm.speedups import row_sparse_embedding_grads, short_row_attention
 from kelm.tasks.base import Batch, Task
 from kelm.train.config import TrainConfig
 
@@ -50,6 +50,9 @@ class FinetuneConfig(Section):
     group_by_length: bool = True
     sparse_embedding_grads: bool = Field(
         True, description="embedding backward writes only the rows a batch uses (same gradients, less time)"
+    )
+    short_row_attention: bool = Field(
+        True, description="on the CPU, the attention softmax of batches under 16 tokens takes the fast kernel"
     )
     compact_vocab: bool = Field(
         True,
@@ -179,6 +182,8 @@ class HFTask(Task):
             compact_vocabulary(model, self.token_ids(), sparse_grads=c.sparse_embedding_grads)
         if c.sparse_embedding_grads:
             row_sparse_embedding_grads(model)
+        if c.short_row_attention:
+            short_row_attention(model)
         return model
 
     def token_ids(self) -> set[int]:

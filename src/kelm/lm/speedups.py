@@ -11,6 +11,11 @@
   and feed-forward block at that position alone; keys and values still come from every position.
   The logits are those of the full model, and in training each dropout keeps the mask the full
   layer would draw, so a run is the full model's run; the last hidden state has length 1.
+- `short_row_attention`: PyTorch's CPU softmax is several times slower on rows shorter than 16
+  (a 12-token batch: 0.75 ms per layer for forward and backward, against 0.11 ms at 16 tokens).
+  For such batches the attention scores are padded with ``-inf`` to 16 columns before the softmax
+  and cut back after it; the probabilities, the dropout draw and the output are those of
+  PyTorch's attention, and longer batches go to PyTorch's ``scaled_dot_product_attention``.
 - `head_at`: a masked-LM head (``cls`` / ``lm_head``) applied only at the predicted positions,
   so the vocabulary projection runs on the ~15% masked tokens instead of every token.
 """
@@ -91,7 +96,7 @@ def first_token_last_layer(model: nn.Module) -> bool:
         return False
     if getattr(config, "is_decoder", False) or getattr(config, "position_embedding_type", "absolute") != "absolute":
         return False
-    if getattr(config, "_attn_implementation", "eager") not in ("eager", "sdpa"):
+    if getattr(config, "_attn_implementation", "eager") not in ("eager", "sdpa", SHORT_ROW_ATTENTION):
         return False
     encoder = getattr(getattr(model, "base_model", None), "encoder", None)
     layers = getattr(encoder, "layer", None)
@@ -134,7 +139,7 @@ def _first_token_forward(
         scores = torch.matmul(q, k.transpose(-1, -2)) * scale
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-        probs = _first_row_dropout(scores.softmax(-1), p_attn, (batch, heads, length, length))
+        probs = _first_row_dropout(softmax_last(scores), p_attn, (batch, heads, length, length))
         context = torch.matmul(probs, v)
     else:
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
@@ -154,6 +159,66 @@ def _first_row_dropout(x: torch.Tensor, p: float, full: tuple[int, ...]) -> torc
         return x
     keep = torch.empty(full, dtype=x.dtype, device=x.device).bernoulli_(1 - p)
     return x * keep[..., :1, :].div_(1 - p)
+
+
+#: Name under which `short_row_attention` is registered with Hugging Face's attention interface.
+SHORT_ROW_ATTENTION = "kelm_short_rows"
+#: Softmax rows shorter than this take PyTorch's slow path on the CPU.
+SHORT_ROW = 16
+
+
+def short_row_attention(model: nn.Module) -> bool:
+    """Give a Hugging Face model that uses SDPA attention `attention_short_rows` instead (under the
+    name `SHORT_ROW_ATTENTION`, with SDPA's masks). Returns False, changing nothing, otherwise."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
+        return False
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(SHORT_ROW_ATTENTION, attention_short_rows)
+    AttentionMaskInterface.register(SHORT_ROW_ATTENTION, sdpa_mask)
+    model.set_attn_implementation(SHORT_ROW_ATTENTION)
+    return True
+
+
+def attention_short_rows(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Hugging Face attention function: SDPA, except that on the CPU, for keys shorter than
+    `SHORT_ROW`, the softmax runs on scores padded with ``-inf`` to `SHORT_ROW` columns.
+    ``(B, H, T, d)`` in, ``(B, T, H, d)`` out."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    length = key.shape[-2]
+    causal = kwargs.get("is_causal") or getattr(module, "is_causal", False)
+    if query.device.type != "cpu" or length >= SHORT_ROW or key.shape[1] != query.shape[1] or causal:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scale
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, float("-inf"))
+        else:
+            scores = scores + attention_mask
+    probs = F.dropout(softmax_last(scores), dropout, training=dropout > 0)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
+
+
+def softmax_last(scores: torch.Tensor) -> torch.Tensor:
+    """``scores.softmax(-1)``; on the CPU, rows shorter than `SHORT_ROW` are padded with ``-inf``
+    for the softmax (same probabilities, the fast kernel)."""
+    length = scores.shape[-1]
+    if scores.device.type != "cpu" or length >= SHORT_ROW:
+        return scores.softmax(-1)
+    return F.pad(scores, (0, SHORT_ROW - length), value=float("-inf")).softmax(-1)[..., :length]
 
 
 def lm_head(model: nn.Module) -> nn.Module | None:
@@ -193,4 +258,6 @@ __all__ = [
     "head_at",
     "lm_head",
     "row_sparse_embedding_grads",
+    "short_row_attention",
+    "softmax_last",
 ]
