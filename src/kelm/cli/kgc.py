@@ -21,6 +21,9 @@ from kelm.errors import ConfigError, DataError
 
 app = typer.Typer(help="Text-based KG completion: rank entities from their descriptions.", no_args_is_help=True)
 out = Console(highlight=False, soft_wrap=True)
+AlphaOpt = Annotated[
+    float | None, typer.Option(help="Hybrid weight of the text score (0..1); unset: chosen on the valid split.")
+]
 
 
 @app.command("train")
@@ -36,9 +39,7 @@ def train_cmd(
         float | None, typer.Option(help="Share of entities held out of training (inductive split).")
     ] = None,
     hybrid_kge: Annotated[Path | None, typer.Option("--hybrid-kge", help="A `kelm kge train` run to mix in.")] = None,
-    alpha: Annotated[
-        float | None, typer.Option(help="Hybrid weight of the text score (0..1); unset: chosen on the valid split.")
-    ] = None,
+    alpha: AlphaOpt = None,
     entity_text: Annotated[
         str | None, typer.Option("--entity-text", help="description (default) or types (type labels, e.g. CoDEx).")
     ] = None,
@@ -85,9 +86,7 @@ def evaluate_cmd(
     hybrid_kge: Annotated[
         Path | None, typer.Option("--hybrid-kge", help="A `kelm kge train` run to mix in (instead of the run's).")
     ] = None,
-    alpha: Annotated[
-        float | None, typer.Option(help="Hybrid weight of the text score (0..1); unset: chosen on the valid split.")
-    ] = None,
+    alpha: AlphaOpt = None,
     alpha_grid: Annotated[
         str | None, typer.Option("--alpha-grid", help="Comma-separated alphas tried on the valid split.")
     ] = None,

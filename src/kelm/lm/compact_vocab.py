@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kelm.lm.speedups import DenseGradBuffer
+from kelm.lm.speedups import DenseGradBuffer, parameter_uses
 
 
 class CompactEmbedding(nn.Module):
@@ -131,9 +131,9 @@ def compact_vocabulary(model: nn.Module, ids: Iterable[int] | torch.Tensor, spar
         return False
     if not embedding.weight.requires_grad or embedding.sparse:
         return False
-    if sum(p is embedding.weight for m in model.modules() for p in m.parameters(recurse=False)) > 1:
+    if parameter_uses(model)[id(embedding.weight)] > 1:
         return False  # tied
-    keep = ids if isinstance(ids, torch.Tensor) else torch.tensor(sorted(set(ids)), dtype=torch.int64)
+    keep = ids if isinstance(ids, torch.Tensor) else torch.tensor(list(ids), dtype=torch.int64)
     set_(CompactEmbedding(embedding, keep, sparse_grads))
     return True
 

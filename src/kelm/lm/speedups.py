@@ -39,10 +39,7 @@ FIRST_TOKEN_HEADS = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "e
 def row_sparse_embedding_grads(model: nn.Module) -> int:
     """Make every untied, trainable ``nn.Embedding`` of ``model`` produce row-sparse gradients
     that land in a persistent dense buffer; returns how many embeddings were changed."""
-    uses: dict[int, int] = {}
-    for module in model.modules():
-        for p in module.parameters(recurse=False):
-            uses[id(p)] = uses.get(id(p), 0) + 1
+    uses = parameter_uses(model)
     changed = 0
     for module in model.modules():
         w = getattr(module, "weight", None)
@@ -54,6 +51,15 @@ def row_sparse_embedding_grads(model: nn.Module) -> int:
         w.register_post_accumulate_grad_hook(DenseGradBuffer())
         changed += 1
     return changed
+
+
+def parameter_uses(model: nn.Module) -> dict[int, int]:
+    """How many modules of ``model`` hold each parameter (by ``id``): above 1 means tied."""
+    uses: dict[int, int] = {}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            uses[id(p)] = uses.get(id(p), 0) + 1
+    return uses
 
 
 class _SparseGradForward:
@@ -257,6 +263,7 @@ __all__ = [
     "first_token_last_layer",
     "head_at",
     "lm_head",
+    "parameter_uses",
     "row_sparse_embedding_grads",
     "short_row_attention",
     "softmax_last",

@@ -216,13 +216,6 @@ def grad_norm(model: nn.Module) -> torch.Tensor:
     return (dense_sq + sparse_sq).sqrt().float()
 
 
-def clip_grad_norm_(model: nn.Module, max_norm: float) -> torch.Tensor:
-    """`torch.nn.utils.clip_grad_norm_` for a model with sharded experts (see `grad_norm`)."""
-    total = grad_norm(model)
-    torch.nn.utils.clip_grads_with_norm_([p for p in model.parameters() if p.grad is not None], max_norm, total)
-    return total
-
-
 def _grad_average_hook(world: int, replica_group: Any) -> Any:
     def hook(grad: torch.Tensor) -> torch.Tensor:
         if replica_group is not None:
