@@ -12,7 +12,8 @@
   The logits are those of the full model, and in training each dropout keeps the mask the full
   layer would draw, so a run is the full model's run; the last hidden state has length 1.
 - `short_row_attention`: PyTorch's CPU softmax is several times slower on rows shorter than 16
-  (a 12-token batch: 0.75 ms per layer for forward and backward, against 0.11 ms at 16 tokens).
+  (a 12-token batch: 0.73 ms per layer for forward and backward, against 0.13 ms at 16 tokens;
+  `bench/cpu_kernels.py`).
   For such batches the attention scores are padded with ``-inf`` to 16 columns before the softmax
   and cut back after it; the probabilities, the dropout draw and the output are those of
   PyTorch's attention, and longer batches go to PyTorch's ``scaled_dot_product_attention``.
