@@ -4,7 +4,7 @@ Both sides get the same model, tokenized data (max 128 tokens, the 'mixed' label
 training), epochs, batch size, learning rate, linear schedule with the same warmup, gradient
 clipping at 1.0, no weight decay, seed and thread count, and each runs in its own process.
 
-- kelm: `kelm.train.run_training` with dynamic padding and length-grouped batches (its default).
+- kelm: `kelm.app.run_training` with dynamic padding and length-grouped batches (its default).
   Its time is the engine's `loop_seconds` (the training loop alone, like HF's `train()`); the
   run's `wall_seconds`, which adds the final dev evaluation, checkpoint and export, is also given.
   "kelm-plain" is the same run with its exact speed-ups off (row-sparse embedding gradients,
@@ -61,7 +61,7 @@ def task_table(data_dir: str | None) -> dict[str, Any]:
 
 def run_kelm(args: argparse.Namespace, plain: bool = False) -> dict[str, Any]:
     from kelm.tasks import build_task
-    from kelm.train import run_training
+    from kelm.app import run_training
     from kelm.train.data import ShardedBatches
 
     train = {

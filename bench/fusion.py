@@ -38,9 +38,11 @@ def plural(label: str) -> str:
 
 
 def linking_report() -> dict[str, dict[str, float]]:
-    from kelm.fusion.linking import EntityLinker, GoldMention, linking_accuracy, load_text_embedder
+    from kelm.kg.datasets import load_graph
     from kelm.kg.tensors import TripleTensors
-    from kelm.tasks.kg_enhanced import cached_index, load_graph
+    from kelm.linking.linker import EntityLinker, GoldMention, linking_accuracy
+    from kelm.lm.encoding import load_text_embedder
+    from kelm.tasks.kg_enhanced import cached_index
 
     kg = load_graph("umls")
     embed, _ = load_text_embedder("minilm", max_length=32)
@@ -58,7 +60,7 @@ def linking_report() -> dict[str, dict[str, float]]:
 
 
 def main() -> None:
-    from kelm.train.run import run_training
+    from kelm.app.run import run_training
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=120)

@@ -12,7 +12,7 @@ and under α = 0 and α = 1 for the structure-only and text-only rows (the same 
 both sides, all entities). ``margin`` is hybrid − structure-only test MRR.
 
 - ``umls``: transductive UMLS, entity descriptions as text.
-- ``umls-inductive``: UMLS with 20% of the entities unseen in training (`kelm.synergy.inductive`,
+- ``umls-inductive``: UMLS with 20% of the entities unseen in training (`kelm.kgc.inductive`,
   seed 0); the KGE model is trained on the same reduced training split (unseen entities are not
   in its vocabulary, so its score for them is its query's mean) with the valid triples among seen
   entities for early stopping; valid and test hold the triples touching an unseen entity.
@@ -55,12 +55,12 @@ def _run(config: dict[str, Any], out: Path, reuse: bool) -> tuple[dict[str, Any]
 def _inductive_kge_data(fraction: float, seed: int, folder: Path) -> Path:
     """The inductive training split of UMLS, its entities and relations only, and the valid triples
     among them, as a data-set folder."""
+    from kelm.kg.datasets import load_graph
     from kelm.kg.io.writers import write_tsv
     from kelm.kg.model import KnowledgeGraph
-    from kelm.synergy.inductive import inductive_split
-    from kelm.tasks.link_prediction import load_dataset
+    from kelm.kgc.inductive import inductive_split
 
-    umls = load_dataset("umls")
+    umls = load_graph("umls")
     train = inductive_split(umls, fraction, seed).kg.splits["train"]
     ents = {e for t in train for e in (t.head, t.tail)}
     rels = {t.relation for t in train}

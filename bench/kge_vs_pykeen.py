@@ -90,10 +90,10 @@ def rss_mb() -> float:
 
 
 def load_tensors(dataset: str) -> Any:
+    from kelm.kg.datasets import load_graph
     from kelm.kg.tensors import TripleTensors
-    from kelm.tasks.link_prediction import load_dataset
 
-    return TripleTensors.from_graph(load_dataset(dataset))
+    return TripleTensors.from_graph(load_graph(dataset))
 
 
 # -- kelm -------------------------------------------------------------------------------------

@@ -65,11 +65,11 @@ def main() -> None:
     if args.evaluate:
         emit("kgqa-codex-s-all-questions", {str(run): evaluate_all(run) for run in args.evaluate}, args.json)
         return
+    from kelm.app.run import run_training
     from kelm.kg.importer import import_source, open_source
     from kelm.kg.store import open_store
     from kelm.kgqa.generator import GeneratorConfig, generate, write_generated
     from kelm.kgqa.graph import QAGraph
-    from kelm.train.run import run_training
 
     tmp = tempfile.TemporaryDirectory(prefix="kelm-kgqa-")
     root = args.keep or Path(tmp.name)

@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit  # noqa: E402
 
 from kelm.tasks import validate_task  # noqa: E402
-from kelm.tasks.base import Batch  # noqa: E402
 from kelm.tasks.classification import ClassificationTask  # noqa: E402
 from kelm.train.config import TrainConfig  # noqa: E402
+from kelm.train.task import Batch  # noqa: E402
 from kelm.train.trainer import Trainer  # noqa: E402
 
 
@@ -35,7 +35,7 @@ class UpcycledClassification(ClassificationTask):
     moe_settings: dict[str, Any] = {}
 
     def build_model(self) -> nn.Module:
-        from kelm.moe.upcycle import upcycle_bert
+        from kelm.lm.upcycle import upcycle_bert
 
         model = super().build_model()
         upcycle_bert(model, self.moe_settings)

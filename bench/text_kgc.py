@@ -13,7 +13,7 @@ pairs/s = training (query, positive) pairs over the training loop's own seconds
 
 ``umls``: the bundled UMLS with entity descriptions; a transductive run on the standard split
 and an inductive run (``--inductive``: that share of entities held out of training, see
-`kelm.synergy.inductive`), each evaluated on the test split with the filtered ranker over all
+`kelm.kgc.inductive`), each evaluated on the test split with the filtered ranker over all
 135 entities (both sides). One process, ``--threads`` torch threads (default 1: on a shared
 2-core machine two intra-op threads lose far more to waiting than they gain, see BENCHMARKS.md).
 """

@@ -12,16 +12,16 @@ from typing import Any
 import pytest
 import torch
 
+from kelm.app.demo import MODELS, SETTINGS
 from kelm.data import bundled_path
-from kelm.demo import MODELS, SETTINGS
+from kelm.kg.datasets import load_graph
 from kelm.kg.tensors import TripleTensors
+from kelm.kgc.frozen_text import load_frozen_text
+from kelm.kgc.hybrid import load_structural
+from kelm.kgc.hybrid_fit import load_hybrid
+from kelm.kgc.inductive import inductive_split
 from kelm.kge.evaluation import FilteredRankEvaluator
 from kelm.kgqa.graph import QAGraph
-from kelm.synergy.frozen_text import load_frozen_text
-from kelm.synergy.hybrid import load_structural
-from kelm.synergy.hybrid_fit import load_hybrid
-from kelm.synergy.inductive import inductive_split
-from kelm.tasks.link_prediction import load_dataset
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_saved_models_reload_and_reproduce(demo: tuple[subprocess.CompletedProce
     _, out = demo
     metrics = json.loads((out / "metrics.json").read_text())
     rows = rows_by(metrics)
-    kg = load_dataset(str(bundled_path("umls")))
+    kg = load_graph(str(bundled_path("umls")))
     split = inductive_split(kg, metrics["inductive"]["fraction"], metrics["inductive"]["seed"])
     tensors = TripleTensors.from_graph(split.kg)
     evaluator = FilteredRankEvaluator(torch.cat(list(tensors.triples.values())), tensors.num_entities)

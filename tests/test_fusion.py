@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from kelm.app.run import run_training
 from kelm.fusion.model import FusionModel
 from kelm.tasks import build_task
 from kelm.tasks.kg_enhanced import KGEnhancedTask
-from kelm.train.run import run_training
 
 torch.set_num_threads(1)
 SYLLABLES = ("zor", "blat", "quim", "bex", "dra", "vok", "mip", "tul", "gash", "ren", "fyo", "kel", "prun", "sid")

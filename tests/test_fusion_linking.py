@@ -9,19 +9,19 @@ import pytest
 import torch
 
 from kelm.data import resolve
-from kelm.fusion.linking import (
+from kelm.fusion.subgraph import Adjacency, store_subgraph, to_data
+from kelm.kg.io import load_kg
+from kelm.kg.model import Entity, KnowledgeGraph, Triple
+from kelm.kg.tensors import TripleTensors
+from kelm.linking.linker import (
     EntityIndex,
     EntityLinker,
     GoldMention,
     build_entity_index,
     linking_accuracy,
-    load_text_embedder,
     read_aliases,
 )
-from kelm.fusion.subgraph import Adjacency, store_subgraph, to_data
-from kelm.kg.io import load_kg
-from kelm.kg.model import Entity, KnowledgeGraph, Triple
-from kelm.kg.tensors import TripleTensors
+from kelm.lm.encoding import load_text_embedder
 
 torch.set_num_threads(1)
 TEMPLATES = ("The study found that {} was important.", "{} appears in the report.", "We compared it with {} today.")

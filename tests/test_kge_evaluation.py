@@ -10,7 +10,7 @@ from torch import Tensor
 
 from kelm.errors import ConfigError
 from kelm.kge import FilteredRankEvaluator, RankingResult
-from kelm.models.kge import KGEModel, build_kge_model
+from kelm.kge.models import KGEModel, build_kge_model
 
 E, R = 30, 4
 

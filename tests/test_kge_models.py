@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kelm.errors import ConfigError
-from kelm.models.kge import KGE_MODELS, ComplEx, KGEModel, RotatE, build_kge_model
+from kelm.kge.models import KGE_MODELS, ComplEx, KGEModel, RotatE, build_kge_model
 
 E, R, D = 13, 4, 8
 VARIANTS = [
@@ -59,7 +59,7 @@ def test_score_h_matches_score_hrt(model):
 @pytest.fixture(params=["gathered", "dense"])
 def candidate_path(request, monkeypatch) -> str:
     """Per-row candidates scored from gathered embeddings, or from one matmul over all entities."""
-    import kelm.models.kge as kge
+    import kelm.kge.models as kge
 
     monkeypatch.setattr(kge, "DENSE_CANDIDATE_FACTOR", 0 if request.param == "gathered" else 10**6)
     return request.param
@@ -147,7 +147,7 @@ def test_odd_dim_is_a_config_error(name):
 
 
 def test_unknown_model_and_option_are_config_errors():
-    with pytest.raises(ConfigError, match="complex, distmult, rescal, rotate, transe.*'tucker'"):
+    with pytest.raises(ConfigError, match=r"unknown KGE model 'tucker' \(known: complex, distmult, rescal, rotate, transe\)"):
         build_kge_model("tucker", E, R, D)
     with pytest.raises(ConfigError, match="p are not valid for distmult"):
         build_kge_model("distmult", E, R, D, p=2)

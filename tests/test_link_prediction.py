@@ -13,7 +13,7 @@ from kelm.cli import main
 from kelm.errors import ConfigError, DataError
 from kelm.tasks import build_task
 from kelm.tasks.link_prediction import LinkPredictionTask
-from kelm.train import run_training
+from kelm.app import run_training
 
 TRAIN = {
     "threads": 1,

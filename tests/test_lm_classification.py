@@ -14,10 +14,10 @@ import torch
 from kelm.cli import main
 from kelm.errors import DataError
 from kelm.lm import metrics as M
-from kelm.lm.finetune import REPORT_FILE, TruncationWarning
 from kelm.tasks import build_task
 from kelm.tasks.classification import ClassificationTask
-from kelm.train import run_training
+from kelm.tasks.finetune import REPORT_FILE, TruncationWarning
+from kelm.app import run_training
 from kelm.train.data import ShardedBatches
 
 TINY = {"model": "tiny-bert", "hidden_size": 64, "num_layers": 2, "num_heads": 2, "max_length": 32}

@@ -93,8 +93,10 @@ def test_mlm_masking() -> None:
 def test_training_masks_do_not_depend_on_world_size(text: Path, tmp_path: Path) -> None:
     task = build_task({"name": "mlm", "text": [str(text)], "cache_dir": str(tmp_path)} | TINY)
     assert isinstance(task, PretrainTask)
-    one = next(iter(ShardedBatches(task.train_data(), task.collate, 8, 0, 1, seed=1)))
-    halves = [next(iter(ShardedBatches(task.train_data(), task.collate, 8, r, 2, seed=1))) for r in (0, 1)]
+    one = next(iter(ShardedBatches(task.train_data(), task.collate, 8, 0, 1, seed=1, batch_random=True)))
+    halves = [
+        next(iter(ShardedBatches(task.train_data(), task.collate, 8, r, 2, seed=1, batch_random=True))) for r in (0, 1)
+    ]
     merged = torch.empty_like(one["labels"])
     merged[0::2], merged[1::2] = halves[0]["labels"], halves[1]["labels"]
     assert torch.equal(merged, one["labels"])

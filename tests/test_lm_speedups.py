@@ -18,7 +18,7 @@ from kelm.lm.speedups import (
     short_row_attention,
     softmax_last,
 )
-from kelm.train import run_training
+from kelm.app import run_training
 
 SIZES = {"hidden_size": 64, "num_layers": 2, "num_heads": 4}
 TEXTS = ["a short verse", "a much longer verse that runs on over the hills and far away", "the night"]

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from kelm.linking.domains import NONE, DomainLexicon, byte_domains, load_lexicon
 from kelm.lm.hf import load_tokenizer
 from kelm.moe import MoEConfig, MoELayer
-from kelm.moe.domains import NONE, DomainLexicon, byte_domains, load_lexicon, routing_table, specialisation
-from kelm.train import run_training
+from kelm.moe.domains import routing_table, specialisation
+from kelm.app import run_training
 from kelm.train.logging import read_metrics
 
 torch.set_num_threads(1)
@@ -83,7 +84,7 @@ def test_domain_embedding_changes_routing_and_learns() -> None:
 
 
 def test_domain_embedding_leaves_the_rest_of_the_init_unchanged() -> None:
-    from kelm.models.gpt import GPT, GPTConfig
+    from kelm.lm.gpt import GPT, GPTConfig
 
     moe = {"n_experts": 4, "top_k": 2, "d_ff": 32}
     models = []

@@ -145,10 +145,10 @@ def test_strategy_refuses_expert_parallel_it_cannot_run(strategy: str, world: in
     import torch
 
     from kelm.errors import ConfigError
-    from kelm.models.gpt import GPT, GPTConfig
+    from kelm.lm.gpt import GPT, GPTConfig
+    from kelm.moe.plan import ExpertParallelPlan
     from kelm.train.distributed import DistInfo
-    from kelm.train.strategies import shard_experts
 
     model = GPT(GPTConfig(seq_len=8, d_model=16, n_layer=1, n_head=2, moe={"n_experts": 4, "expert_parallel": 2}))
     with pytest.raises(ConfigError, match=message):
-        shard_experts(model, strategy, DistInfo(0, world, 0, torch.device("cpu")))
+        ExpertParallelPlan().apply(model, strategy, DistInfo(0, world, 0, torch.device("cpu")))

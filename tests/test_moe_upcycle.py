@@ -12,13 +12,13 @@ import torch
 from safetensors.torch import save_model
 from torch import nn
 
+from kelm.artifacts import write_toml
 from kelm.cli import main
 from kelm.errors import ConfigError
-from kelm.models.gpt import GPT, GPTConfig
+from kelm.lm.gpt import GPT, GPTConfig, load_gpt
+from kelm.lm.upcycle import load_source, load_upcycled, upcycle, upcycle_bert, upcycle_gpt
 from kelm.moe import MoELayer
-from kelm.moe.upcycle import load_source, load_upcycled, upcycle, upcycle_bert, upcycle_gpt
-from kelm.train import run_training
-from kelm.train.export import load_model, write_toml
+from kelm.app import run_training
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +58,7 @@ def test_upcycled_gpt_equals_dense_and_reloads(tmp_path: Path) -> None:
     write_toml(tmp_path / "dense" / "config.toml", {"model": {"kind": "gpt", **dense.cfg.to_dict()}})
     args = ["moe", "upcycle", "--model", str(tmp_path / "dense"), "--experts", "4", "--out", str(tmp_path / "s")]
     assert main(args) == 0
-    again = load_model(tmp_path / "s").eval()
+    again = load_gpt(tmp_path / "s").eval()
     assert again.cfg.moe and again.cfg.moe["n_experts"] == 4
     with torch.no_grad():
         torch.testing.assert_close(again(ids), dense(ids), atol=1e-5, rtol=1e-5)
@@ -90,7 +90,7 @@ def test_moe_gpt_pretrains_through_the_engine(tmp_path: Path) -> None:
     valid = summary["valid"]
     assert {"moe_load_max", "moe_router_entropy", "moe_aux_loss", "moe_dropped_fraction"} <= set(valid)
     assert valid["moe_dropped_fraction"] == 0.0
-    model = load_model(tmp_path / "run" / "model")
+    model = load_gpt(tmp_path / "run" / "model")
     assert isinstance(model.blocks[0].mlp, MoELayer)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["final_train_loss"] < 5.5
@@ -181,8 +181,8 @@ def test_upcycled_model_fine_tunes_and_predicts(
 
 
 def test_upcycled_encoder_routes_by_linked_kg_domains(tiny_upcycled: Path, tmp_path: Path) -> None:
+    from kelm.linking.domains import NONE, load_lexicon
     from kelm.lm.hf import build_hf_model, load_tokenizer
-    from kelm.moe.domains import NONE, load_lexicon
 
     dense = tiny_upcycled.parent / "dense"
     args = ["moe", "upcycle", "--model", str(dense), "--experts", "4", "--domains", "umls"]
@@ -208,7 +208,7 @@ def test_upcycled_encoder_routes_by_linked_kg_domains(tiny_upcycled: Path, tmp_p
 def test_upcycled_folder_without_table_in_config_json_still_loads(tiny_upcycled: Path, tmp_path: Path) -> None:
     import shutil
 
-    from kelm.moe.upcycle import upcycled_table
+    from kelm.lm.upcycle import upcycled_table
 
     old = tmp_path / "old"
     shutil.copytree(tiny_upcycled, old)

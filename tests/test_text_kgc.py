@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from test_text_kgc_helpers import FixedScorer, tiny_cfg, toy_kg
 
+from kelm.kgc.hybrid import HybridScoring, standardize
+from kelm.kgc.inductive import REMOVED, inductive_split
+from kelm.kgc.infonce import PreBatchQueue, contrastive_loss, known_answer_mask, triple_keys
+from kelm.kgc.text_kgc import DescriptionWarning, entity_texts, transe_loss
 from kelm.kge.evaluation import FilteredRankEvaluator
-from kelm.synergy.hybrid import HybridScoring, standardize
-from kelm.synergy.inductive import REMOVED, inductive_split
-from kelm.synergy.infonce import PreBatchQueue, contrastive_loss, known_answer_mask, triple_keys
-from kelm.synergy.text_kgc import DescriptionWarning, entity_texts, transe_loss
 from kelm.tasks.text_kgc import TextKGCTask
 from kelm.train.config import TrainConfig
 from kelm.train.distributed import shutdown
@@ -76,9 +76,9 @@ def test_transe_loss_prefers_translations() -> None:
 
 # -- data -----------------------------------------------------------------------------------------
 def test_inductive_split_properties() -> None:
-    from kelm.tasks.link_prediction import load_dataset
+    from kelm.kg.datasets import load_graph
 
-    kg = load_dataset("umls")
+    kg = load_graph("umls")
     split = inductive_split(kg, 0.2, seed=3)
     unseen = split.unseen
     assert len(unseen) == round(0.2 * len(kg.entities)) == 27
@@ -178,7 +178,7 @@ def test_predict_command_labels_answers(
 
 def test_kepler_joint_objective_decreases(tmp_path: Path) -> None:
     """TransE over text embeddings and MLM on descriptions both go down; the model reloads."""
-    from kelm.synergy.text_kgc import load_text_kgc
+    from kelm.kgc.text_kgc import load_text_kgc
 
     task = TextKGCTask(tiny_cfg(kepler=True, kepler_weight=1.0), kg=toy_kg())
 
@@ -217,8 +217,8 @@ def test_hybrid_with_a_trained_kge_model(
     toy_run: tuple[Path, dict, float, float], toy_kge: tuple[Path, object]
 ) -> None:
     """alpha = 0 ranks exactly as the KGE model; alpha = 1 exactly as the text model alone."""
-    from kelm.synergy.hybrid import load_structural
-    from kelm.synergy.text_kgc import load_text_kgc
+    from kelm.kgc.hybrid import load_structural
+    from kelm.kgc.text_kgc import load_text_kgc
 
     kge_dir, lp = toy_kge
     kg = toy_kg()
@@ -241,8 +241,8 @@ def test_hybrid_alpha_is_chosen_on_valid_and_applied_to_test(
     toy_run: tuple[Path, dict, float, float], toy_kge: tuple[Path, object]
 ) -> None:
     """Valid: the α of the best valid MRR; test: that α again, whatever test's own best is."""
-    from kelm.synergy.hybrid import HybridScoring, best_alpha
-    from kelm.synergy.text_kgc import load_text_kgc
+    from kelm.kgc.hybrid import HybridScoring, best_alpha
+    from kelm.kgc.text_kgc import load_text_kgc
 
     kge_dir, _ = toy_kge
     text_model = load_text_kgc(toy_run[0]).model
@@ -270,7 +270,7 @@ def test_hybrid_alpha_is_chosen_on_valid_and_applied_to_test(
 def test_hybrid_run_records_the_valid_chosen_alpha(tmp_path: Path, toy_kge: tuple[Path, object]) -> None:
     """Through the engine: metrics.json holds the same α for valid and test, and the exported
     model predicts with it."""
-    from kelm.synergy.text_kgc import load_text_kgc
+    from kelm.kgc.text_kgc import load_text_kgc
 
     kge_dir, _ = toy_kge
     torch.manual_seed(0)

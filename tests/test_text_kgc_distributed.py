@@ -16,7 +16,7 @@ import torch.distributed as dist
 from distributed_harness import run_distributed
 from test_text_kgc_helpers import tiny_cfg, toy_kg
 
-from kelm.synergy.infonce import PreBatchQueue
+from kelm.kgc.infonce import PreBatchQueue
 from kelm.tasks.text_kgc import TextKGCTask
 from kelm.train.config import TrainConfig
 from kelm.train.distributed import DistInfo

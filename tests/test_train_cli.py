@@ -11,14 +11,13 @@ from typing import Any
 import pytest
 import tomli_w
 
+from kelm.app import run_training
+from kelm.app.config import KelmConfig
 from kelm.cli import main
-from kelm.config import KelmConfig
 from kelm.errors import ConfigError
-from kelm.models.gpt import GPT
+from kelm.lm.gpt import GPT, load_gpt
 from kelm.tasks import build_task
 from kelm.tasks.causal_lm import CausalLMTask
-from kelm.train import run_training
-from kelm.train.export import load_model
 
 UMLS_TEXT = Path(__file__).resolve().parents[1] / "src/kelm/data/bundled/umls/entity2textlong.txt"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -85,7 +84,7 @@ def test_exported_model_reloads_with_the_same_eval_loss(run: Path) -> None:
     model_dir = run / "model"
     assert (model_dir / "model.safetensors").stat().st_size > 0
     assert (model_dir / "config.toml").is_file()
-    model = load_model(model_dir)
+    model = load_gpt(model_dir)
     assert isinstance(model, GPT) and model.cfg.d_model == 32
 
     recorded = json.loads((run / "metrics.json").read_text())

@@ -19,8 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from kelm.app import run_training
 from kelm.cli import main
-from kelm.train import run_training
 from kelm.train.checkpoint import LATEST, STATE, find_checkpoint
 from kelm.train.logging import read_metrics
 

@@ -86,17 +86,3 @@ class DataConfig(Section):
     data_dir: str | None = None
     skip_bad: bool = False
     chunk_size: int = Field(50_000, gt=0)
-
-
-# After `Section`: kelm.train.config builds on it (kelm.train imports this module first).
-from kelm.train.config import TrainConfig  # noqa: E402
-
-
-class KelmConfig(Section):
-    """A whole kelm config file. Every section is optional; each command reads the ones it needs."""
-
-    store: StoreConfig = Field(default_factory=StoreConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    # Free-form here; `kelm.tasks.validate_task` checks it against the named task's own model.
-    task: dict[str, Any] = Field(default_factory=dict)

@@ -13,7 +13,7 @@ from kelm.cli.kg import stats_table
 from kelm.errors import ConfigError
 
 if TYPE_CHECKING:
-    from kelm.demo import DemoResult, QueryResult
+    from kelm.app.demo import DemoResult, QueryResult
 
 out = Console(highlight=False)
 DEFAULT_OUT = Path("kelm-demo")
@@ -36,7 +36,7 @@ def results_table(res: DemoResult) -> Table:
 
 def print_query(q: QueryResult) -> None:
     """A query, its top answers, and for each the store's other facts that connect it to the head."""
-    from kelm.demo import EVIDENCE_HOPS
+    from kelm.app.demo import EVIDENCE_HOPS
 
     note = " [yellow](head unseen in inductive training)[/]" if q.unseen else ""
     out.print(f"[bold]{q.text}[/] hybrid, {q.setting}{note}; training facts left out")
@@ -64,7 +64,7 @@ def demo(
 ) -> None:
     """Train structure-only, text and hybrid KG completion on bundled UMLS (standard and inductive
     splits), print their filtered MRR and Hits@10, save them, and answer sample queries with evidence."""
-    from kelm.demo import DEMO_DATASET, run_demo
+    from kelm.app.demo import DEMO_DATASET, run_demo
 
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {threads}")

@@ -135,7 +135,7 @@ def predict_cmd(
     """Rank every entity, from its text, as the missing tail (--head) or head (--tail) of a triple."""
     import torch
 
-    from kelm.synergy.text_kgc import load_text_kgc
+    from kelm.kgc.text_kgc import load_text_kgc
 
     if (head is None) == (tail is None):
         raise ConfigError("give exactly one of --head (rank tails) and --tail (rank heads)")

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -65,23 +64,6 @@ def _find(name: str, ids: list[str], labels: list[str], what: str) -> int:
     raise ConfigError(f"unknown {what} '{name}' (not an id or label in the model's vocabulary)")
 
 
-def load_kge(folder: Path) -> tuple[Any, dict[str, Any]]:
-    """The exported link-prediction model of a run's ``model/`` folder, and its ``[model]`` table."""
-    from kelm.tasks.link_prediction import build_scorer
-    from kelm.train.export import CONFIG, load_weights
-
-    try:
-        with (folder / CONFIG).open("rb") as fh:
-            spec = dict(tomllib.load(fh).get("model", {}))
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise DataError(f"cannot read the exported model config ({err})", folder / CONFIG) from None
-    if spec.get("kind") != "kge":
-        raise DataError(f"not a link-prediction model (kind {spec.get('kind')!r})", folder / CONFIG)
-    spec["dropout"] = 0.0
-    model = load_weights(build_scorer(spec), folder)
-    return model.eval(), spec
-
-
 @app.command("predict")
 def predict_cmd(
     model_dir: Annotated[Path, typer.Option("--model", "-m", help="A run folder or its model/ folder.")],
@@ -94,7 +76,7 @@ def predict_cmd(
     """Rank every entity as the missing tail (--head) or head (--tail) of a triple."""
     import torch
 
-    from kelm.tasks.link_prediction import ENTITIES_FILE, RELATIONS_FILE, read_vocab
+    from kelm.kg.vocab import ENTITIES_FILE, RELATIONS_FILE, read_vocab
 
     if (head is None) == (tail is None):
         raise ConfigError("give exactly one of --head (rank tails) and --tail (rank heads)")
@@ -105,6 +87,8 @@ def predict_cmd(
     rel_ids, rel_labels = read_vocab(folder / RELATIONS_FILE)
     e = _find(head if head is not None else tail, ent_ids, ent_labels, "entity")  # type: ignore[arg-type]
     r = _find(relation, rel_ids, rel_labels, "relation")
+    from kelm.kge.folder import load_kge
+
     model, _ = load_kge(folder)
     with torch.no_grad():
         e_t, r_t = torch.tensor([e]), torch.tensor([r])

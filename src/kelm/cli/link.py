@@ -21,8 +21,9 @@ def link(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print each mention: character span, text, entity id and label, score and method (exact, alias, nn)."""
-    from kelm.fusion.linking import EntityLinker, build_entity_index, load_text_embedder, read_aliases
-    from kelm.tasks.kg_enhanced import load_graph
+    from kelm.kg.datasets import load_graph
+    from kelm.linking.linker import EntityLinker, build_entity_index, read_aliases
+    from kelm.lm.encoding import load_text_embedder
 
     graph = load_graph(kg)
     index = embed = None

@@ -38,7 +38,7 @@ def upcycle_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Turn the dense FFNs of a model into MoE layers whose experts start as copies of the FFN."""
-    from kelm.moe.upcycle import upcycle
+    from kelm.lm.upcycle import upcycle
 
     settings = {
         "n_experts": experts,

@@ -11,7 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
-from kelm.config import KelmConfig, load_config
+from kelm.app.config import KelmConfig
+from kelm.config import load_config
 from kelm.errors import ConfigError
 from kelm.kg.store import BACKENDS, GraphStore, open_store
 

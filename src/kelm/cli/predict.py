@@ -92,20 +92,18 @@ def _classify(model: Any, tokenizer: Any, max_length: int, files: list[Path] | N
 
 def _kind(model_dir: Path) -> str | None:
     """The ``kind`` of an exported model's ``[model]`` table (None when unreadable: the loader reports it)."""
-    import tomllib
-
-    from kelm.lm.hf import find_model_folder
+    from kelm.artifacts import read_model_spec
+    from kelm.errors import DataError
 
     try:
-        with (find_model_folder(model_dir) / "config.toml").open("rb") as fh:
-            return tomllib.load(fh).get("model", {}).get("kind")
-    except (OSError, tomllib.TOMLDecodeError, AttributeError):
+        return read_model_spec(model_dir)[1].get("kind")
+    except DataError:
         return None
 
 
 def _classify_fused(model_dir: Path, files: list[Path] | None, as_json: bool) -> None:
     """Classify with a `kelm fuse train` model: each text is linked to the graph saved with it."""
-    from kelm.fusion.inference import FusedClassifier
+    from kelm.app.fused import FusedClassifier
 
     classifier = FusedClassifier(model_dir)
     for chunk in _chunks(_lines(files), BATCH):

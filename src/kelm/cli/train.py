@@ -66,8 +66,8 @@ def train_or_launch(
 ) -> dict[str, Any] | None:
     """Train in this process, or, given launch flags outside torchrun, start torchrun workers that
     run ``kelm COMMAND`` with the same ``flags``. Returns the run summary on rank 0, else None."""
+    from kelm.app.run import load_run_config, preflight, run_training
     from kelm.train.distributed import env_rank, launched_by_torchrun
-    from kelm.train.run import load_run_config, preflight, run_training
 
     resume = opts.resume
     run = load_run_config(config, overrides, resume)

@@ -21,24 +21,11 @@ from pathlib import Path
 
 from kelm.atomic import write_text_atomic
 from kelm.kg.model import KnowledgeGraph
+from kelm.linking.domains import GROUPS, semantic_group
 
 NAME = "umls-groups"
 #: Semantic groups, most specific first where they nest.
-GROUPS = (
-    "organism",
-    "anatomical_structure",
-    "substance",
-    "manufactured_object",
-    "conceptual_entity",
-    "activity",
-    "phenomenon_or_process",
-)
 SPLIT_SHARES = {"train": 0.7, "dev": 0.15, "test": 0.15}
-
-
-def semantic_group(entity: str, ancestors: dict[str, set[str]]) -> str | None:
-    up = ancestors.get(entity, set()) | {entity}
-    return next((g for g in GROUPS if g in up), None)
 
 
 def generate_groups(kg: KnowledgeGraph, seed: int = 0, per_entity: int = 40) -> dict[str, list[tuple[str, str, str]]]:

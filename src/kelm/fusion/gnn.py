@@ -92,8 +92,8 @@ class GraphEncoder(nn.Module):
         """Copy entity vectors of a trained kelm KGE model (a run or its ``model/`` folder) by entity id.
 
         A table of another width is fitted by a fixed random projection. Returns how many rows were set."""
-        from kelm.cli.kge import load_kge
-        from kelm.tasks.link_prediction import ENTITIES_FILE, read_vocab
+        from kelm.kg.vocab import ENTITIES_FILE, read_vocab
+        from kelm.kge.folder import load_kge
 
         if self.entity is None:
             raise ConfigError("task.kge_init needs node_features = 'kge' (an entity table to initialise)")

@@ -38,7 +38,7 @@ from torch import nn
 from torch_geometric.utils import scatter
 
 from kelm.fusion.gnn import GraphEncoder
-from kelm.lm.finetune import model_inputs
+from kelm.lm.batching import model_inputs
 
 Mode = Literal["lm", "kg", "joint"]
 Fusion = Literal["concat", "greaselm"]

@@ -38,13 +38,9 @@ def open_source(
         report = ReadReport()
         chunks = iter_chunks(path, skip_bad=skip_bad, chunk_size=chunk_size, report=report)
         return Source(path.name, chunks, None, report)
-    types_dir = None
-    if not path.exists():
-        from kelm.data import resolve, resolve_types
+    from kelm.kg.datasets import graph_location
 
-        name = str(source)
-        path = resolve(name, data_dir=data_dir)
-        types_dir = resolve_types(name, data_dir=data_dir)
+    path, types_dir = graph_location(source, data_dir)
     kg, report = load_kg(path, skip_bad=skip_bad, name=path.name, types_dir=types_dir)
     return Source(kg.name, kg.chunks(chunk_size), kg.num_triples, report, kg)
 

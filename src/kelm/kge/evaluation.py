@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from kelm.errors import ConfigError
 from kelm.kg.tensors import ragged_gather
-from kelm.models.kge import KGEModel
+from kelm.kge.models import KGEModel
 
 SIDES = ("tail", "head")
 HITS_AT = (1, 3, 10)

@@ -49,12 +49,12 @@ class QAModel:
     """A trained ``kgqa`` run loaded for inference."""
 
     def __init__(self, path: str | Path):
-        from kelm.lm.hf import find_model_folder, load_tokenizer
-        from kelm.tasks.kgqa import QA_FILE, build_qa_model
+        from kelm.artifacts import read_model_spec
+        from kelm.kgqa.batching import QA_FILE, build_qa_model
+        from kelm.lm.hf import load_tokenizer
         from kelm.train.export import load_weights
 
-        folder = find_model_folder(path)
-        self.spec = _read_spec(folder)
+        folder, self.spec = read_model_spec(path, "kgqa")
         self.graph = QAGraph.load(folder)
         try:
             self.threshold = float(json.loads((folder / QA_FILE).read_text(encoding="utf-8"))["threshold"])
@@ -64,10 +64,10 @@ class QAModel:
         self.model = load_weights(build_qa_model(self.spec), folder).eval()
 
     def _batch(self, text: str, topic: int) -> dict[str, Any]:
-        from kelm.kgqa.models import pad_states, reference_encoder, token_states
-        from kelm.lm.finetune import encode_inputs
-        from kelm.tasks.classification import encode_texts
-        from kelm.tasks.kgqa import SubgraphTensors, collate_subgraphs
+        from kelm.kgqa.batching import SubgraphTensors, collate_subgraphs
+        from kelm.kgqa.models import pad_states, token_states
+        from kelm.lm.batching import encode_inputs
+        from kelm.lm.encoding import encode_texts, reference_encoder
 
         s = self.spec
         batch: dict[str, Any]
@@ -127,12 +127,3 @@ class QAModel:
             hop = int((reasoning.scores[:, p] * mix).argmax()) + 1
             out[a] = followed_paths(self.graph, nodes, edges, reasoning.scores, attention, hop, p, limit)
         return out
-
-
-def _read_spec(folder: Path) -> dict[str, Any]:
-    from kelm.config import read_toml
-
-    spec = dict(read_toml(folder / "config.toml").get("model", {}))
-    if spec.get("kind") != "kgqa":
-        raise DataError(f"not a question-answering model (kind {spec.get('kind')!r})", folder / "config.toml")
-    return spec

@@ -32,58 +32,11 @@ from torch import nn
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter
 
-from kelm.lm.finetune import encode_inputs, model_inputs
-from kelm.tasks.classification import encode_texts
-
-
-def load_encoder(name: str, tokenizer: Any, sizes: dict[str, int], max_positions: int = 512) -> nn.Module:
-    """A bare encoder (no head): pretrained weights for a checkpoint, fresh ones for ``tiny-bert``."""
-    from transformers import AutoConfig, AutoModel, BertModel
-
-    from kelm.errors import ConfigError
-    from kelm.lm.hf import _first_line, quiet, resolve_model, scratch_config
-
-    with quiet():
-        if name == "tiny-bert":
-            return BertModel(scratch_config(name, tokenizer, sizes, max_positions), add_pooling_layer=False)
-        if name == "tiny-gpt2":
-            raise ConfigError("task.encoder: question answering needs an encoder (minilm, tiny-bert or a folder)")
-        source = resolve_model(name)
-        try:
-            if torch.get_default_device().type == "meta":
-                return AutoModel.from_config(AutoConfig.from_pretrained(source))
-            return AutoModel.from_pretrained(source, use_safetensors=True)
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"task.encoder: cannot load '{name}' ({_first_line(err)})") from None
-
-
-def reference_encoder(name: str, tokenizer: Any, sizes: dict[str, int]) -> nn.Module:
-    """A frozen encoder whose weights depend only on ``name`` (tiny-bert is drawn from seed 0)."""
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        enc = load_encoder(name, tokenizer, sizes)
-    return enc.eval().requires_grad_(False)
-
+from kelm.lm.batching import encode_inputs, model_inputs
+from kelm.lm.encoding import encode_texts
 
 #: Share of each hop's relation attention spread evenly over all relations.
 LEAK = 1e-3
-
-
-def mean_pool(encoder: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    hidden = encoder(**inputs).last_hidden_state
-    mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-
-
-@torch.no_grad()
-def embed_texts(encoder: nn.Module, tokenizer: Any, texts: list[str], max_length: int, batch: int = 128):
-    """Mean-pooled embeddings of ``texts`` (float32, on CPU)."""
-    samples, _ = encode_texts(tokenizer, texts, max_length)
-    out = [torch.zeros(0, encoder.config.hidden_size)]
-    for lo in range(0, len(samples), batch):
-        inputs = encode_inputs(samples[lo : lo + batch], tokenizer.pad_token_id)
-        out.append(mean_pool(encoder, inputs).float())
-    return torch.cat(out)
 
 
 def token_states(

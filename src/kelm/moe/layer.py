@@ -12,8 +12,8 @@ from torch import nn
 
 from kelm.errors import ConfigError
 from kelm.moe.config import MoEConfig
+from kelm.moe.exchange import expert_parallel_experts
 from kelm.moe.experts import SharedExpert, build_experts
-from kelm.moe.parallel import expert_parallel_experts
 from kelm.moe.router import RouterOutput, TopKRouter, switch_loss, z_loss
 
 

@@ -26,49 +26,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from kelm.errors import ConfigError
-
-
-class _AllToAll(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, out_splits: list[int], in_splits: list[int], group: Any) -> torch.Tensor:
-        ctx.splits, ctx.group = (out_splits, in_splits), group
-        out = x.new_empty((sum(out_splits), *x.shape[1:]))
-        dist.all_to_all_single(out, x.contiguous(), out_splits, in_splits, group=group)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        out_splits, in_splits = ctx.splits
-        g = grad.new_empty((sum(in_splits), *grad.shape[1:]))
-        dist.all_to_all_single(g, grad.contiguous(), in_splits, out_splits, group=ctx.group)
-        return g, None, None, None
-
-
-def all_to_all(x: torch.Tensor, out_splits: list[int], in_splits: list[int], group: Any = None) -> torch.Tensor:
-    """Differentiable ``all_to_all_single`` along dim 0 with variable splits."""
-    return _AllToAll.apply(x, out_splits, in_splits, group)
-
-
-def expert_parallel_experts(
-    experts: nn.Module, x_sorted: torch.Tensor, counts: torch.Tensor, group: Any, ep_size: int
-) -> torch.Tensor:
-    """Run ``x_sorted`` (rows grouped by global expert, ``counts`` (E,) per expert) through the experts
-    sharded over ``group``; returns the outputs in the same order."""
-    E = counts.numel()
-    n_local = E // ep_size
-    recv = torch.empty_like(counts)
-    dist.all_to_all_single(recv, counts.contiguous(), group=group)  # row s: what rank s sends my experts
-    recv_m = recv.view(ep_size, n_local)
-    send_splits = counts.view(ep_size, n_local).sum(1).tolist()
-    recv_splits = recv_m.sum(1).tolist()
-    x_recv = all_to_all(x_sorted, recv_splits, send_splits, group)
-    # received rows are grouped by source rank, then by local expert: regroup by local expert
-    local_id = torch.repeat_interleave(torch.arange(n_local, device=counts.device).repeat(ep_size), recv_m.reshape(-1))
-    perm = torch.argsort(local_id, stable=True)
-    y_local = experts(x_recv.index_select(0, perm), recv_m.sum(0))
-    inverse = torch.empty_like(perm)
-    inverse[perm] = torch.arange(perm.numel(), device=perm.device)
-    return all_to_all(y_local.index_select(0, inverse), send_splits, recv_splits, group)
+from kelm.moe.layer import MoELayer
 
 
 def ep_mesh(ep_size: int, device_type: str = "cpu") -> DeviceMesh:
@@ -100,8 +58,6 @@ def enable_expert_parallel(model: nn.Module, ep_size: int | None = None, average
     hold DTensors (sharded over the EP group, replicated over the replicas), so DCP checkpoints
     save each expert once, reshard on load and gather whole experts for a full state dict.
     Returns the expert parameter names. Collective."""
-    from kelm.moe.layer import MoELayer
-
     world = dist.get_world_size()
     ep_size = ep_size or world
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, MoELayer)]
@@ -153,8 +109,6 @@ def _shard_state_dict(experts: nn.Module, mesh: DeviceMesh, placements: list[Any
 
 def expert_parameters(model: nn.Module) -> tuple[list[nn.Parameter], Any]:
     """The sharded expert parameters of ``model`` and their EP group (``[]``, None without EP)."""
-    from kelm.moe.layer import MoELayer
-
     layers = [m for m in model.modules() if isinstance(m, MoELayer) and m.ep_size > 1]
     return [p for m in layers for p in m.experts.parameters()], (layers[0].ep_group if layers else None)
 
@@ -162,8 +116,6 @@ def expert_parameters(model: nn.Module) -> tuple[list[nn.Parameter], Any]:
 def shard_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
     """Optimizer state-dict hooks matching `enable_expert_parallel`: the per-row state of sharded
     expert parameters (Adam moments and the like) is saved as DTensors and loaded back as rows."""
-    from kelm.moe.layer import MoELayer
-
     specs: dict[int, tuple[DeviceMesh, list[Any]]] = {}
     for m in model.modules():
         spec = getattr(m.experts, "kelm_ep_spec", None) if isinstance(m, MoELayer) else None

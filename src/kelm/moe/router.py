@@ -159,8 +159,6 @@ class TopKRouter(nn.Module):
         if nd:
             joint = torch.zeros(nd * E, dtype=torch.float64)
             if domain_ids is not None:
-                from kelm.moe.domains import routing_table
-
                 joint = routing_table(out.experts, domain_ids.reshape(-1), nd, E).reshape(-1).double()
             parts.append(joint)
         local = torch.cat([p.cpu() for p in parts])
@@ -222,3 +220,14 @@ def normalized_mutual_information(joint: torch.Tensor) -> float:
     mi = float((p[nz] * (p[nz] / (pd @ pe)[nz]).log()).sum())
     hd = float(-(pd[pd > 0] * pd[pd > 0].log()).sum())
     return mi / hd if hd > 0 else 0.0
+
+
+def routing_table(experts_NK: torch.Tensor, domains_N: torch.Tensor, n_domains: int, n_experts: int) -> torch.Tensor:
+    """(domains, experts) counts of routed slots from chosen experts (N, k) and token domains (N,);
+    tokens with a negative domain are left out."""
+    ids = domains_N.reshape(-1, 1).expand(-1, experts_NK.shape[1]).reshape(-1).long()
+    flat = experts_NK.reshape(-1)
+    keep = ids >= 0
+    return torch.bincount(ids[keep] * n_experts + flat[keep], minlength=n_domains * n_experts).view(
+        n_domains, n_experts
+    )

@@ -10,7 +10,8 @@ from pydantic import ValidationError, create_model
 
 from kelm.config import Section, format_validation_error
 from kelm.errors import ConfigError
-from kelm.tasks.base import Task
+from kelm.registry import Registry
+from kelm.train.task import Task
 
 DEFAULT_TASK = "causal-lm"
 
@@ -23,80 +24,33 @@ class TaskSpec:
     factory: Callable[[Any], Task]
 
 
-def _causal_lm() -> TaskSpec:
-    from kelm.tasks.causal_lm import CausalLMConfig, CausalLMTask
-
-    return TaskSpec(CausalLMConfig, CausalLMTask)
-
-
-def _link_prediction() -> TaskSpec:
-    from kelm.tasks.link_prediction import LinkPredictionConfig, LinkPredictionTask
-
-    return TaskSpec(LinkPredictionConfig, LinkPredictionTask)
-
-
-def _classification() -> TaskSpec:
-    from kelm.tasks.classification import ClassificationConfig, ClassificationTask
-
-    return TaskSpec(ClassificationConfig, ClassificationTask)
-
-
-def _ner() -> TaskSpec:
-    from kelm.tasks.ner import NERConfig, NERTask
-
-    return TaskSpec(NERConfig, NERTask)
+#: Task name → its `Task` class (whose ``config_class`` validates the ``[task]`` table).
+TASKS: Registry[type[Task]] = Registry(
+    "task",
+    {
+        "causal-lm": "kelm.tasks.causal_lm:CausalLMTask",
+        "link-prediction": "kelm.tasks.link_prediction:LinkPredictionTask",
+        "classification": "kelm.tasks.classification:ClassificationTask",
+        "ner": "kelm.tasks.ner:NERTask",
+        "qa": "kelm.tasks.qa:QATask",
+        "mlm": "kelm.tasks.pretrain:PretrainTask",
+        "clm": "kelm.tasks.pretrain:PretrainTask",
+        "kgqa": "kelm.tasks.kgqa:KGQATask",
+        "kg-enhanced-classification": "kelm.tasks.kg_enhanced:KGEnhancedTask",
+        "text-kgc": "kelm.tasks.text_kgc:TextKGCTask",
+        "frozen-text-kgc": "kelm.tasks.frozen_text_kgc:FrozenTextKGCTask",
+    },
+)
 
 
-def _qa() -> TaskSpec:
-    from kelm.tasks.qa import QAConfig, QATask
-
-    return TaskSpec(QAConfig, QATask)
-
-
-def _pretrain() -> TaskSpec:
-    from kelm.tasks.pretrain import PretrainConfig, PretrainTask
-
-    return TaskSpec(PretrainConfig, PretrainTask)
-
-
-def _kgqa() -> TaskSpec:
-    from kelm.tasks.kgqa import KGQAConfig, KGQATask
-
-    return TaskSpec(KGQAConfig, KGQATask)
-
-
-def _text_kgc() -> TaskSpec:
-    from kelm.tasks.text_kgc import TextKGCConfig, TextKGCTask
-
-    return TaskSpec(TextKGCConfig, TextKGCTask)
-
-
-def _frozen_text_kgc() -> TaskSpec:
-    from kelm.tasks.frozen_text_kgc import FrozenTextKGCConfig, FrozenTextKGCTask
-
-    return TaskSpec(FrozenTextKGCConfig, FrozenTextKGCTask)
-
-
-def _kg_enhanced() -> TaskSpec:
-    from kelm.tasks.kg_enhanced import KGEnhancedConfig, KGEnhancedTask
-
-    return TaskSpec(KGEnhancedConfig, KGEnhancedTask)
-
-
-#: Task name → a loader of its spec (imported on first use).
-TASKS: dict[str, Callable[[], TaskSpec]] = {"causal-lm": _causal_lm, "link-prediction": _link_prediction}
-TASKS["classification"] = _classification
-TASKS["ner"] = _ner
-TASKS["qa"] = _qa
-TASKS["mlm"] = TASKS["clm"] = _pretrain
-TASKS["kgqa"] = _kgqa
-TASKS["kg-enhanced-classification"] = _kg_enhanced
-TASKS["text-kgc"] = _text_kgc
-TASKS["frozen-text-kgc"] = _frozen_text_kgc
+def task_spec(name: str, field: str = "task.name") -> TaskSpec:
+    """The config model and factory of a registered task (imported on first use)."""
+    cls = TASKS.get(name, field)
+    return TaskSpec(cls.config_class, cls)
 
 
 def task_names() -> list[str]:
-    return sorted(TASKS)
+    return TASKS.names()
 
 
 def validate_task(section: dict[str, Any], source: str = "config") -> tuple[TaskSpec, Section]:
@@ -105,7 +59,7 @@ def validate_task(section: dict[str, Any], source: str = "config") -> tuple[Task
     name = section.setdefault("name", DEFAULT_TASK)
     if name not in TASKS:
         raise ConfigError(f"{source}: task.name: unknown task '{name}' (known: {', '.join(task_names())})")
-    spec = TASKS[name]()
+    spec = task_spec(name)
     wrapper = create_model("TaskTable", __base__=Section, task=(spec.config, ...))
     try:
         cfg = wrapper.model_validate({"task": section}).task  # type: ignore[attr-defined]
@@ -122,4 +76,4 @@ def build_task(task_section: dict[str, Any], source: str = "config") -> Task:
     return spec.factory(cfg)
 
 
-__all__ = ["TASKS", "Task", "TaskSpec", "build_task", "task_names", "validate_task"]
+__all__ = ["TASKS", "Task", "TaskSpec", "build_task", "task_names", "task_spec", "validate_task"]

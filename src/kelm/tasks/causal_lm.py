@@ -19,8 +19,10 @@ from torch import nn
 
 from kelm.config import Section
 from kelm.errors import ConfigError, DataError
-from kelm.models.gpt import GPT, GPTConfig
-from kelm.tasks.base import Batch, Task
+from kelm.lm.gpt import GPT, GPTConfig
+from kelm.moe.plan import ExpertParallelPlan
+from kelm.train.parallel import ParallelPlan, block_units
+from kelm.train.task import Batch, Task
 
 
 class CausalLMConfig(Section):
@@ -111,6 +113,7 @@ def read_corpus(paths: list[str]) -> bytes:
 
 
 class CausalLMTask(Task):
+    config_class = CausalLMConfig
     name = "causal-lm"
     monitor = "loss"
     monitor_mode = "min"
@@ -130,7 +133,7 @@ class CausalLMTask(Task):
         if cfg.moe_domain_routing is not None:
             if not cfg.moe_experts:
                 raise ConfigError("task.moe_domain_routing needs a mixture-of-experts model (task.moe_experts > 0)")
-            from kelm.moe.domains import byte_domains, load_lexicon
+            from kelm.linking.domains import byte_domains, load_lexicon
 
             lexicon = load_lexicon(cfg.moe_domain_routing)
             self.domain_names = lexicon.names
@@ -170,6 +173,10 @@ class CausalLMTask(Task):
     def gpt_config(self) -> GPTConfig:
         c = self.cfg
         return GPTConfig(256, c.seq_len, c.d_model, c.n_layer, c.n_head, c.dropout, moe=self.moe_table())
+
+    def parallel_plan(self) -> ParallelPlan:
+        """Experts sharded as the MoE layers ask; FSDP2 and checkpointing go block by block."""
+        return ExpertParallelPlan(units=block_units("blocks"))
 
     def build_model(self) -> nn.Module:
         return GPT(self.gpt_config())

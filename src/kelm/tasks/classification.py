@@ -20,16 +20,11 @@ from torch import nn
 
 from kelm.errors import DataError
 from kelm.lm import metrics as M
-from kelm.lm.finetune import (
-    FinetuneConfig,
-    HFTask,
-    encode_inputs,
-    model_inputs,
-    split_files,
-    warn_truncated,
-)
+from kelm.lm.batching import encode_inputs, model_inputs
+from kelm.lm.encoding import encode_texts
 from kelm.lm.speedups import first_token_last_layer
-from kelm.tasks.base import Batch
+from kelm.tasks.finetune import FinetuneConfig, HFTask, split_files, warn_truncated
+from kelm.train.task import Batch
 
 
 class ClassificationConfig(FinetuneConfig):
@@ -71,6 +66,7 @@ def _line_of(data: bytes, offset: int) -> int:
 
 
 class ClassificationTask(HFTask):
+    config_class = ClassificationConfig
     name = "classification"
     head = "classification"
     monitor = "macro_f1"
@@ -153,19 +149,6 @@ class ClassificationTask(HFTask):
     def report_title(self) -> str:
         split = "test" if "test" in self.splits else "dev"
         return f"classification report ({split} set, {self.cfg.model})"
-
-
-def encode_texts(tokenizer: Any, texts: list[str], max_length: int) -> tuple[list[dict[str, Any]], int]:
-    """Token ids (with special tokens) per text, cut to ``max_length``; and how many were cut."""
-    enc = tokenizer(texts, truncation=True, max_length=max_length)
-    samples, cut = [], 0
-    for i in range(len(texts)):
-        sample: dict[str, Any] = {"input_ids": enc["input_ids"][i]}
-        if "token_type_ids" in enc:
-            sample["token_type_ids"] = enc["token_type_ids"][i]
-        cut += bool(enc.encodings[i].overflowing)
-        samples.append(sample)
-    return samples, cut
 
 
 def _label_key(label: str) -> tuple[int, float | str]:

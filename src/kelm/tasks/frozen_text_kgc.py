@@ -1,4 +1,4 @@
-"""Text-conditioned link prediction over a frozen encoder (`kelm.synergy.frozen_text`).
+"""Text-conditioned link prediction over a frozen encoder (`kelm.kgc.frozen_text`).
 
 Training is 1-vs-all cross-entropy (label-smoothed) with reciprocal relations: each training
 triple ``(h, r, t)`` and its inverse ``(t, r + R, h)`` score every candidate entity. With an
@@ -18,11 +18,12 @@ from pydantic import Field
 from torch import nn
 
 from kelm.config import Section
+from kelm.kg.datasets import load_graph
 from kelm.kg.model import KnowledgeGraph
 from kelm.kg.tensors import TripleTensors
-from kelm.synergy.frozen_text import KIND, FrozenTextScorer, feature_texts, text_features
-from kelm.tasks.base import Batch
-from kelm.tasks.link_prediction import Indices, LinkPredictionTask, load_dataset
+from kelm.kgc.frozen_text import KIND, FrozenTextScorer, feature_texts, text_features
+from kelm.tasks.link_prediction import Indices, LinkPredictionTask
+from kelm.train.task import Batch
 
 
 class FrozenTextKGCConfig(Section):
@@ -52,10 +53,10 @@ class FrozenTextKGCConfig(Section):
 
 def _graph(cfg: FrozenTextKGCConfig, kg: KnowledgeGraph | None) -> tuple[KnowledgeGraph, frozenset[str]]:
     """The graph to learn from (with ``inductive``, its inductive split) and the unseen entities."""
-    kg = kg if kg is not None else load_dataset(cfg.dataset, cfg.data_dir)
+    kg = kg if kg is not None else load_graph(cfg.dataset, cfg.data_dir)
     if not cfg.inductive:
         return kg, frozenset()
-    from kelm.synergy.inductive import inductive_split
+    from kelm.kgc.inductive import inductive_split
 
     split = inductive_split(kg, cfg.inductive, cfg.inductive_seed, cfg.train_split)
     return split.kg, split.unseen
@@ -63,6 +64,7 @@ def _graph(cfg: FrozenTextKGCConfig, kg: KnowledgeGraph | None) -> tuple[Knowled
 
 class FrozenTextKGCTask(LinkPredictionTask):
     """Link prediction whose entity vectors are projections of frozen text features."""
+    config_class = FrozenTextKGCConfig
 
     name = KIND
 

@@ -3,7 +3,7 @@
 Data are classification files (``id<TAB>text<TAB>label``, as `classification` reads them), a
 registered data set, or ``dataset = "umls-groups"``, generated from the graph by
 `kelm.fusion.data` (written once under ``$KELM_CACHE_DIR/fusion``). For every text the task links
-entities (`kelm.fusion.linking`: dictionary, then nearest neighbours when ``link_encoder`` is
+entities (`kelm.linking.linker`: dictionary, then nearest neighbours when ``link_encoder`` is
 set), retrieves their k-hop subgraph once (from the in-memory graph, or from a graph store when
 ``store`` is given; same sampling) and keeps it with the sample; mentions are mapped to tokens
 through the tokenizer's offsets. The model (`kelm.fusion.model`) and the loss
@@ -27,15 +27,17 @@ from torch_geometric.data import Batch as PyGBatch
 
 from kelm.atomic import write_text_atomic
 from kelm.fusion.gnn import GraphEncoder
-from kelm.fusion.linking import EntityIndex, EntityLinker, build_entity_index, load_text_embedder, read_aliases
 from kelm.fusion.model import FusionModel, FusionSettings
 from kelm.fusion.subgraph import Adjacency, store_subgraph, to_data
+from kelm.kg.datasets import load_graph
 from kelm.kg.model import KnowledgeGraph
 from kelm.kg.tensors import TripleTensors
-from kelm.tasks.base import Batch
+from kelm.linking.linker import EntityIndex, EntityLinker, build_entity_index, read_aliases
+from kelm.lm.encoding import load_text_embedder
 from kelm.tasks.classification import ClassificationConfig, ClassificationTask
+from kelm.train.task import Batch
 
-#: Files `save_artifacts` writes beside the weights, for `kelm.fusion.inference`.
+#: Files `save_artifacts` writes beside the weights, for `kelm.app.fused`.
 FUSION_KG = "kg"
 FUSION_INDEX = "entity_index.safetensors"
 FUSION_SETTINGS = "fusion.json"
@@ -99,20 +101,8 @@ class KGEnhancedConfig(ClassificationConfig):
     generate_per_entity: int = Field(40, ge=1, description="umls-groups: sentences per entity")
 
 
-def load_graph(name: str, data_dir: str | None = None) -> KnowledgeGraph:
-    """A graph by registered name, file or folder (entity texts included where the folder has them)."""
-    from kelm.kg.io import load_kg
-
-    path = Path(name)
-    if not path.exists():
-        from kelm.data import resolve
-
-        path = resolve(name, data_dir=data_dir)
-    kg, _ = load_kg(path)
-    return kg
-
-
 class KGEnhancedTask(ClassificationTask):
+    config_class = KGEnhancedConfig
     name = "kg-enhanced-classification"
 
     def __init__(self, cfg: KGEnhancedConfig, kg: KnowledgeGraph | None = None):
@@ -280,7 +270,7 @@ def build_fusion_model(
     text_features: torch.Tensor | None = None,
 ) -> FusionModel:
     """The fusion model ``cfg`` describes, over the graph ``tensors`` (a fresh head, a pretrained LM)."""
-    from kelm.kgqa.models import load_encoder
+    from kelm.lm.encoding import load_encoder
 
     c = cfg
     settings = FusionSettings(
@@ -350,5 +340,4 @@ __all__ = [
     "cached_index",
     "collate_graphs",
     "link_and_encode",
-    "load_graph",
 ]

@@ -14,7 +14,7 @@ true entity among all others, filtering every other known triple of train, valid
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,18 +25,19 @@ from torch import nn
 
 from kelm.atomic import write_text_atomic
 from kelm.config import Section
-from kelm.errors import ConfigError, DataError
+from kelm.errors import DataError
+from kelm.kg.datasets import load_graph
 from kelm.kg.model import KnowledgeGraph
 from kelm.kg.tensors import TripleTensors, ragged_gather
-from kelm.tasks.base import Batch, Task
+from kelm.kg.vocab import ENTITIES_FILE, RELATIONS_FILE, vocab_tsv
+from kelm.kge.scorer import Scoring, build_scorer
 from kelm.train.data import BatchRandom
+from kelm.train.task import Batch, Task
 
 MODES = ("1-n", "1-vs-all", "negative-sampling")
 ONE_N_LOSSES = ("bce", "ce")
 NS_LOSSES = ("margin", "softplus", "self-adversarial")
 RANK_METRICS = ("mrr", "mr", "hits@1", "hits@3", "hits@10")
-ENTITIES_FILE = "entities.tsv"
-RELATIONS_FILE = "relations.tsv"
 
 
 class LinkPredictionConfig(Section):
@@ -81,20 +82,6 @@ class LinkPredictionConfig(Section):
 
 
 # -- data -------------------------------------------------------------------------------------
-def load_dataset(dataset: str, data_dir: str | None = None) -> KnowledgeGraph:
-    """A registered data set (resolved, never downloaded) or a folder/file of triples."""
-    from kelm.kg.io import load_kg
-
-    path, types_dir = Path(dataset), None
-    if not path.exists():
-        from kelm.data import resolve, resolve_types
-
-        path = resolve(dataset, data_dir=data_dir)
-        types_dir = resolve_types(dataset, data_dir=data_dir)
-    kg, _ = load_kg(path, types_dir=types_dir)
-    return kg
-
-
 class Queries(Sequence[int]):
     """1-n training queries ``(entity, relation, is_tail)`` with their true answers (CSR layout)."""
 
@@ -172,82 +159,10 @@ def head_probabilities(triples: torch.Tensor, num_relations: int) -> torch.Tenso
     return probs
 
 
-# -- model wrapper ------------------------------------------------------------------------------
-class KGEScorer(nn.Module):
-    """Routes every use of a KGE model through ``forward``, so DDP and FSDP hooks run.
-
-    ``forward(op, *args)`` calls ``score_hrt``, ``score_t``, ``score_h`` or ``regularizer`` of the
-    wrapped model. With ``reciprocal`` relations, head queries become tail queries on ``r + R``.
-    """
-
-    def __init__(self, kge: nn.Module, num_relations: int, reciprocal: bool):
-        super().__init__()
-        self.kge = kge
-        self.num_relations, self.reciprocal = num_relations, reciprocal
-
-    def forward(self, op: str, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if op == "score_h" and self.reciprocal:
-            r, t = args[:2]
-            return self.kge.score_t(t, r + self.num_relations, *args[2:], **kwargs)
-        if op not in ("score_hrt", "score_t", "score_h", "regularizer"):
-            raise ValueError(f"unknown op {op!r}")
-        return getattr(self.kge, op)(*args, **kwargs)
-
-
-class Scoring:
-    """What the evaluator sees: ``score_t``/``score_h`` over the original relations, via ``forward``."""
-
-    def __init__(self, model: nn.Module, num_entities: int, num_relations: int, dim: int):
-        self.model = model
-        self.num_entities, self.num_relations, self.dim = num_entities, num_relations, dim
-
-    def score_hrt(self, h: torch.Tensor, r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.model("score_hrt", h, r, t)
-
-    def score_t(self, h: torch.Tensor, r: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model("score_t", h, r, candidates)
-
-    def score_h(self, r: torch.Tensor, t: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model("score_h", r, t, candidates)
-
-    @property
-    def training(self) -> bool:
-        return self.model.training
-
-    def train(self, mode: bool = True) -> Scoring:
-        self.model.train(mode)
-        return self
-
-    def eval(self) -> Scoring:
-        return self.train(False)
-
-    def parameters(self) -> Iterator[nn.Parameter]:
-        return self.model.parameters()
-
-    def buffers(self) -> Iterator[torch.Tensor]:
-        return self.model.buffers()
-
-
-def build_scorer(spec: dict[str, Any]) -> KGEScorer:
-    """The model a ``model_config()["model"]`` table describes."""
-    from kelm.models.kge import KGE_MODELS, build_kge_model
-
-    name = spec["name"]
-    if name not in KGE_MODELS:
-        raise ConfigError(f"task.model: unknown KGE model '{name}' (known: {', '.join(sorted(KGE_MODELS))})")
-    kwargs = dict(spec.get("options") or {})
-    if spec.get("dropout"):
-        kwargs["dropout"] = spec["dropout"]
-    rels = spec["num_relations"] * (2 if spec["reciprocal"] else 1)
-    try:
-        kge = build_kge_model(name, spec["num_entities"], rels, spec["dim"], **kwargs)
-    except TypeError as err:
-        raise ConfigError(f"task.model_options: model '{name}' does not accept these options ({err})") from None
-    return KGEScorer(kge, spec["num_relations"], spec["reciprocal"])
-
-
 # -- the task -----------------------------------------------------------------------------------
 class LinkPredictionTask(Task):
+    config_class = LinkPredictionConfig
+    uses_batch_random = True
     name = "link-prediction"
     monitor = "mrr"
     monitor_mode = "max"
@@ -255,7 +170,7 @@ class LinkPredictionTask(Task):
 
     def __init__(self, cfg: LinkPredictionConfig, kg: KnowledgeGraph | None = None):
         self.cfg = cfg
-        self.kg = kg if kg is not None else load_dataset(cfg.dataset, cfg.data_dir)
+        self.kg = kg if kg is not None else load_graph(cfg.dataset, cfg.data_dir)
         self.tensors = TripleTensors.from_graph(self.kg)
         self.train_triples = self._split(cfg.train_split)
         self.valid_triples = self._split(cfg.valid_split) if cfg.valid_split else None
@@ -487,38 +402,8 @@ class LinkPredictionTask(Task):
         write_text_atomic(folder / RELATIONS_FILE, vocab_tsv(rels))
 
 
-def _clean(text: str | None) -> str:
-    return " ".join((text or "").split())
-
-
-def vocab_tsv(items: list[tuple[str, str | None]]) -> str:
-    """``index<TAB>id<TAB>label`` lines under a header; an entity without a label repeats its id."""
-    lines = ["index\tid\tlabel"] + [
-        f"{i}\t{_clean(k)}\t{_clean(label) or _clean(k)}" for i, (k, label) in enumerate(items)
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def read_vocab(path: Path) -> tuple[list[str], list[str]]:
-    """Ids and labels of a vocabulary written by `vocab_tsv`, in index order."""
-    if not path.is_file():
-        raise DataError("missing vocabulary file; not a link-prediction model folder", path)
-    ids, labels = [], []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines()[1:], start=2):
-        parts = line.split("\t")
-        if len(parts) != 3 or parts[0] != str(len(ids)):
-            raise DataError("malformed vocabulary line", path, n)
-        ids.append(parts[1])
-        labels.append(parts[2])
-    return ids, labels
-
-
 __all__ = [
-    "KGEScorer",
     "LinkPredictionConfig",
     "LinkPredictionTask",
     "Queries",
-    "build_scorer",
-    "load_dataset",
-    "read_vocab",
 ]

@@ -20,16 +20,9 @@ from torch import nn
 
 from kelm.errors import DataError
 from kelm.lm import metrics as M
-from kelm.lm.finetune import (
-    FinetuneConfig,
-    HFTask,
-    encode_inputs,
-    model_inputs,
-    pad,
-    split_files,
-    warn_truncated,
-)
-from kelm.tasks.base import Batch
+from kelm.lm.batching import encode_inputs, model_inputs, pad
+from kelm.tasks.finetune import FinetuneConfig, HFTask, split_files, warn_truncated
+from kelm.train.task import Batch
 
 IGNORE = -100
 
@@ -115,6 +108,7 @@ def words_to_tags(logits: torch.Tensor, first: Sequence[int], labels: Sequence[s
 
 
 class NERTask(HFTask):
+    config_class = NERConfig
     name = "ner"
     head = "ner"
     monitor = "f1"

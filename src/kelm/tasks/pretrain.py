@@ -23,7 +23,7 @@ from torch import nn
 from kelm.config import Section
 from kelm.lm.corpus import load_corpus, split_blocks
 from kelm.lm.speedups import head_at
-from kelm.tasks.base import Batch, Task
+from kelm.train.task import Batch, Task
 
 IGNORE = -100
 
@@ -68,6 +68,8 @@ def mask_tokens(
 
 
 class PretrainTask(Task):
+    config_class = PretrainConfig
+    uses_batch_random = True
     monitor = "loss"
     monitor_mode = "min"
 

@@ -29,8 +29,9 @@ from torch import nn
 
 from kelm.errors import ConfigError, DataError
 from kelm.lm import metrics as M
-from kelm.lm.finetune import FinetuneConfig, HFTask, Samples, encode_inputs, model_inputs, split_files
-from kelm.tasks.base import Batch
+from kelm.lm.batching import Samples, encode_inputs, model_inputs
+from kelm.tasks.finetune import FinetuneConfig, HFTask, split_files
+from kelm.train.task import Batch
 
 
 class QAConfig(FinetuneConfig):
@@ -184,6 +185,7 @@ def pick_answer(
 
 # -- the task -------------------------------------------------------------------------------------
 class QATask(HFTask):
+    config_class = QAConfig
     name = "qa"
     head = "qa"
     monitor = "f1"

@@ -3,7 +3,7 @@
 A query "head: description [SEP] relation" and a candidate "entity: description" are embedded by
 one transformer (MiniLM by default; mean pooling, L2 norm) and scored by their cosine. Training
 uses reciprocal relations (head prediction is tail prediction of "inverse of <relation>") and
-InfoNCE (`kelm.synergy.infonce`) over in-batch, pre-batch and self negatives with a learnable
+InfoNCE (`kelm.kgc.infonce`) over in-batch, pre-batch and self negatives with a learnable
 temperature and an additive margin; negatives that are known training triples are masked out.
 With ``--nproc N`` the batch's tail embeddings are gathered from every rank with gradient, so
 each query meets the whole global batch as negatives, exactly as one process would.
@@ -12,7 +12,7 @@ Evaluation embeds every entity from its text once and ranks with the same filter
 link prediction, so entities never seen in training (``inductive``) are ranked like any other.
 Optional: ``kepler`` adds a TransE loss over the text-derived embeddings and an MLM loss on the
 descriptions (weight ``kepler_weight``); ``hybrid_kge`` mixes in a trained KGE model's scores
-(`kelm.synergy.hybrid`). Its text weight ``alpha``, unless given, is chosen on the validation split
+(`kelm.kgc.hybrid`). Its text weight ``alpha``, unless given, is chosen on the validation split
 from ``alpha_grid`` at every validation and applied to the test split; the metrics then also hold
 ``alpha``, ``structure/*`` (α = 0) and ``text/*`` (α = 1) for the same queries.
 
@@ -33,9 +33,11 @@ from torch import nn
 
 from kelm.config import Section
 from kelm.errors import ConfigError, DataError
+from kelm.kg.datasets import load_graph
 from kelm.kg.model import KnowledgeGraph
 from kelm.kg.tensors import TripleTensors
-from kelm.synergy.infonce import (
+from kelm.kg.vocab import ENTITIES_FILE, RELATIONS_FILE, vocab_tsv
+from kelm.kgc.infonce import (
     PreBatchQueue,
     contrastive_loss,
     gather_ids,
@@ -44,7 +46,7 @@ from kelm.synergy.infonce import (
     triple_keys,
     world_size,
 )
-from kelm.synergy.text_kgc import (
+from kelm.kgc.text_kgc import (
     ENCODER_DIR,
     KGCTexts,
     TextScoring,
@@ -54,16 +56,9 @@ from kelm.synergy.text_kgc import (
     transe_loss,
     type_texts,
 )
-from kelm.tasks.base import Batch, Task
-from kelm.tasks.link_prediction import (
-    ENTITIES_FILE,
-    RANK_METRICS,
-    RELATIONS_FILE,
-    Indices,
-    load_dataset,
-    vocab_tsv,
-)
+from kelm.tasks.link_prediction import RANK_METRICS, Indices
 from kelm.train.data import BatchRandom
+from kelm.train.task import Batch, Task
 
 
 class TextKGCConfig(Section):
@@ -156,20 +151,22 @@ def _type_labels(cfg: TextKGCConfig) -> dict[str, str]:
 
 
 class TextKGCTask(Task):
+    config_class = TextKGCConfig
+    uses_batch_random = True
     name = "text-kgc"
     monitor = "mrr"
     monitor_mode = "max"
     sides = ("tail", "head")
 
     def __init__(self, cfg: TextKGCConfig, kg: KnowledgeGraph | None = None):
-        from kelm.lm.finetune import is_main_process
         from kelm.lm.hf import load_tokenizer
+        from kelm.tasks.finetune import is_main_process
 
         self.cfg = cfg
-        kg = kg if kg is not None else load_dataset(cfg.dataset, cfg.data_dir)
+        kg = kg if kg is not None else load_graph(cfg.dataset, cfg.data_dir)
         self.unseen: frozenset[str] = frozenset()
         if cfg.inductive:
-            from kelm.synergy.inductive import inductive_split
+            from kelm.kgc.inductive import inductive_split
 
             split = inductive_split(kg, cfg.inductive, cfg.inductive_seed, cfg.train_split)
             kg, self.unseen = split.kg, split.unseen
@@ -199,7 +196,7 @@ class TextKGCTask(Task):
         if cfg.hybrid_kge and cfg.alpha is None and not cfg.valid_split:
             raise ConfigError("task.alpha: with hybrid_kge and no valid_split, alpha cannot be chosen; give it")
         if cfg.hybrid_kge:
-            from kelm.synergy.hybrid import load_structural
+            from kelm.kgc.hybrid import load_structural
 
             self.structural = load_structural(cfg.hybrid_kge, self.tensors.entity_ids, self.tensors.relation_ids)
         self._special = torch.zeros(len(self.tokenizer), dtype=torch.bool)
@@ -216,7 +213,7 @@ class TextKGCTask(Task):
 
     # -- model ----------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        from kelm.synergy.encoders import BiEncoder, build_encoder
+        from kelm.kgc.encoders import BiEncoder, build_encoder
 
         c = self.cfg
         sizes = {"hidden_size": c.hidden_size, "num_layers": c.num_layers, "num_heads": c.num_heads}
@@ -358,7 +355,7 @@ class TextKGCTask(Task):
         text = self._text_scoring(model)
         if self.structural is None:
             return text
-        from kelm.synergy.hybrid import HybridScoring
+        from kelm.kgc.hybrid import HybridScoring
 
         return HybridScoring(text, self.structural, 0.5 if self.alpha is None else self.alpha)
 
@@ -389,7 +386,7 @@ class TextKGCTask(Task):
             if self.structural is None:
                 result = self.evaluator().rank(self._text_scoring(model), triples, sides=self.sides)
             else:
-                from kelm.synergy.hybrid import rank_alphas
+                from kelm.kgc.hybrid import rank_alphas
 
                 text = self._text_scoring(model)
                 by_alpha = rank_alphas(self.evaluator(), text, self.structural, triples, alphas, self.sides)
@@ -411,7 +408,7 @@ class TextKGCTask(Task):
         that α's metrics, ``alpha``, and the ``structure/*`` (α = 0) and ``text/*`` (α = 1) rows."""
         if self.structural is None:
             return metrics
-        from kelm.synergy.hybrid import best_alpha
+        from kelm.kgc.hybrid import best_alpha
 
         if self.cfg.alpha is None and self._last_split != "test":
             self.alpha = best_alpha({a: metrics[_alpha_key(a, "mrr")] for a in self.cfg.alpha_grid})
@@ -464,8 +461,8 @@ def evaluate_run(
     structural model, ``valid_mrr_by_alpha`` holds the validation MRR of every α tried."""
     import tomllib
 
-    from kelm.synergy.text_kgc import load_text_kgc
-    from kelm.train.export import CONFIG
+    from kelm.artifacts import CONFIG
+    from kelm.kgc.text_kgc import load_text_kgc
 
     trained = load_text_kgc(run)
     try:

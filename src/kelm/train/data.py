@@ -5,7 +5,7 @@ Every epoch draws one permutation of the training set from ``(seed, epoch)``. Gl
 W-th sample of it, so each sample is seen once per epoch across ranks, and the union over
 ranks is the same global batch at every world size. The position is ``(epoch, batch)``.
 
-A data set with a ``group_lengths`` attribute (one length per sample) is grouped by length:
+A data set that is `LengthGrouped` (a ``group_lengths`` attribute, one length per sample) is grouped by length:
 each window of `GROUP_BATCHES` global batches of the permutation is sorted by length before it
 is cut into batches, and the batches are then shuffled, all from ``(seed, epoch)``, so padded
 batches waste little and the order is as reproducible as without grouping.
@@ -13,10 +13,9 @@ batches waste little and the order is as reproducible as without grouping.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -66,11 +65,11 @@ class BatchRandom:
         return torch.randint(high, shape, generator=self.generator)
 
 
-def _takes_rng(collate: Callable[..., Any]) -> bool:
-    try:
-        return "rng" in inspect.signature(collate).parameters
-    except (TypeError, ValueError):
-        return False
+@runtime_checkable
+class LengthGrouped(Protocol):
+    """A training set whose batches should hold samples of similar length (`group_by_length`)."""
+
+    group_lengths: torch.Tensor  # one length per sample
 
 
 class ShardedBatches:
@@ -85,6 +84,7 @@ class ShardedBatches:
         world_size: int,
         seed: int,
         drop_last: bool = True,
+        batch_random: bool = False,
     ):
         if global_batch % world_size:
             raise ConfigError(
@@ -96,7 +96,7 @@ class ShardedBatches:
         self.global_batch, self.rank, self.world_size, self.seed = global_batch, rank, world_size, seed
         self.drop_last = drop_last
         self.position = DataPosition()
-        self._rng = _takes_rng(collate)  # a collate with an ``rng`` parameter gets a BatchRandom
+        self._rng = batch_random  # collate(samples, rng=BatchRandom) (`Task.uses_batch_random`)
 
     def batches_per_epoch(self) -> int:
         n = len(self.data)
@@ -105,9 +105,8 @@ class ShardedBatches:
     def _order(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(len(self.data), generator=g)
-        lengths = getattr(self.data, "group_lengths", None)
-        if lengths is not None:
-            order = group_by_length(order, torch.as_tensor(lengths), self.global_batch, g)
+        if isinstance(self.data, LengthGrouped):
+            order = group_by_length(order, torch.as_tensor(self.data.group_lengths), self.global_batch, g)
         return order
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

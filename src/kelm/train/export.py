@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
-import tomli_w
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from kelm.atomic import atomic_path, write_text_atomic
-from kelm.errors import DataError
-
-WEIGHTS = "model.safetensors"
-CONFIG = "config.toml"
+from kelm.artifacts import CONFIG, WEIGHTS, write_toml
+from kelm.atomic import atomic_path
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -47,11 +42,6 @@ def export_model(out_dir: Path, model: nn.Module, config: dict[str, Any]) -> Pat
     return out_dir / WEIGHTS
 
 
-def write_toml(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as TOML, atomically (None values are left out, tuples become arrays)."""
-    write_text_atomic(path, tomli_w.dumps(_toml_safe(data)))
-
-
 def load_weights(model: nn.Module, folder: Path) -> nn.Module:
     """Load exported weights (strict apart from tied duplicates)."""
     missing, unexpected = model.load_state_dict(load_file(str(folder / WEIGHTS)), strict=False)
@@ -60,27 +50,3 @@ def load_weights(model: nn.Module, folder: Path) -> nn.Module:
     if really_missing or unexpected:
         raise ValueError(f"weights do not match the model: missing {really_missing}, unexpected {unexpected}")
     return model
-
-
-def load_model(folder: str | Path) -> nn.Module:
-    """Rebuild an exported model from ``config.toml`` and load ``model.safetensors`` into it."""
-    folder = Path(folder)
-    try:
-        with (folder / CONFIG).open("rb") as fh:
-            spec = dict(tomllib.load(fh).get("model", {}))
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise DataError(f"cannot read the exported model config ({err})", folder / CONFIG) from None
-    kind = spec.pop("kind", None)
-    if kind != "gpt":
-        raise DataError(f"unknown model kind {kind!r} in [model]", folder / CONFIG)
-    from kelm.models.gpt import GPT, GPTConfig
-
-    return load_weights(GPT(GPTConfig(**spec)), folder)
-
-
-def _toml_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _toml_safe(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list | tuple):
-        return [_toml_safe(v) for v in value]
-    return value

@@ -2,7 +2,7 @@
 
 ``kelm train ... --nproc N`` runs the same command in ``N`` processes: this process becomes the
 torchrun agent (``torch.distributed.run``, called in-process so that a failed job ends in one
-line rather than torchrun's report), and each worker runs ``python -m kelm.train.launch
+line rather than torchrun's report), and each worker runs ``python -m kelm.cli.worker
 train ...`` without the launch flags. On one node the rendezvous is a free loopback port; on
 several, ``--nnodes`` with ``--rdzv-endpoint`` (c10d) or ``--node-rank`` (static) is passed
 through. ``--max-restarts`` restarts a failed job, which continues from its last checkpoint.
@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sys
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -27,7 +26,8 @@ from typing import Any
 from kelm.errors import ConfigError, KelmError
 
 ERROR_DIR_ENV = "KELM_ERROR_DIR"
-WORKER_MODULE = "kelm.train.launch"
+#: The module each worker runs with ``python -m`` (the command line, quiet on ranks other than 0).
+WORKER_MODULE = "kelm.cli.worker"
 
 
 class LaunchError(KelmError):
@@ -152,33 +152,3 @@ def report_worker_error(err: KelmError, rank: int) -> None:
         from kelm.progress import console
 
         console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-
-
-def worker_main(argv: list[str]) -> int:
-    """A worker: the kelm command line, quiet on ranks other than 0."""
-    import warnings
-
-    import click
-
-    from kelm.cli import app
-    from kelm.train.distributed import env_rank
-
-    rank = env_rank()
-    if rank != 0:
-        warnings.filterwarnings("ignore")
-    try:
-        app(args=argv, standalone_mode=False)
-    except KelmError as err:
-        report_worker_error(err, rank)
-        return err.exit_code
-    except click.exceptions.Exit as err:
-        return err.exit_code
-    except click.ClickException as err:
-        if rank == 0:
-            err.show()
-        return err.exit_code
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(worker_main(sys.argv[1:]))

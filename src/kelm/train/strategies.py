@@ -16,17 +16,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from kelm.errors import ConfigError
-from kelm.train.config import STRATEGIES, TrainConfig
+from kelm.registry import Registry
+from kelm.train.config import TrainConfig
 from kelm.train.distributed import DistInfo
-
-
-def parallel_units(model: nn.Module) -> list[nn.Module]:
-    """The repeated blocks to shard or checkpoint one by one (``model.blocks`` or ``model.layers``)."""
-    for name in ("blocks", "layers"):
-        units = getattr(model, name, None)
-        if isinstance(units, nn.ModuleList):
-            return list(units)
-    return []
+from kelm.train.parallel import ParallelPlan
 
 
 class Strategy:
@@ -36,32 +29,30 @@ class Strategy:
     #: True when every rank must run each forward pass together (sharded parameters).
     collective_forward = False
 
-    def __init__(self, cfg: TrainConfig, info: DistInfo):
+    def __init__(self, cfg: TrainConfig, info: DistInfo, plan: ParallelPlan | None = None):
         self.cfg, self.info = cfg, info
-        self.expert_parallel = 1
+        self.plan = plan or ParallelPlan()
+        #: Degree of the model's own sharding (`ParallelPlan.apply`; 1: none).
+        self.model_parallel = 1
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        self.expert_parallel = shard_experts(model, self.name, self.info)
+        self.model_parallel = self.plan.apply(model, self.name, self.info)
         if self.cfg.activation_checkpointing:
-            apply_activation_checkpointing(model)
+            apply_activation_checkpointing(model, self.plan)
         return model
 
     def unwrap(self, model: nn.Module) -> nn.Module:
         return model
 
     def prepare_optimizer(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Hook once the optimizer exists (sharded experts: their state saves as DTensors)."""
-        if self.expert_parallel > 1:
-            from kelm.moe.parallel import shard_optimizer_state
-
-            shard_optimizer_state(optimizer, self.unwrap(model))
+        """Hook once the optimizer exists (the model's own sharded parameters may need it)."""
+        if self.model_parallel > 1:
+            self.plan.prepare_optimizer(self.unwrap(model), optimizer)
 
     def grad_norm(self, model: nn.Module) -> torch.Tensor:
-        """The norm of the whole model's gradient (sharded experts count once each)."""
-        if self.expert_parallel > 1:
-            from kelm.moe.parallel import grad_norm
-
-            return grad_norm(self.unwrap(model))
+        """The norm of the whole model's gradient (parameters the model shards count once each)."""
+        if self.model_parallel > 1:
+            return self.plan.grad_norm(self.unwrap(model))
         return torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
 
     @contextlib.contextmanager
@@ -149,11 +140,11 @@ class FSDP2Strategy(Strategy):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
-        shard_experts(model, self.name, self.info)
+        self.plan.apply(model, self.name, self.info)
         if self.cfg.activation_checkpointing:
-            apply_activation_checkpointing(model)
+            apply_activation_checkpointing(model, self.plan)
         mesh = init_device_mesh(self.info.device.type, (self.info.world_size,))
-        for unit in parallel_units(model):
+        for unit in self.plan.units(model):
             fully_shard(unit, mesh=mesh)
         fully_shard(model, mesh=mesh)
         return model
@@ -291,32 +282,11 @@ def _unflatten_into(flat: torch.Tensor, params: list[nn.Parameter]) -> None:
         offset += n
 
 
-def shard_experts(model: nn.Module, strategy: str, info: DistInfo) -> int:
-    """Expert parallelism asked for by the model's MoE layers (``expert_parallel`` > 1): experts
-    sharded over groups of that many ranks, hidden from DDP. Returns the degree (1: none)."""
-    from kelm.moe import moe_layers
-
-    degree = max((m.cfg.expert_parallel for m in moe_layers(model)), default=1)
-    if degree == 1:
-        return 1
-    if strategy not in ("single", "ddp"):
-        raise ConfigError(f"expert_parallel = {degree} runs with strategy 'ddp', not '{strategy}'")
-    if info.world_size % degree:
-        raise ConfigError(
-            f"expert_parallel = {degree} shards experts over {degree} processes, "
-            f"but {info.world_size} were launched (use --nproc {degree} or a multiple of it)"
-        )
-    from kelm.moe import enable_expert_parallel
-
-    enable_expert_parallel(model, degree)
-    return degree
-
-
-def apply_activation_checkpointing(model: nn.Module) -> None:
+def apply_activation_checkpointing(model: nn.Module, plan: ParallelPlan) -> None:
     """Recompute each block's activations in the backward pass instead of storing them."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
-    units = parallel_units(model)
+    units = plan.units(model)
     if not units:
         raise ConfigError("activation checkpointing needs a model with repeated blocks (model.blocks)")
     container = model.blocks if hasattr(model, "blocks") else model.layers
@@ -324,13 +294,22 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
         container[i] = checkpoint_wrapper(unit)
 
 
-def build_strategy(cfg: TrainConfig, info: DistInfo) -> Strategy:
+def build_strategy(cfg: TrainConfig, info: DistInfo, plan: ParallelPlan | None = None) -> Strategy:
     name = cfg.strategy
     if name == "single" and info.world_size > 1:
         raise ConfigError(f"strategy 'single' runs one process, but {info.world_size} were launched")
     if cfg.powersgd and name != "ddp":
         raise ConfigError(f"train.powersgd compresses DDP gradients; it does not apply to strategy '{name}'")
-    classes = {"single": Strategy, "ddp": DDPStrategy, "fsdp2": FSDP2Strategy, "diloco": DiLoCoStrategy}
-    if name not in classes:
-        raise ConfigError(f"unknown strategy '{name}' (choose one of: {', '.join(STRATEGIES)})")
-    return classes[name](cfg, info)
+    return STRATEGY_CLASSES.get(name, "train.strategy")(cfg, info, plan)
+
+
+#: Strategy name → class (`kelm.registry` idiom); the names match `kelm.train.config.STRATEGIES`.
+STRATEGY_CLASSES: Registry[type[Strategy]] = Registry(
+    "strategy",
+    {
+        "single": "kelm.train.strategies:Strategy",
+        "ddp": "kelm.train.strategies:DDPStrategy",
+        "fsdp2": "kelm.train.strategies:FSDP2Strategy",
+        "diloco": "kelm.train.strategies:DiLoCoStrategy",
+    },
+)

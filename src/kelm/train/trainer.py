@@ -17,8 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from kelm.artifacts import write_toml
 from kelm.errors import ConfigError
-from kelm.tasks.base import Batch, Task
 from kelm.train import clipping, comm
 from kelm.train.checkpoint import (
     CheckpointError,
@@ -31,11 +31,12 @@ from kelm.train.checkpoint import (
 from kelm.train.config import TrainConfig
 from kelm.train.data import ShardedBatches, eval_batches
 from kelm.train.distributed import DistInfo, init_distributed
-from kelm.train.export import export_model, write_toml
+from kelm.train.export import export_model
 from kelm.train.fault import maybe_fail
 from kelm.train.logging import RunLogger, git_revision, timer, write_run_summary
 from kelm.train.schedule import build_scheduler
 from kelm.train.strategies import build_strategy
+from kelm.train.task import Batch, Task
 
 
 @dataclass
@@ -142,7 +143,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         comm.install()
         seed_everything(cfg.seed)
-        self.strategy = build_strategy(cfg, info)
+        self.strategy = build_strategy(cfg, info, self.task.parallel_plan())
         self.task.configure(cfg)
         base = self.task.build_model().to(info.device)
         self.fingerprint = model_fingerprint(base)
@@ -150,7 +151,13 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, [p for p in self.model.parameters() if p.requires_grad])
         self.strategy.prepare_optimizer(self.model, self.optimizer)
         self.loader = ShardedBatches(
-            self.task.train_data(), self.task.collate, cfg.batch_size, info.rank, info.world_size, cfg.seed
+            self.task.train_data(),
+            self.task.collate,
+            cfg.batch_size,
+            info.rank,
+            info.world_size,
+            cfg.seed,
+            batch_random=self.task.uses_batch_random,
         )
         steps_per_epoch = self.loader.batches_per_epoch() // cfg.grad_accum
         if steps_per_epoch == 0:

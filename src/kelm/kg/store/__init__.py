@@ -6,7 +6,18 @@ from pathlib import Path
 
 from kelm.errors import StoreError
 from kelm.kg.store.base import Fact, GraphStore, ImportReport, StoreStats, Subgraph
+from kelm.registry import Registry
 
+#: Backend name → store class (`kelm.registry` idiom).
+STORES: Registry[type[GraphStore]] = Registry(
+    "store backend",
+    {
+        "ladybug": "kelm.kg.store.ladybug:LadybugStore",
+        "falkordb": "kelm.kg.store.falkordb:FalkorDBStore",
+        "neo4j": "kelm.kg.store.neo4j:Neo4jStore",
+    },
+    error=StoreError,
+)
 BACKENDS = ("ladybug", "falkordb", "neo4j")
 
 
@@ -18,19 +29,7 @@ def open_store(
     **options: object,
 ) -> GraphStore:
     """Open a store: a folder for LadybugDB, a graph name on a FalkorDB or Neo4j server at ``uri``."""
-    if backend == "ladybug":
-        from kelm.kg.store.ladybug import LadybugStore
-
-        return LadybugStore(path, read_only=read_only)
-    if backend == "falkordb":
-        from kelm.kg.store.falkordb import FalkorDBStore
-
-        return FalkorDBStore(str(path), uri=uri, read_only=read_only, **options)
-    if backend == "neo4j":
-        from kelm.kg.store.neo4j import Neo4jStore
-
-        return Neo4jStore(str(path), uri=uri, read_only=read_only, **options)
-    raise StoreError(f"unknown store backend '{backend}' (choose one of: {', '.join(BACKENDS)})")
+    return STORES.get(backend).connect(path, uri=uri, read_only=read_only, **options)
 
 
-__all__ = ["BACKENDS", "Fact", "GraphStore", "ImportReport", "StoreStats", "Subgraph", "open_store"]
+__all__ = ["BACKENDS", "STORES", "Fact", "GraphStore", "ImportReport", "StoreStats", "Subgraph", "open_store"]

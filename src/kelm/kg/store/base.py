@@ -18,6 +18,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kelm.errors import ReadOnlyQueryError, StoreError
@@ -147,6 +148,14 @@ class GraphStore(ABC):
     """A knowledge graph held in a graph database."""
 
     backend: str = "abstract"
+
+    @classmethod
+    def connect(
+        cls, path: str | Path, uri: str | None = None, read_only: bool = False, **options: object
+    ) -> GraphStore:
+        """Open the store named ``path`` (a folder, or a graph name on the server at ``uri``)."""
+        return cls(str(path), uri=uri, read_only=read_only, **options)  # type: ignore[call-arg]
+
     #: Statement for facts entering a set of entities (a backend may need a planner-friendly form).
     in_facts_cypher: str = cypher.IN_FACTS
     in_neighbors_cypher: str = cypher.IN_NEIGHBORS

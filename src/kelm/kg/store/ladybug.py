@@ -60,6 +60,13 @@ class LadybugStore(GraphStore):
 
     backend = "ladybug"
 
+    @classmethod
+    def connect(
+        cls, path: str | Path, uri: str | None = None, read_only: bool = False, **options: object
+    ) -> LadybugStore:
+        """An embedded store lives in a folder: ``uri`` and server options do not apply."""
+        return cls(path, read_only=read_only)
+
     def __init__(self, path: str | Path, read_only: bool = False):
         self.path = Path(path)
         self.read_only = read_only

@@ -20,7 +20,6 @@ split.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -93,18 +92,15 @@ class StructuralScorer:
 
 def load_structural(path: str | Path, entity_ids: list[str], relation_ids: list[str]) -> StructuralScorer:
     """The link-prediction model of a run folder (or its ``model/``), indexed by these ids."""
-    from kelm.tasks.link_prediction import ENTITIES_FILE, RELATIONS_FILE, build_scorer, read_vocab
-    from kelm.train.export import CONFIG, load_weights
+    from kelm.artifacts import read_model_spec
+    from kelm.kg.vocab import ENTITIES_FILE, RELATIONS_FILE, read_vocab
+    from kelm.kge.scorer import build_scorer
+    from kelm.train.export import load_weights
 
-    p = Path(path)
-    folder = p / "model" if (p / "model").is_dir() else p
     try:
-        with (folder / CONFIG).open("rb") as fh:
-            spec = dict(tomllib.load(fh).get("model", {}))
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise DataError(f"cannot read the structural model's config ({err})", folder / CONFIG) from None
-    if spec.get("kind") != "kge":
-        raise ConfigError(f"task.hybrid_kge: {folder} is not a link-prediction model (kind {spec.get('kind')!r})")
+        folder, spec = read_model_spec(path, "kge")
+    except DataError as err:
+        raise ConfigError(f"task.hybrid_kge: {err}") from None
     spec["dropout"] = 0.0
     model = load_weights(build_scorer(spec), folder).eval()
     kge_ents, _ = read_vocab(folder / ENTITIES_FILE)

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 
 from kelm.errors import DataError
-from kelm.fusion.linking import EntityIndex, EntityLinker, Mention, load_text_embedder
 from kelm.fusion.subgraph import Adjacency
+from kelm.linking.linker import EntityIndex, EntityLinker, Mention
+from kelm.lm.encoding import load_text_embedder
 
 
 @dataclass
@@ -33,9 +34,10 @@ class FusedClassifier:
     """Weights, graph, linker and tokenizer of an exported fused model (a run or its ``model/`` folder)."""
 
     def __init__(self, path: str | Path):
+        from kelm.artifacts import read_model_spec
         from kelm.kg.io import load_kg
         from kelm.kg.tensors import TripleTensors
-        from kelm.lm.hf import find_model_folder, load_tokenizer
+        from kelm.lm.hf import load_tokenizer
         from kelm.tasks.kg_enhanced import (
             FUSION_INDEX,
             FUSION_KG,
@@ -45,7 +47,7 @@ class FusedClassifier:
         )
         from kelm.train.export import load_weights
 
-        folder = find_model_folder(path)
+        folder, _ = read_model_spec(path, "kg-fusion")
         settings = _read_settings(folder / FUSION_SETTINGS)
         self.labels: list[str] = settings.pop("labels")
         self.max_length = int(settings.pop("max_length"))
@@ -77,7 +79,7 @@ class FusedClassifier:
     @torch.no_grad()
     def predict(self, texts: list[str]) -> list[Prediction]:
         """The most probable label of each text, its probability and the text's linked entities."""
-        from kelm.lm.finetune import encode_inputs
+        from kelm.lm.batching import encode_inputs
         from kelm.tasks.kg_enhanced import collate_graphs, link_and_encode
 
         if not texts:

@@ -3,12 +3,12 @@
 1. The bundled UMLS graph (135 entities with names and descriptions, 46 relations) is imported
    into the embedded LadybugDB store, and the graph the models learn from is the store's export.
 2. Two settings: the standard (transductive) split, and an inductive split where 20% of the
-   entities (seed 0, `kelm.synergy.inductive`) never occur in training.
+   entities (seed 0, `kelm.kgc.inductive`) never occur in training.
 3. In each, three models train through the one `Trainer`: ComplEx (structure only, 1-N), a
-   text-conditioned scorer over frozen MiniLM features (`kelm.synergy.frozen_text`: the encoder
+   text-conditioned scorer over frozen MiniLM features (`kelm.kgc.frozen_text`: the encoder
    reads every entity's name and description once, and only a projection plus relation vectors
    are learnt, so unseen entities are scored from their description), and their hybrid
-   (z-scored mix, ``α`` chosen on validation MRR, `kelm.synergy.hybrid_fit`).
+   (z-scored mix, ``α`` chosen on validation MRR, `kelm.kgc.hybrid_fit`).
 4. Every model is saved under ``OUT/<setting>/<model>``; ``OUT/metrics.json`` holds a row per
    model and setting (filtered test MRR, Hits@1, Hits@10, seconds, folder).
 5. Three sample queries are answered by the hybrids (training facts left out, so the answers are
@@ -231,10 +231,10 @@ def _train_setting(
     say: Callable[[str], None],
 ) -> _Setting:
     """Structure, text and hybrid models of one setting, trained and saved under ``out/setting``."""
+    from kelm.kgc.frozen_text import load_frozen_text
+    from kelm.kgc.hybrid import HybridScoring, load_structural
+    from kelm.kgc.hybrid_fit import choose_alpha, save_hybrid
     from kelm.kge.evaluation import FilteredRankEvaluator
-    from kelm.synergy.frozen_text import load_frozen_text
-    from kelm.synergy.hybrid import HybridScoring, load_structural
-    from kelm.synergy.hybrid_fit import choose_alpha, save_hybrid
 
     base = out / setting
     base.mkdir(parents=True, exist_ok=True)
@@ -278,8 +278,8 @@ def run_demo(
     import torch.distributed as dist
 
     from kelm.data import bundled_path
+    from kelm.kgc.inductive import inductive_split
     from kelm.kgqa.graph import QAGraph
-    from kelm.synergy.inductive import inductive_split
     from kelm.train.distributed import shutdown
 
     say = progress or (lambda _msg: None)

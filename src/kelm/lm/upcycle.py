@@ -9,7 +9,7 @@ to one, and since every expert is the same FFN the upcycled model computes exact
 dense one did until training makes the experts differ.
 
 Saved folders hold ``model.safetensors`` plus ``config.toml``: a GPT is ``kind = "gpt"`` with a
-``[model.moe]`` table (loads with `kelm.train.export.load_model`); a Hugging Face model is
+``[model.moe]`` table (loads with `kelm.lm.gpt.load_gpt`); a Hugging Face model is
 ``kind = "moe-hf"`` beside its ``config.json`` and tokenizer (loads with `load_upcycled`).
 """
 
@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from kelm.errors import ConfigError, DataError
+from kelm.linking.domains import DomainLexicon, TokenDomainTagger
 from kelm.moe.config import MoEConfig
 from kelm.moe.experts import ACT
 from kelm.moe.layer import MoELayer
@@ -68,7 +69,7 @@ def _bert_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def _gpt_blocks(model: nn.Module) -> list[nn.Module]:
-    from kelm.models.gpt import Block
+    from kelm.lm.gpt import Block
 
     return [m for m in model.modules() if isinstance(m, Block) and isinstance(m.mlp, nn.Sequential)]
 
@@ -99,7 +100,7 @@ def upcycle_bert(model: nn.Module, settings: dict[str, Any], copy_weights: bool 
 
 def upcycle_gpt(model: nn.Module, settings: dict[str, Any]) -> nn.Module:
     """A new kelm GPT whose blocks' FFNs are MoE layers initialised from ``model``'s dense FFNs."""
-    from kelm.models.gpt import GPT, GPTConfig
+    from kelm.lm.gpt import GPT, GPTConfig
 
     blocks = _gpt_blocks(model)
     if not isinstance(model, GPT) or not blocks:
@@ -118,7 +119,7 @@ def upcycle_gpt(model: nn.Module, settings: dict[str, Any]) -> nn.Module:
 
 def load_source(source: str) -> tuple[str, nn.Module, Any]:
     """(kind, model, tokenizer or None) for ``minilm``, a Hugging Face folder or a kelm GPT model/run folder."""
-    from kelm.lm.hf import MINILM, minilm_path, quiet
+    from kelm.lm.checkpoints import MINILM, minilm_path, quiet
 
     path = Path(minilm_path() if source == MINILM else source).expanduser()
     if not path.exists():
@@ -126,14 +127,14 @@ def load_source(source: str) -> tuple[str, nn.Module, Any]:
     for folder in (path / "model", path):
         toml = folder / "config.toml"
         if toml.is_file() and not (folder / "config.json").is_file():
-            from kelm.train.export import load_model
+            from kelm.lm.gpt import load_gpt
 
             spec = _read_spec(folder)
             if spec.get("kind") != "gpt":
                 raise ConfigError(f"moe upcycle: {folder} holds a '{spec.get('kind')}' model, not a GPT or encoder")
             if spec.get("moe"):
                 raise ConfigError(f"moe upcycle: {folder} is already a mixture-of-experts model")
-            return "gpt", load_model(folder), None
+            return "gpt", load_gpt(folder), None
     folder = path / "model" if (path / "model" / "config.json").is_file() else path
     if not (folder / "config.json").is_file():
         raise ConfigError(f"moe upcycle: {path} is neither a Hugging Face checkpoint nor a kelm GPT model folder")
@@ -163,7 +164,7 @@ def upcycle(source: str, out: str | Path, settings: dict[str, Any], domains: str
     """Upcycle ``source`` and save it into ``out``; returns a summary. ``domains`` (a KG source such
     as ``umls``) turns on knowledge-guided routing: the lexicon is stored in ``config.json`` and
     every forward pass links its input and feeds the entities' domains to the routers."""
-    from kelm.train.export import write_toml
+    from kelm.artifacts import write_toml
 
     kind, model, tok = load_source(source)
     lexicon = None
@@ -173,7 +174,7 @@ def upcycle(source: str, out: str | Path, settings: dict[str, Any], domains: str
                 "moe upcycle: --domains applies to Hugging Face encoders; "
                 "GPTs take task.moe_domain_routing when trained"
             )
-        from kelm.moe.domains import load_lexicon
+        from kelm.linking.domains import load_lexicon
 
         lexicon = load_lexicon(domains)
         settings = {**settings, "n_domains": len(lexicon.names)}
@@ -240,7 +241,7 @@ def load_upcycled_hf(cls: Any, folder: str | Path, **config_kwargs: Any) -> nn.M
     from safetensors.torch import load_file
     from transformers import AutoConfig
 
-    from kelm.lm.hf import quiet
+    from kelm.lm.checkpoints import quiet
 
     folder = Path(folder)
     table = upcycled_table(folder)
@@ -275,7 +276,7 @@ def _attach_domains(model: nn.Module, folder: Path) -> None:
         return
     from transformers import AutoTokenizer
 
-    from kelm.moe.domains import DomainLexicon, attach_domain_routing
+    from kelm.linking.domains import DomainLexicon
 
     attach_domain_routing(model, DomainLexicon.from_dict(lexicon), AutoTokenizer.from_pretrained(str(folder)))
 
@@ -287,14 +288,14 @@ def load_upcycled(folder: str | Path) -> nn.Module:
     folder = Path(folder)
     spec = _read_spec(folder)
     if spec.get("kind") == "gpt":
-        from kelm.train.export import load_model as load_gpt
+        from kelm.lm.gpt import load_gpt
 
         return load_gpt(folder).eval()
     if spec.get("kind") != "moe-hf":
         raise DataError(f"not an upcycled model folder (kind {spec.get('kind')!r})", folder / "config.toml")
     import transformers
 
-    from kelm.lm.hf import quiet
+    from kelm.lm.checkpoints import quiet
 
     with quiet():
         config = transformers.AutoConfig.from_pretrained(str(folder))
@@ -304,3 +305,21 @@ def load_upcycled(folder: str | Path) -> nn.Module:
     load_model(model, str(folder / "model.safetensors"))
     _attach_domains(model, folder)
     return model.eval()
+
+
+def attach_domain_routing(model: torch.nn.Module, lexicon: DomainLexicon, tokenizer: Any) -> Any:
+    """Knowledge-guided routing for a model called with ``input_ids`` (a Hugging Face encoder with
+    MoE layers): before each forward pass the token ids are linked and every MoE layer gets their
+    domains. Returns the hook handle."""
+    from kelm.moe.layer import moe_layers
+
+    layers = moe_layers(model)
+    tagger = TokenDomainTagger(lexicon, tokenizer)
+
+    def hook(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        domains = tagger(ids) if isinstance(ids, torch.Tensor) else None
+        for layer in layers:
+            layer.context_domains = domains
+
+    return model.register_forward_pre_hook(hook, with_kwargs=True)

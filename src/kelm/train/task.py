@@ -10,10 +10,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
+
+from kelm.train.parallel import ParallelPlan
 
 if TYPE_CHECKING:
     from kelm.train.config import TrainConfig
@@ -26,6 +28,11 @@ class Task(ABC):
 
     #: Registry name, e.g. ``causal-lm``.
     name: str = "task"
+    #: The pydantic model of this task's ``[task]`` table (set by every registered task).
+    config_class: ClassVar[type[Any]]
+    #: True if `collate` takes ``rng``: a `kelm.train.data.BatchRandom` whose draws for a sample do not
+    #: depend on the world size (negative sampling, masking), so one process and many draw the same.
+    uses_batch_random: ClassVar[bool] = False
     #: ``min`` if a lower value of `monitor` is better (loss, perplexity), ``max`` otherwise.
     monitor: str = "loss"
     monitor_mode: str = "min"
@@ -38,6 +45,11 @@ class Task(ABC):
     @abstractmethod
     def build_model(self) -> nn.Module:
         """A fresh model. Parameters must be created deterministically from the global seed."""
+
+    def parallel_plan(self) -> ParallelPlan:
+        """How the model shards itself and which repeated blocks FSDP2 and activation checkpointing
+        treat one by one (`kelm.train.parallel`); the default plan does neither."""
+        return ParallelPlan()
 
     @abstractmethod
     def train_data(self) -> Sequence[Any]:
@@ -53,7 +65,7 @@ class Task(ABC):
 
     @abstractmethod
     def collate(self, samples: list[Any]) -> Batch:
-        """Turn samples into a batch of tensors."""
+        """Turn samples into a batch of tensors (with ``uses_batch_random``: ``collate(samples, rng)``)."""
 
     @abstractmethod
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ KIND = "frozen-text-kgc"
 
 def feature_texts(kg: KnowledgeGraph, entity_ids: Sequence[str], max_words: int) -> tuple[list[str], list[str]]:
     """Per entity: "label: description" (cut to ``max_words`` words) and the label alone."""
-    from kelm.synergy.text_kgc import entity_texts
+    from kelm.kgc.text_kgc import entity_texts
 
     labels = [" ".join((kg.entities[e].label or e).replace("_", " ").split()) for e in entity_ids]
     return entity_texts(kg, entity_ids, max_words, warn=False), labels
@@ -52,7 +51,7 @@ def text_features(
     path = Path(cache_dir) / f"text-features-{key}.safetensors" if cache_dir is not None else None
     if path is not None and path.is_file():
         return load_file(str(path))["features"]
-    from kelm.fusion.linking import load_text_embedder
+    from kelm.lm.encoding import load_text_embedder
 
     embed, _ = load_text_embedder(encoder, max_length)
     with torch.no_grad():
@@ -117,22 +116,19 @@ class FrozenTextModel:
 
     def scoring(self) -> Any:
         """What `FilteredRankEvaluator.rank` and `HybridScoring` take."""
-        from kelm.tasks.link_prediction import Scoring
+        from kelm.kge.scorer import Scoring
 
         return Scoring(self.model, len(self.entity_ids), len(self.relation_ids), self.model.dim)
 
 
 def load_frozen_text(path: str | Path) -> FrozenTextModel:
     """Rebuild a ``frozen-text-kgc`` model from a run folder (or its ``model/``)."""
-    from kelm.lm.hf import find_model_folder
-    from kelm.tasks.link_prediction import ENTITIES_FILE, RELATIONS_FILE, read_vocab
-    from kelm.train.export import CONFIG, load_weights
+    from kelm.artifacts import CONFIG, read_model_spec
+    from kelm.kg.vocab import ENTITIES_FILE, RELATIONS_FILE, read_vocab
+    from kelm.train.export import load_weights
 
-    folder = find_model_folder(path)
+    folder, spec = read_model_spec(path, KIND)
     try:
-        spec = dict(tomllib.loads((folder / CONFIG).read_text(encoding="utf-8")).get("model", {}))
-        if spec.get("kind") != KIND:
-            raise ValueError(f"not a {KIND} model (kind {spec.get('kind')!r})")
         shape = (int(spec["num_entities"]), int(spec["feature_dim"]))
         model = FrozenTextScorer(torch.zeros(shape), int(spec["num_relations"]), int(spec["dim"]))
     except (OSError, ValueError, KeyError, TypeError) as err:  # TOMLDecodeError is a ValueError

@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kelm.errors import DataError
 from kelm.kg.model import KnowledgeGraph
 
 TEXTS_FILE = "texts.json"
@@ -204,7 +203,7 @@ class TextKGCModel:
         text = TextScoring(self.model.encode, self.texts, len(self.relation_ids), batch_size=batch_size)
         hybrid = self.spec.get("hybrid_kge")
         if hybrid:
-            from kelm.synergy.hybrid import HybridScoring, load_structural
+            from kelm.kgc.hybrid import HybridScoring, load_structural
 
             struct = load_structural(hybrid, self.entity_ids, self.relation_ids)
             return HybridScoring(text, struct, float(self.spec.get("alpha", 0.5)))
@@ -213,24 +212,16 @@ class TextKGCModel:
 
 def load_text_kgc(path: str | Path) -> TextKGCModel:
     """Rebuild a ``text-kgc`` model from a run folder (or its ``model/``)."""
-    import tomllib
 
     from transformers import AutoConfig, AutoTokenizer
 
+    from kelm.artifacts import read_model_spec
+    from kelm.kg.vocab import ENTITIES_FILE, RELATIONS_FILE, read_vocab
+    from kelm.kgc.encoders import BiEncoder, encoder_from_config
     from kelm.lm.hf import quiet
-    from kelm.synergy.encoders import BiEncoder, encoder_from_config
-    from kelm.tasks.link_prediction import ENTITIES_FILE, RELATIONS_FILE, read_vocab
-    from kelm.train.export import CONFIG, load_weights
+    from kelm.train.export import load_weights
 
-    p = Path(path)
-    folder = p / "model" if (p / "model").is_dir() else p
-    try:
-        with (folder / CONFIG).open("rb") as fh:
-            spec = dict(tomllib.load(fh).get("model", {}))
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise DataError(f"cannot read the exported model config ({err})", folder / CONFIG) from None
-    if spec.get("kind") != "text-kgc":
-        raise DataError(f"not a text-kgc model (kind {spec.get('kind')!r})", folder / CONFIG)
+    folder, spec = read_model_spec(path, "text-kgc")
     enc_dir = folder / ENCODER_DIR
     with quiet():
         config = AutoConfig.from_pretrained(str(enc_dir))

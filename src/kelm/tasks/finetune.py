@@ -16,7 +16,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import Field
 from torch import nn
 
@@ -24,10 +23,13 @@ from kelm.atomic import write_text_atomic
 from kelm.config import Section
 from kelm.errors import ConfigError, DataError
 from kelm.lm import metrics as M
+from kelm.lm.batching import Samples, by_length, encode_inputs, model_inputs, pad
 from kelm.lm.compact_vocab import compact_vocabulary
 from kelm.lm.speedups import row_sparse_embedding_grads, short_row_attention
-from kelm.tasks.base import Batch, Task
+from kelm.moe.plan import ExpertParallelPlan
 from kelm.train.config import TrainConfig
+from kelm.train.parallel import ParallelPlan
+from kelm.train.task import Batch, Task
 
 REPORT_FILE = "classification_report.txt"
 SPLITS = ("train", "dev", "test")
@@ -100,57 +102,15 @@ def warn_truncated(counts: dict[str, tuple[int, int]], max_length: int) -> None:
     warnings.warn(f"{parts} longer than {max_length} tokens: truncated", TruncationWarning, stacklevel=3)
 
 
-class Samples(Sequence[Any]):
-    """A list of samples; with ``lengths`` it asks the loader to group batches by length."""
-
-    def __init__(self, items: list[Any], lengths: list[int] | None = None):
-        self.items = items
-        if lengths is not None:
-            self.group_lengths = torch.tensor(lengths, dtype=torch.int64)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> Any:  # type: ignore[override]
-        return self.items[i]
-
-
-def by_length(items: list[Any], lengths: list[int]) -> Samples:
-    """Held-out samples sorted by length (longest first), so evaluation batches pad little."""
-    order = sorted(range(len(items)), key=lambda i: -lengths[i])
-    return Samples([items[i] for i in order])
-
-
-def pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
-    """Right-pad integer rows to the longest one."""
-    width = max((len(r) for r in rows), default=0)
-    out = torch.full((len(rows), width), value, dtype=torch.int64)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.as_tensor(r, dtype=torch.int64)
-    return out
-
-
-def encode_inputs(samples: list[dict[str, Any]], pad_id: int) -> Batch:
-    """``input_ids``, ``attention_mask`` (and ``token_type_ids`` when samples have them), padded per batch."""
-    ids = [s["input_ids"] for s in samples]
-    batch: Batch = {"input_ids": pad(ids, pad_id), "attention_mask": pad([[1] * len(r) for r in ids], 0)}
-    if samples and "token_type_ids" in samples[0]:
-        batch["token_type_ids"] = pad([s["token_type_ids"] for s in samples], 0)
-    return batch
-
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def model_inputs(batch: Batch) -> dict[str, torch.Tensor]:
-    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
-
-
 class HFTask(Task):
     """A task on a Hugging Face model with one head; subclasses read data and define metrics."""
 
     head = "classification"
     monitor_mode = "max"
+
+    def parallel_plan(self) -> ParallelPlan:
+        """An upcycled (MoE) model may shard its experts; a dense one leaves everything to the strategy."""
+        return ExpertParallelPlan()
 
     def __init__(self, cfg: FinetuneConfig):
         from kelm.lm.hf import load_tokenizer, model_max_length

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from kelm.errors import ConfigError
+from kelm.registry import Registry
 
 # Upper bound on elements of the (B, chunk, D) intermediates in broadcast 1-N scoring.
 _CHUNK_ELEMENTS = 2**24
@@ -339,14 +340,22 @@ class RESCAL(KGEModel):
         return torch.bmm(self._matrix(r_BX), t_BD.unsqueeze(-1)).squeeze(-1)
 
 
-KGE_MODELS: dict[str, type[KGEModel]] = {cls.name: cls for cls in (TransE, DistMult, ComplEx, RotatE, RESCAL)}
+#: KGE model name → class (`kelm.registry` idiom; a plug-in registers its own).
+KGE_MODELS: Registry[type[KGEModel]] = Registry(
+    "KGE model",
+    {
+        "transe": "kelm.kge.models:TransE",
+        "distmult": "kelm.kge.models:DistMult",
+        "complex": "kelm.kge.models:ComplEx",
+        "rotate": "kelm.kge.models:RotatE",
+        "rescal": "kelm.kge.models:RESCAL",
+    },
+)
 
 
 def build_kge_model(name: str, num_entities: int, num_relations: int, dim: int, **kwargs: object) -> KGEModel:
     """Instantiate ``KGE_MODELS[name]``; unknown names and options raise ``ConfigError``."""
-    cls = KGE_MODELS.get(name.lower())
-    if cls is None:
-        raise ConfigError(f"model.name must be one of {', '.join(sorted(KGE_MODELS))}, got {name!r}")
+    cls = KGE_MODELS.get(name.lower(), "model.name")
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "num_entities", "num_relations", "dim"}
     unknown = sorted(set(kwargs) - accepted)
     if unknown:

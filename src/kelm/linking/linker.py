@@ -23,7 +23,6 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -322,27 +321,6 @@ def linking_accuracy(linker: EntityLinker, examples: Sequence[tuple[str, Sequenc
     return out | {"gold": float(gold_n), "predicted": float(pred_n)}
 
 
-def text_embedder(encoder: Any, tokenizer: Any, max_length: int = 64, batch: int = 128) -> Embedder:
-    """Mean-pooled, L2-normalised embeddings from a Hugging Face encoder (no gradients)."""
-    from kelm.kgqa.models import embed_texts
-
-    def embed(texts: list[str]) -> torch.Tensor:
-        return F.normalize(embed_texts(encoder, tokenizer, texts, max_length, batch), dim=-1)
-
-    return embed
-
-
-def load_text_embedder(name: str = "minilm", max_length: int = 64) -> tuple[Embedder, int]:
-    """A frozen encoder by name (``minilm``, ``tiny-bert`` (seed 0), a folder) as an `Embedder`, and its width."""
-    from kelm.kgqa.models import reference_encoder
-    from kelm.lm.hf import load_tokenizer
-
-    tokenizer = load_tokenizer(name)
-    sizes = {"hidden_size": 32, "num_layers": 2, "num_heads": 2}
-    encoder = reference_encoder(name, tokenizer, sizes)
-    return text_embedder(encoder, tokenizer, max_length), int(encoder.config.hidden_size)
-
-
 __all__ = [
     "EntityIndex",
     "EntityLinker",
@@ -351,9 +329,7 @@ __all__ = [
     "Mention",
     "entity_texts",
     "linking_accuracy",
-    "load_text_embedder",
     "normalize",
     "read_aliases",
-    "text_embedder",
     "tokens",
 ]

@@ -2,7 +2,7 @@
 
 The hybrid of a text model and a structural model has one parameter, ``α`` in
 ``α · z(text) + (1 − α) · z(struct)``. `choose_alpha` ranks the validation triples under every
-``α`` of a grid (`kelm.synergy.hybrid.rank_alphas`) and keeps the best MRR (`best_alpha`: ties go
+``α`` of a grid (`kelm.kgc.hybrid.rank_alphas`) and keeps the best MRR (`best_alpha`: ties go
 to the smaller ``α``).
 
 A saved hybrid is a folder with ``hybrid.json`` naming its two component model folders
@@ -20,7 +20,7 @@ import torch
 
 from kelm.atomic import write_text_atomic
 from kelm.errors import DataError
-from kelm.synergy.hybrid import ALPHA_GRID, HybridScoring, Scorer, best_alpha, rank_alphas
+from kelm.kgc.hybrid import ALPHA_GRID, HybridScoring, Scorer, best_alpha, rank_alphas
 
 HYBRID_FILE = "hybrid.json"
 
@@ -58,8 +58,8 @@ def save_hybrid(folder: Path, text_model: Path, struct_model: Path, choice: Alph
 
 def load_hybrid(folder: str | Path) -> tuple[HybridScoring, Any]:
     """The hybrid scoring saved in ``folder`` and its text model (vocabularies, spec)."""
-    from kelm.synergy.frozen_text import load_frozen_text
-    from kelm.synergy.hybrid import load_structural
+    from kelm.kgc.frozen_text import load_frozen_text
+    from kelm.kgc.hybrid import load_structural
 
     path = Path(folder) / HYBRID_FILE
     try:

@@ -12,12 +12,13 @@ import torch
 import torch.distributed as dist
 from pydantic import ValidationError
 
-from kelm.config import KelmConfig, Section, format_validation_error, read_toml, set_dotted
+from kelm.app.config import KelmConfig
+from kelm.config import Section, format_validation_error, read_toml, set_dotted
 from kelm.errors import ConfigError
 from kelm.tasks import TaskSpec, validate_task
-from kelm.tasks.base import Task
 from kelm.train.checkpoint import check_compatible, find_checkpoint, model_fingerprint, read_meta
 from kelm.train.distributed import shutdown
+from kelm.train.task import Task
 from kelm.train.trainer import RUN_CONFIG, Trainer, plan_resume, run_dir_of
 
 

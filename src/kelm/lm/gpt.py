@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -95,3 +96,13 @@ class GPT(nn.Module):
             x = block(x) if domain_ids is None else block(x, domain_ids)
         # Output projection tied to the token embedding.
         return self.ln_f(x) @ self.tok.weight.t()
+
+
+def load_gpt(path: str | Path) -> GPT:
+    """Rebuild an exported GPT (a run folder or its ``model/``) and load its weights."""
+    from kelm.artifacts import read_model_spec
+    from kelm.train.export import load_weights
+
+    folder, spec = read_model_spec(path, "gpt")
+    spec.pop("kind")
+    return load_weights(GPT(GPTConfig(**spec)), folder)
