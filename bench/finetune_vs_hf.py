@@ -60,8 +60,8 @@ def task_table(data_dir: str | None) -> dict[str, Any]:
 
 
 def run_kelm(args: argparse.Namespace, plain: bool = False) -> dict[str, Any]:
-    from kelm.tasks import build_task
     from kelm.app import run_training
+    from kelm.tasks import build_task
     from kelm.train.data import ShardedBatches
 
     train = {

@@ -25,10 +25,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit  # noqa: E402
 
+from kelm.app import run_training  # noqa: E402
 from kelm.moe import moe_layers  # noqa: E402
 from kelm.moe.domains import routing_table, specialisation  # noqa: E402
 from kelm.tasks.causal_lm import CausalLMConfig, CausalLMTask  # noqa: E402
-from kelm.app import run_training  # noqa: E402
 from kelm.train.export import load_model  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[1] / "src/kelm/data/bundled/umls/entity2textlong.txt"

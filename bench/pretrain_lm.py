@@ -45,8 +45,8 @@ def unigram_perplexity(task: Any, eval_set: list[dict[str, torch.Tensor]]) -> fl
 
 
 def measure(config: Path) -> dict[str, Any]:
-    from kelm.app.run import load_run_config
     from kelm.app import run_training
+    from kelm.app.run import load_run_config
     from kelm.train.data import eval_batches
     from kelm.train.trainer import seed_everything
 

@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 from test_lm_speedups import SIZES, synthetic
 
+from kelm.app import run_training
 from kelm.lm.compact_vocab import CompactEmbedding, compact_vocabulary
 from kelm.lm.hf import build_hf_model, load_tokenizer
 from kelm.tasks import build_task
-from kelm.app import run_training
 from kelm.train.config import TrainConfig
 from kelm.train.trainer import seed_everything
 

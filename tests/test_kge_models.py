@@ -147,7 +147,9 @@ def test_odd_dim_is_a_config_error(name):
 
 
 def test_unknown_model_and_option_are_config_errors():
-    with pytest.raises(ConfigError, match=r"unknown KGE model 'tucker' \(known: complex, distmult, rescal, rotate, transe\)"):
+    with pytest.raises(
+        ConfigError, match=r"unknown KGE model 'tucker' \(known: complex, distmult, rescal, rotate, transe\)"
+    ):
         build_kge_model("tucker", E, R, D)
     with pytest.raises(ConfigError, match="p are not valid for distmult"):
         build_kge_model("distmult", E, R, D, p=2)

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import torch
 
+from kelm.app import run_training
 from kelm.cli import main
 from kelm.errors import ConfigError, DataError
 from kelm.tasks import build_task
 from kelm.tasks.link_prediction import LinkPredictionTask
-from kelm.app import run_training
 
 TRAIN = {
     "threads": 1,

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 import torch
 
+from kelm.app import run_training
 from kelm.cli import main
 from kelm.errors import DataError
 from kelm.lm import metrics as M
 from kelm.tasks import build_task
 from kelm.tasks.classification import ClassificationTask
 from kelm.tasks.finetune import REPORT_FILE, TruncationWarning
-from kelm.app import run_training
 from kelm.train.data import ShardedBatches
 
 TINY = {"model": "tiny-bert", "hidden_size": 64, "num_layers": 2, "num_heads": 2, "max_length": 32}

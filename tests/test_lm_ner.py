@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from kelm.app import run_training
 from kelm.cli import main
 from kelm.errors import DataError
 from kelm.lm import metrics as M
 from kelm.tasks import build_task
 from kelm.tasks.ner import IGNORE, NERTask, align, encode_words, read_conll, words_to_tags
-from kelm.app import run_training
 
 WORDS = ["Obama", "visited", "Jerusalemite", "#hashtags", "yesterday"]
 TAGS = ["B-person", "O", "B-location", "O", "O"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from kelm.app import run_training
 from kelm.lm.hf import build_hf_model, load_tokenizer
 from kelm.lm.speedups import (
     SHORT_ROW,
@@ -18,7 +19,6 @@ from kelm.lm.speedups import (
     short_row_attention,
     softmax_last,
 )
-from kelm.app import run_training
 
 SIZES = {"hidden_size": 64, "num_layers": 2, "num_heads": 4}
 TEXTS = ["a short verse", "a much longer verse that runs on over the hills and far away", "the night"]

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from kelm.app import run_training
 from kelm.linking.domains import NONE, DomainLexicon, byte_domains, load_lexicon
 from kelm.lm.hf import load_tokenizer
 from kelm.moe import MoEConfig, MoELayer
 from kelm.moe.domains import routing_table, specialisation
-from kelm.app import run_training
 from kelm.train.logging import read_metrics
 
 torch.set_num_threads(1)

@@ -12,13 +12,13 @@ import torch
 from safetensors.torch import save_model
 from torch import nn
 
+from kelm.app import run_training
 from kelm.artifacts import write_toml
 from kelm.cli import main
 from kelm.errors import ConfigError
 from kelm.lm.gpt import GPT, GPTConfig, load_gpt
 from kelm.lm.upcycle import load_source, load_upcycled, upcycle, upcycle_bert, upcycle_gpt
 from kelm.moe import MoELayer
-from kelm.app import run_training
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
