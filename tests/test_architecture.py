@@ -68,6 +68,7 @@ def test_lower_layers_import_without_tasks(module: str) -> None:
     """Importing a low layer does not pull in the tasks, the CLI or the app."""
     import subprocess
 
-    code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.startswith(('kelm.tasks', 'kelm.cli', 'kelm.app'))))"
+    upper = ("kelm.tasks", "kelm.cli", "kelm.app")
+    code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.startswith({upper!r})))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
