@@ -1,4 +1,6 @@
-"""The one training loop. Every task and every world size runs through `Trainer.fit`."""
+"""The one training loop. Every task and every world size runs through `Trainer.fit`:
+``_begin`` (set-up, restore) → ``train_step`` with callbacks after each step → ``finish``
+(final evaluation, checkpoint, test, export) → ``_summary`` (metrics.json)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from torch import nn
 from kelm.artifacts import write_toml
 from kelm.errors import ConfigError
 from kelm.train import clipping, comm
+from kelm.train.callbacks import TrainerCallback, TrainerControl, default_callbacks
 from kelm.train.checkpoint import (
     CheckpointError,
     checkpoint_dirs,
@@ -32,7 +35,6 @@ from kelm.train.config import TrainConfig
 from kelm.train.data import ShardedBatches, eval_batches
 from kelm.train.distributed import DistInfo, init_distributed
 from kelm.train.export import export_model
-from kelm.train.fault import maybe_fail
 from kelm.train.logging import RunLogger, git_revision, timer, write_run_summary
 from kelm.train.schedule import build_scheduler
 from kelm.train.strategies import build_strategy
@@ -122,8 +124,11 @@ class Trainer:
         out_dir: str | Path,
         resume: str | Path | None = None,
         run_config: dict[str, Any] | None = None,
+        callbacks: list[TrainerCallback] | None = None,
     ):
         self.task, self.cfg, self.out_dir = task, cfg, Path(out_dir)
+        #: The engine's callbacks (logging, early stopping, fault injection), then the caller's.
+        self.callbacks = default_callbacks() + list(callbacks or [])
         self.resume = Path(resume) if resume is not None else None
         self.run_config = run_config or {"train": cfg.model_dump()}
 
@@ -260,118 +265,117 @@ class Trainer:
         dist.all_gather_object(parts, self.task.eval_details())
         return self.task.breakdown(parts) if any(p is not None for p in parts) else {}
 
-    def _should_stop(self, metrics: dict[str, float]) -> bool:
-        cfg, st = self.cfg, self.state
-        value = metrics.get(self.task.monitor)
-        if value is None or cfg.early_stopping_patience is None:
-            return False
-        better = st.best is None or (value < st.best if self.task.monitor_mode == "min" else value > st.best)
-        if better:
-            st.best, st.best_step, st.bad_evals = value, st.step, 0
-            if cfg.restore_best:
-                self._best_weights = {k: _snapshot(v) for k, v in self.model.state_dict().items()}
-            return False
-        st.bad_evals += 1
-        return self._patience_exhausted()
-
-    def _patience_exhausted(self) -> bool:
-        patience = self.cfg.early_stopping_patience
-        return patience is not None and self.state.bad_evals >= patience
-
     # -- the loop ---------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        info = init_distributed()
-        cfg = self.cfg
-        ckpt = plan_resume(self.out_dir, self.resume)
+        """Train to ``total_steps`` (or an early stop), evaluate, save, export; returns the summary
+        also written to ``metrics.json``."""
+        self._begin()
+        try:
+            for cb in self.callbacks:
+                cb.on_train_begin(self)
+            while self.state.step < self.total_steps and not self.control.should_stop:
+                self.train_step()
+                step = self.state.step
+                for cb in self.callbacks:
+                    cb.on_step_end(self, step)
+                self._maybe_evaluate(step)
+                cfg = self.cfg
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < self.total_steps:
+                    self._save(self.info, self.window)
+            self.loop_seconds, self.loop_cpu_seconds = timer() - self.wall0, time.process_time() - self.cpu0
+            for cb in self.callbacks:
+                cb.on_train_end(self)
+            self.finish()
+        finally:
+            self.logger.close()
+        return self._summary()
+
+    def _begin(self) -> None:
+        """Process group, model, optimizer, data; the checkpoint to continue from; the logger."""
+        info = self.info = init_distributed()
+        self.ckpt = plan_resume(self.out_dir, self.resume)
         self._setup(info)
         self._saved_step = -1
-        start_step = self._restore(ckpt, info) if ckpt is not None else 0
+        self.start_step = self._restore(self.ckpt, info) if self.ckpt is not None else 0
         if info.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             write_toml(self.out_dir / RUN_CONFIG, self.run_config)
-        logger = RunLogger(
+        self.logger = RunLogger(
             self.out_dir,
             info.is_main,
-            cfg.tensorboard,
+            self.cfg.tensorboard,
             self.total_steps,
-            start_step,
-            history_from=run_dir_of(ckpt) if ckpt is not None else None,
+            self.start_step,
+            history_from=run_dir_of(self.ckpt) if self.ckpt is not None else None,
         )
-        bytes_at_start = comm.bytes_sent()
-        wall0, cpu0 = timer(), time.process_time()
-        tokens_this_run = 0
-        stream = self._micro_batches()
+        self.control = TrainerControl()
+        self.bytes_at_start = comm.bytes_sent()
+        self.wall0, self.cpu0 = timer(), time.process_time()
+        self.tokens_this_run = 0
+        self._stream = self._micro_batches()
         # summed on the device and read only when logged: no host sync per step
-        window = torch.tensor(self.state.window, dtype=torch.float64, device=info.device)
-        final_eval: dict[str, float] = {}
-        stopped_early = self._patience_exhausted()
+        self.window = torch.tensor(self.state.window, dtype=torch.float64, device=info.device)
+        self.final_eval: dict[str, float] = {}
         self.model.train()
-        try:
-            while self.state.step < self.total_steps and not stopped_early:
-                for micro in range(cfg.grad_accum):
-                    batch = _to(next(stream), info.device)
-                    last = micro == cfg.grad_accum - 1
-                    with self.strategy.sync(self.model, last), autocast_context(cfg, info.device):
-                        loss, _ = self.task.loss(self.model, batch)
-                    (loss / cfg.grad_accum).backward()
-                    w = self.task.batch_weight(batch)
-                    window[0] += loss.detach().double() * w
-                    window[1] += w
-                    tokens_this_run += self.task.tokens(batch)
-                if cfg.clip_grad_norm is not None:
-                    norm = self.strategy.grad_norm(self.model)
-                    clipping.clip_gradients(self.optimizer, self.model.parameters(), norm, cfg.clip_grad_norm)
-                self.optimizer.step()
-                clipping.after_step(self.optimizer)
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.state.step += 1
-                step = self.state.step
-                self.strategy.after_step(self.model, step)
-                maybe_fail("step", step, info.rank)
 
-                if step % cfg.log_every == 0 or step == self.total_steps:
-                    dist.all_reduce(window)
-                    train_loss = float(window[0] / window[1])
-                    window.zero_()
-                    lr = self.scheduler.get_last_lr()[0]
-                    logger.log(step, "train", {"loss": train_loss, "lr": lr})
-                    self.state.history.append({"step": step, "loss": train_loss})
-                    rate = tokens_this_run * info.world_size / max(timer() - wall0, 1e-9)
-                    logger.progress(step, {"loss": train_loss, "tok/s": rate})
-                if cfg.eval_every and step % cfg.eval_every == 0 and step < self.total_steps:
-                    metrics = self._evaluate(info)
-                    logger.log(step, "valid", metrics)
-                    if self._should_stop(metrics):
-                        stopped_early = True
-                        final_eval = metrics
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < self.total_steps:
-                    self._save(info, window)
-            loop_seconds, loop_cpu_seconds = timer() - wall0, time.process_time() - cpu0
-            if self.strategy.finish(self.model, self.state.step):
-                final_eval, self._saved_step = {}, None  # parameters changed: evaluate and save again
-            best_weights = self.__dict__.pop("_best_weights", None)
-            if stopped_early and best_weights is not None:
-                self.model.load_state_dict(best_weights)  # the model of the best evaluation
-                final_eval, self._saved_step = {}, None
-            if not final_eval:
-                final_eval = self._evaluate(info)
-                if final_eval:
-                    logger.log(self.state.step, "valid", final_eval)
-            if self._saved_step != self.state.step:
-                self._save(info, window)
-            test_metrics = self._evaluate(info, self.test_set) if self.test_set is not None else {}
-            test_breakdown = self._breakdown(info) if test_metrics else {}
-            if test_metrics:
-                logger.log(self.state.step, "test", test_metrics)
-            model_spec = {k: v for k, v in self.task.model_config().items() if k != "task"}
-            export_model(self.out_dir / "model", self.model, {**self.run_config, **model_spec})
-            if info.is_main:
-                self.task.save_artifacts(self.out_dir / "model")
-        finally:
-            logger.close()
-        wall = timer() - wall0
-        tok = torch.tensor([tokens_this_run, comm.bytes_sent() - bytes_at_start], dtype=torch.float64)
+    def train_step(self) -> None:
+        """One optimizer step over ``grad_accum`` micro-batches (clipping, schedule, strategy hook)."""
+        cfg, info = self.cfg, self.info
+        for micro in range(cfg.grad_accum):
+            batch = _to(next(self._stream), info.device)
+            last = micro == cfg.grad_accum - 1
+            with self.strategy.sync(self.model, last), autocast_context(cfg, info.device):
+                loss, _ = self.task.loss(self.model, batch)
+            (loss / cfg.grad_accum).backward()
+            w = self.task.batch_weight(batch)
+            self.window[0] += loss.detach().double() * w
+            self.window[1] += w
+            self.tokens_this_run += self.task.tokens(batch)
+        if cfg.clip_grad_norm is not None:
+            norm = self.strategy.grad_norm(self.model)
+            clipping.clip_gradients(self.optimizer, self.model.parameters(), norm, cfg.clip_grad_norm)
+        self.optimizer.step()
+        clipping.after_step(self.optimizer)
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self.strategy.after_step(self.model, self.state.step)
+
+    def _maybe_evaluate(self, step: int) -> None:
+        """Every ``eval_every`` steps before the last: validation metrics, logged and handed to callbacks."""
+        if not self.cfg.eval_every or step % self.cfg.eval_every or step >= self.total_steps:
+            return
+        metrics = self._evaluate(self.info)
+        self.logger.log(step, "valid", metrics)
+        for cb in self.callbacks:
+            cb.on_evaluate(self, step, metrics)
+
+    def finish(self) -> None:
+        """The end of a run: the strategy's last sync, the final evaluation, the last checkpoint, the
+        test split and the exported model."""
+        info = self.info
+        if self.strategy.finish(self.model, self.state.step):
+            self.final_eval, self._saved_step = {}, None  # parameters changed: evaluate and save again
+        if not self.final_eval:
+            self.final_eval = self._evaluate(info)
+            if self.final_eval:
+                self.logger.log(self.state.step, "valid", self.final_eval)
+        if self._saved_step != self.state.step:
+            self._save(info, self.window)
+        self.test_metrics = self._evaluate(info, self.test_set) if self.test_set is not None else {}
+        self.test_breakdown = self._breakdown(info) if self.test_metrics else {}
+        if self.test_metrics:
+            self.logger.log(self.state.step, "test", self.test_metrics)
+        model_spec = {k: v for k, v in self.task.model_config().items() if k != "task"}
+        export_model(self.out_dir / "model", self.model, {**self.run_config, **model_spec})
+        if info.is_main:
+            self.task.save_artifacts(self.out_dir / "model")
+
+    def _summary(self) -> dict[str, Any]:
+        """``metrics.json``: the run's config, counts, times, throughput and metrics (written on rank 0)."""
+        info, cfg = self.info, self.cfg
+        wall = timer() - self.wall0
+        tok = torch.tensor([self.tokens_this_run, comm.bytes_sent() - self.bytes_at_start], dtype=torch.float64)
         dist.all_reduce(tok)
         summary = {
             "task": self.task.name,
@@ -380,33 +384,26 @@ class Trainer:
             "git_revision": git_revision() if info.is_main else None,
             "steps": self.state.step,
             "total_steps": self.total_steps,
-            "start_step": start_step,
-            "resumed_from": str(ckpt) if ckpt is not None else None,
+            "start_step": self.start_step,
+            "resumed_from": str(self.ckpt) if self.ckpt is not None else None,
             "epoch": self.loader.position.epoch,
-            "stopped_early": stopped_early,
+            "stopped_early": self.control.should_stop,
             "best_step": self.state.best_step,
             "wall_seconds": wall,
-            "loop_seconds": loop_seconds,  # the training loop alone: no final evaluation, save or export
-            "loop_cpu_seconds": loop_cpu_seconds,  # its CPU time (all threads): steadier on a busy machine
+            "loop_seconds": self.loop_seconds,  # the training loop alone: no final evaluation, save or export
+            "loop_cpu_seconds": self.loop_cpu_seconds,  # its CPU time (all threads): steadier on a busy machine
             "tokens": int(tok[0]),
             "tokens_per_second": float(tok[0]) / wall if wall > 0 else math.nan,
             "bytes_communicated": int(tok[1]),
             "final_train_loss": self.state.history[-1]["loss"] if self.state.history else None,
-            "valid": final_eval,
-            "test": test_metrics,
-            **{f"test_{k}": v for k, v in test_breakdown.items()},
+            "valid": self.final_eval,
+            "test": self.test_metrics,
+            **{f"test_{k}": v for k, v in self.test_breakdown.items()},
             "config": self.run_config,
         }
         if info.is_main:
             write_run_summary(self.out_dir, summary)
         return summary
-
-
-def _snapshot(t: torch.Tensor) -> torch.Tensor:
-    """A copy of a weight: on the host for plain tensors, in place for this rank's DTensor shard."""
-    from torch.distributed.tensor import DTensor
-
-    return t.detach().clone() if isinstance(t, DTensor) else t.detach().to("cpu", copy=True)
 
 
 def _to(batch: Batch, device: torch.device) -> Batch:
