@@ -140,7 +140,8 @@ FSDP_STEPS, FSDP_ACCUM, MAX_NORM = 3, 2, 0.1
 
 def _train_steps(rank: int, world: int, strategy_name: str, checkpointing: bool) -> dict[str, Any]:
     task = _task()
-    strategy = build_strategy(_cfg(strategy=strategy_name, activation_checkpointing=checkpointing), _info(rank, world))
+    cfg = _cfg(strategy=strategy_name, activation_checkpointing=checkpointing)
+    strategy = build_strategy(cfg, _info(rank, world), task.parallel_plan())
     torch.manual_seed(0)
     model = strategy.wrap(task.build_model())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)

@@ -21,7 +21,7 @@ from kelm.config import Section
 from kelm.errors import ConfigError, DataError
 from kelm.lm.gpt import GPT, GPTConfig
 from kelm.moe.plan import ExpertParallelPlan
-from kelm.train.parallel import ParallelPlan, block_units
+from kelm.train.parallel import ParallelPlan
 from kelm.train.task import Batch, Task
 
 
@@ -176,7 +176,7 @@ class CausalLMTask(Task):
 
     def parallel_plan(self) -> ParallelPlan:
         """Experts sharded as the MoE layers ask; FSDP2 and checkpointing go block by block."""
-        return ExpertParallelPlan(units=block_units("blocks"))
+        return ExpertParallelPlan(blocks="blocks")
 
     def build_model(self) -> nn.Module:
         return GPT(self.gpt_config())

@@ -18,14 +18,27 @@ from kelm.train.distributed import DistInfo
 
 
 class ParallelPlan:
-    """The default plan: no parameters sharded by the model itself, no repeated blocks."""
+    """The default plan shards nothing itself; ``blocks`` names the model's ``nn.ModuleList`` of
+    repeated blocks (None: the model is one unit)."""
 
-    def __init__(self, units: Callable[[nn.Module], list[nn.Module]] | None = None):
-        self._units = units
+    def __init__(self, blocks: str | None = None):
+        self.blocks = blocks
 
     def units(self, model: nn.Module) -> list[nn.Module]:
         """The repeated blocks to shard or checkpoint one by one (empty: the model is one unit)."""
-        return self._units(model) if self._units is not None else []
+        return list(self._container(model)) if self.blocks is not None else []
+
+    def wrap_units(self, model: nn.Module, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """Replace each repeated block by ``wrap(block)`` (activation checkpointing)."""
+        container = self._container(model)
+        for i, unit in enumerate(list(container)):
+            container[i] = wrap(unit)
+
+    def _container(self, model: nn.Module) -> nn.ModuleList:
+        blocks = getattr(model, self.blocks or "", None)
+        if not isinstance(blocks, nn.ModuleList):
+            raise TypeError(f"{type(model).__name__}.{self.blocks} is not an nn.ModuleList of blocks")
+        return blocks
 
     def apply(self, model: nn.Module, strategy: str, info: DistInfo) -> int:
         """Shard what the model shards itself, before the strategy wraps it; returns that degree
@@ -40,16 +53,4 @@ class ParallelPlan:
         return torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
 
 
-def block_units(attribute: str) -> Callable[[nn.Module], list[nn.Module]]:
-    """A `ParallelPlan` ``units`` function reading the ``nn.ModuleList`` a model keeps in ``attribute``."""
-
-    def units(model: nn.Module) -> list[nn.Module]:
-        blocks = getattr(model, attribute)
-        if not isinstance(blocks, nn.ModuleList):
-            raise TypeError(f"{type(model).__name__}.{attribute} is not an nn.ModuleList")
-        return list(blocks)
-
-    return units
-
-
-__all__ = ["ParallelPlan", "block_units"]
+__all__ = ["ParallelPlan"]

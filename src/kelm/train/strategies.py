@@ -286,12 +286,9 @@ def apply_activation_checkpointing(model: nn.Module, plan: ParallelPlan) -> None
     """Recompute each block's activations in the backward pass instead of storing them."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
-    units = plan.units(model)
-    if not units:
-        raise ConfigError("activation checkpointing needs a model with repeated blocks (model.blocks)")
-    container = model.blocks if hasattr(model, "blocks") else model.layers
-    for i, unit in enumerate(units):
-        container[i] = checkpoint_wrapper(unit)
+    if not plan.units(model):
+        raise ConfigError("activation checkpointing needs a model whose parallel plan names its repeated blocks")
+    plan.wrap_units(model, checkpoint_wrapper)
 
 
 def build_strategy(cfg: TrainConfig, info: DistInfo, plan: ParallelPlan | None = None) -> Strategy:
