@@ -10,6 +10,11 @@ self-adversarial loss.
 Both directions are learnt either with reciprocal relations (``r + R`` is the inverse of
 ``r``, so every query is a tail query) or with head and tail queries. Evaluation ranks the
 true entity among all others, filtering every other known triple of train, valid and test.
+
+Valid/test triples naming an entity or relation absent from train (WN18RR, FB15k-237) are kept
+by default, as LibKGE does: the test metrics rank every test triple, and ``test_without_unseen``
+in metrics.json ranks only those whose head, relation and tail occur in train. ``unseen = "drop"``
+removes them instead (PyKEEN); ``test_unseen`` says which policy ran and how many triples it met.
 """
 
 from __future__ import annotations
@@ -26,10 +31,13 @@ from torch import nn
 from kelm.atomic import write_text_atomic
 from kelm.config import Section
 from kelm.errors import ConfigError, DataError
+from kelm.kg.io import ReadReport
 from kelm.kg.model import KnowledgeGraph
 from kelm.kg.tensors import TripleTensors, ragged_gather
+from kelm.kg.unseen import count_unseen, drop_unseen, seen_mask
 from kelm.tasks.base import Batch, Task
 from kelm.train.data import BatchRandom
+from kelm.train.distributed import env_rank
 
 MODES = ("1-n", "1-vs-all", "negative-sampling")
 ONE_N_LOSSES = ("bce", "ce")
@@ -45,6 +53,12 @@ class LinkPredictionConfig(Section):
     name: Literal["link-prediction"] = "link-prediction"
     dataset: str = Field(..., min_length=1, description="registered data-set name or a folder/file of triples")
     data_dir: str | None = None
+    unseen: Literal["keep", "drop"] = Field(
+        "keep",
+        description="valid/test triples naming an entity or relation absent from train: keep them "
+        "(LibKGE; also reported without them) or drop them (PyKEEN)",
+    )
+    skip_bad: bool = Field(False, description="skip and count malformed lines instead of failing")
     # model
     model: str = "complex"
     dim: int = Field(128, ge=1)
@@ -82,7 +96,16 @@ class LinkPredictionConfig(Section):
 
 # -- data -------------------------------------------------------------------------------------
 def load_dataset(dataset: str, data_dir: str | None = None) -> KnowledgeGraph:
-    """A registered data set (resolved, never downloaded) or a folder/file of triples."""
+    """A registered data set (resolved, never downloaded) or a folder/file of triples; valid/test
+    triples must only name entities and relations of train."""
+    kg, _ = read_dataset(dataset, data_dir)
+    return kg
+
+
+def read_dataset(
+    dataset: str, data_dir: str | None = None, *, skip_bad: bool = False, unseen: Literal["reject", "keep"] = "reject"
+) -> tuple[KnowledgeGraph, ReadReport]:
+    """`load_dataset` with its read report; ``skip_bad`` and ``unseen`` as for `kelm.kg.io.load_kg`."""
     from kelm.kg.io import load_kg
 
     path, types_dir = Path(dataset), None
@@ -91,8 +114,41 @@ def load_dataset(dataset: str, data_dir: str | None = None) -> KnowledgeGraph:
 
         path = resolve(dataset, data_dir=data_dir)
         types_dir = resolve_types(dataset, data_dir=data_dir)
-    kg, _ = load_kg(path, types_dir=types_dir)
-    return kg
+    return load_kg(path, types_dir=types_dir, skip_bad=skip_bad, unseen=unseen)
+
+
+def apply_unseen_policy(
+    kg: KnowledgeGraph, cfg: LinkPredictionConfig, report: ReadReport | None = None
+) -> dict[str, Any]:
+    """Apply ``cfg.unseen`` to ``kg`` (dropping in place) and describe it for metrics.json: the
+    policy, and per held-out split its triples, how many are unseen and how many were dropped;
+    with a read report, the skipped lines and duplicates too."""
+    held_out = [s for s in (cfg.valid_split, cfg.test_split) if s]
+    dropped = drop_unseen(kg, held_out, cfg.train_split) if cfg.unseen == "drop" else {}
+    unseen = count_unseen(kg, held_out, cfg.train_split)
+    info: dict[str, Any] = {"policy": cfg.unseen}
+    for s in held_out:
+        if s in kg.splits:
+            info[s] = {"triples": len(kg.splits[s]), "unseen": unseen.get(s, 0), "dropped": dropped.get(s, 0)}
+    if report is not None:
+        info["skipped_lines"] = report.total_skipped
+        info["duplicates"] = report.total_duplicates
+    return info
+
+
+def describe_unseen(info: dict[str, Any]) -> str | None:
+    """One line on what `apply_unseen_policy` met, or None when nothing was unseen, dropped or skipped."""
+    parts = []
+    for split, c in info.items():
+        if isinstance(c, dict) and c.get("dropped"):
+            parts.append(f"{c['dropped']} {split} triples dropped (entity or relation not in train)")
+        elif isinstance(c, dict) and c.get("unseen"):
+            parts.append(f"{c['unseen']} of {c['triples']} {split} triples name an entity or relation not in train")
+    if info.get("skipped_lines"):
+        parts.append(f"{info['skipped_lines']} bad lines skipped")
+    if info.get("duplicates"):
+        parts.append(f"{info['duplicates']} duplicate lines stored once")
+    return "; ".join(parts) or None
 
 
 class Queries(Sequence[int]):
@@ -255,7 +311,16 @@ class LinkPredictionTask(Task):
 
     def __init__(self, cfg: LinkPredictionConfig, kg: KnowledgeGraph | None = None):
         self.cfg = cfg
-        self.kg = kg if kg is not None else load_dataset(cfg.dataset, cfg.data_dir)
+        report = None
+        if kg is None:
+            kg, report = read_dataset(cfg.dataset, cfg.data_dir, skip_bad=cfg.skip_bad, unseen="keep")
+        self.kg = kg
+        self.unseen_info = apply_unseen_policy(self.kg, cfg, report)
+        note = describe_unseen(self.unseen_info)
+        if note and env_rank() == 0:
+            from kelm.progress import console
+
+            console.print(f"{cfg.dataset}: {note}", highlight=False, soft_wrap=True)
         self.tensors = TripleTensors.from_graph(self.kg)
         self.train_triples = self._split(cfg.train_split)
         self.valid_triples = self._split(cfg.valid_split) if cfg.valid_split else None
@@ -276,6 +341,7 @@ class LinkPredictionTask(Task):
         self._evaluator: Any = None
         self._last_ranks: Any = None
         self._num_entities = E
+        self._seen = lambda triples: seen_mask(self.train_triples, triples, E, R)
 
     def _split(self, split: str) -> torch.Tensor:
         triples = self.tensors.triples.get(split)
@@ -459,6 +525,7 @@ class LinkPredictionTask(Task):
             return {k: 0.0 for k in RANK_METRICS}
         triples = torch.cat([b["eval_triples"] for b in batches])
         result = self.evaluator().rank(self.scoring(model), triples, sides=self.sides)
+        result.seen = self._seen(triples.cpu()).repeat(len(self.sides))  # ranks run side by side
         self._last_ranks = result
         metrics = result.metrics()
         return {k: float(metrics[k]) for k in RANK_METRICS}
@@ -468,7 +535,9 @@ class LinkPredictionTask(Task):
         return self._last_ranks
 
     def breakdown(self, details: list[Any]) -> dict[str, Any]:
-        """``per_relation``: MRR, MR, Hits@k, query count and label per relation id."""
+        """``per_relation``: MRR, MR, Hits@k, query count and label per relation id; ``all`` and
+        ``without_unseen``: the metrics over every triple and over those whose head, relation and
+        tail occur in train, with their ``triples`` count; ``unseen``: the policy and its counts."""
         from kelm.kge.evaluation import RankingResult
 
         parts = [d for d in details if d is not None]
@@ -476,7 +545,14 @@ class LinkPredictionTask(Task):
         ids = list(self.tensors.relation_ids)
         table = merged.per_relation(ids)
         labelled = {rid: {"label": self.kg.relations[rid].label or rid, **m} for rid, m in table.items()}
-        return {"per_relation": labelled}
+        out: dict[str, Any] = {"per_relation": labelled}
+        if all(p.seen is not None for p in parts):
+            seen = torch.cat([p.seen for p in parts])
+            for name, subset in (("all", merged), ("without_unseen", merged.subset(seen))):
+                metrics = subset.metrics()
+                out[name] = {k: metrics[k] for k in RANK_METRICS} | {"triples": len(subset.ranks) // len(self.sides)}
+            out["unseen"] = self.unseen_info
+        return out
 
     # -- artifacts ----------------------------------------------------------------------------
     def save_artifacts(self, folder: Path) -> None:
@@ -518,7 +594,9 @@ __all__ = [
     "LinkPredictionConfig",
     "LinkPredictionTask",
     "Queries",
+    "apply_unseen_policy",
     "build_scorer",
     "load_dataset",
+    "read_dataset",
     "read_vocab",
 ]
