@@ -38,9 +38,7 @@ def is_unseen(triple: Triple, entities: set[str], relations: set[str]) -> bool:
 def count_unseen(kg: KnowledgeGraph, splits: Iterable[str], train_split: str = "train") -> dict[str, int]:
     """Per split of ``splits`` present in ``kg``: how many triples are unseen in ``train_split``."""
     entities, relations = _vocabulary(kg.triples(train_split))
-    return {
-        s: sum(is_unseen(t, entities, relations) for t in kg.splits[s]) for s in splits if s in kg.splits
-    }
+    return {s: sum(is_unseen(t, entities, relations) for t in kg.splits[s]) for s in splits if s in kg.splits}
 
 
 def drop_unseen(kg: KnowledgeGraph, splits: Iterable[str], train_split: str = "train") -> dict[str, int]:
@@ -55,10 +53,10 @@ def drop_unseen(kg: KnowledgeGraph, splits: Iterable[str], train_split: str = "t
     for s in splits:
         if s not in kg.splits:
             continue
-        kept = [t for t in kg.splits[s] if not is_unseen(t, entities, relations)]
-        gone += [t for t in kg.splits[s] if is_unseen(t, entities, relations)]
-        dropped[s] = len(kg.splits[s]) - len(kept)
-        kg.splits[s] = kept
+        flags = [is_unseen(t, entities, relations) for t in kg.splits[s]]
+        gone += [t for t, out in zip(kg.splits[s], flags, strict=True) if out]
+        kg.splits[s] = [t for t, out in zip(kg.splits[s], flags, strict=True) if not out]
+        dropped[s] = sum(flags)
     if gone:
         still_e, still_r = _vocabulary(kg.triples())
         for t in gone:

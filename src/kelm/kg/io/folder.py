@@ -257,9 +257,7 @@ def load_kg(
     """
     path = Path(path)
     report = ReadReport()
-    chunks = iter_chunks(
-        path, skip_bad=skip_bad, report=report, base_iri=base_iri, types_dir=types_dir, unseen=unseen
-    )
+    chunks = iter_chunks(path, skip_bad=skip_bad, report=report, base_iri=base_iri, types_dir=types_dir, unseen=unseen)
     kg = KnowledgeGraph.from_chunks(chunks, name=name or (path.name if path.is_dir() else path.stem))
     if path.is_file() and triple_format(path) != "delimited":
         _relations_from_entities(kg)
