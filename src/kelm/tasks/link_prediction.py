@@ -308,6 +308,8 @@ class LinkPredictionTask(Task):
     monitor = "mrr"
     monitor_mode = "max"
     sides = ("tail", "head")
+    #: What `apply_unseen_policy` found; None (subclasses with their own splits) skips `without_unseen`.
+    unseen_info: dict[str, Any] | None = None
 
     def __init__(self, cfg: LinkPredictionConfig, kg: KnowledgeGraph | None = None):
         self.cfg = cfg
@@ -341,7 +343,6 @@ class LinkPredictionTask(Task):
         self._evaluator: Any = None
         self._last_ranks: Any = None
         self._num_entities = E
-        self._seen = lambda triples: seen_mask(self.train_triples, triples, E, R)
 
     def _split(self, split: str) -> torch.Tensor:
         triples = self.tensors.triples.get(split)
@@ -525,7 +526,9 @@ class LinkPredictionTask(Task):
             return {k: 0.0 for k in RANK_METRICS}
         triples = torch.cat([b["eval_triples"] for b in batches])
         result = self.evaluator().rank(self.scoring(model), triples, sides=self.sides)
-        result.seen = self._seen(triples.cpu()).repeat(len(self.sides))  # ranks run side by side
+        if self.unseen_info is not None:  # ranks run side by side, each over all triples
+            seen = seen_mask(self.train_triples, triples.cpu(), self._num_entities, self.tensors.num_relations)
+            result.seen = seen.repeat(len(self.sides))
         self._last_ranks = result
         metrics = result.metrics()
         return {k: float(metrics[k]) for k in RANK_METRICS}
@@ -546,7 +549,7 @@ class LinkPredictionTask(Task):
         table = merged.per_relation(ids)
         labelled = {rid: {"label": self.kg.relations[rid].label or rid, **m} for rid, m in table.items()}
         out: dict[str, Any] = {"per_relation": labelled}
-        if all(p.seen is not None for p in parts):
+        if self.unseen_info is not None and all(p.seen is not None for p in parts):
             seen = torch.cat([p.seen for p in parts])
             for name, subset in (("all", merged), ("without_unseen", merged.subset(seen))):
                 metrics = subset.metrics()
