@@ -44,8 +44,12 @@ def import_cmd(
     replace: Annotated[bool, typer.Option("--replace", help="Replace what the store holds.")] = False,
     append: Annotated[bool, typer.Option("--append", help="Add to what the store holds.")] = False,
     chunk_size: Annotated[int | None, typer.Option(help="Triples per import batch.")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Import triples, RDF (N-Triples, Turtle) or a named data set into a store, all or nothing."""
+    """Import triples, RDF (N-Triples, Turtle) or a named data set into a store, all or nothing.
+
+    A triple repeated within one file (one split) is stored once and counted as a duplicate; a
+    triple in two splits stays in both, as published splits have it."""
     cfg = resolve_config(
         config, store, backend, uri, data_dir, **{"data.skip_bad": skip_bad, "data.chunk_size": chunk_size}
     )
@@ -53,7 +57,25 @@ def import_cmd(
     with store_from_config(cfg) as gs, progress_bar() as bar:
         task = bar.add_task(f"importing {src.name}", total=src.total_triples, info="")
         report = import_source(gs, src, replace=replace, append=append, progress=lambda n: bar.advance(task, n))
-    skipped = src.read_report.total_skipped
+    read = src.read_report
+    skipped, duplicates = read.total_skipped, read.total_duplicates
+    if as_json:
+        payload = {
+            "source": src.name,
+            "backend": cfg.store.backend,
+            "store": cfg.store.path,
+            "entities": report.entities,
+            "relations": report.relations,
+            "triples": report.triples,
+            "seconds": report.seconds,
+            "skipped": skipped,
+            "skipped_by_file": {Path(f).name: n for f, n in read.skipped.items() if n},
+            "duplicates": duplicates,
+            "duplicates_by_file": {Path(f).name: n for f, n in read.duplicates.items() if n},
+            "warnings": list(read.warnings),
+        }
+        typer.echo(json.dumps(payload))
+        return
     out.print(
         f"imported {report.entities:,} new entities, {report.relations:,} new relations and "
         f"{report.triples:,} triples into {cfg.store.backend} store {cfg.store.path} "
@@ -63,10 +85,17 @@ def import_cmd(
     if skipped:
         out.print(
             f"skipped {skipped:,} bad lines: "
-            + ", ".join(f"{Path(f).name}: {n}" for f, n in src.read_report.skipped.items() if n),
+            + ", ".join(f"{Path(f).name}: {n}" for f, n in read.skipped.items() if n),
             highlight=False,
         )
-    for warning in src.read_report.warnings:
+    if duplicates:
+        out.print(
+            f"duplicates: {duplicates:,} repeated lines stored once ("
+            + ", ".join(f"{Path(f).name}: {n}" for f, n in read.duplicates.items() if n)
+            + ")",
+            highlight=False,
+        )
+    for warning in read.warnings:
         out.print(f"warning: {warning}", highlight=False)
 
 

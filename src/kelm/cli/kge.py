@@ -33,6 +33,13 @@ def train_cmd(
     model: Annotated[str | None, typer.Option(help="transe, distmult, complex, rotate or rescal.")] = None,
     dim: Annotated[int | None, typer.Option(help="Embedding size.")] = None,
     training: Annotated[str | None, typer.Option(help="1-n, 1-vs-all or negative-sampling.")] = None,
+    unseen: Annotated[
+        str | None,
+        typer.Option(help="Valid/test triples with an entity or relation not in train: keep (default) or drop."),
+    ] = None,
+    skip_bad: Annotated[
+        bool | None, typer.Option("--skip-bad", help="Skip and count malformed lines instead of failing.")
+    ] = None,
     *,
     opts: RunOptions,
 ) -> None:
@@ -42,14 +49,28 @@ def train_cmd(
     if dataset is not None and Path(dataset).exists():
         dataset = str(Path(dataset).resolve())
     data_root = str(data_dir.resolve()) if data_dir is not None else None
-    task = {"dataset": dataset, "data-dir": data_root, "model": model, "dim": dim, "training": training}
+    task = {
+        "dataset": dataset,
+        "data-dir": data_root,
+        "model": model,
+        "dim": dim,
+        "training": training,
+        "unseen": unseen,
+    }
     overrides, flags = overrides_and_flags(task, opts.train)
-    overrides["task.name"] = "link-prediction"
-    summary = train_or_launch(["kge", "train"], config, out_dir, opts, overrides, flags)
+    overrides |= {"task.name": "link-prediction", "task.skip_bad": skip_bad}
+    command = ["kge", "train"] + (["--skip-bad"] if skip_bad else [])
+    summary = train_or_launch(command, config, out_dir, opts, overrides, flags)
     if summary is not None:
         print_summary(summary, out_dir)
         if summary.get("test"):
             out.print("test " + ", ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))
+        subset, unseen_info = summary.get("test_without_unseen"), summary.get("test_unseen") or {}
+        if subset and (unseen_info.get("test") or {}).get("unseen"):
+            out.print(
+                f"test without_unseen ({subset['triples']:,} triples) "
+                + ", ".join(f"{k} {v:.4f}" for k, v in subset.items() if k != "triples")
+            )
 
 
 def _find(name: str, ids: list[str], labels: list[str], what: str) -> int:

@@ -76,7 +76,6 @@ _CONVE = ("TimDettmers/ConvE", "f3c0eb286025410fa5b4c04696c918264163d0ca")
 _CODEX = ("tsafavi/codex", "3132e426c2a6b643b70bad679905a3a6270be440")
 _WNUT = ("leondz/emerging_entities_17", "e52a2d2a71ac1a051ca2d532eef28653c5c02603")
 _POEM = ("google-research-datasets/poem-sentiment", "612e9a1f86799126c68f0c5d9c3f1fc28f88068f")
-_VILLMOW = ("villmow/datasets_knowledge_embedding", "9e392453d6804d1f51c13e5650ae58ed48b638d5")
 
 _CONVE_LICENSE = "55ec8cf0cb5d719b001fb435c3daa30a50512b218b2db257176bb84bd0a5c4e3"
 _CODEX_LICENSE = "8a8d718d139b33e7f1938aaf5c2b724f3ae1930411ca9593339d87cd5740621e"
@@ -126,14 +125,22 @@ def _umls() -> DatasetSpec:
     )
 
 
-def _conve_small(name: str, hashes: _Hashes, description: str, reference: str) -> DatasetSpec:
-    """Nations and Kinship: ConvE ships each as a ``.tar.gz``; the files are its members."""
-    archive = _gh(*_CONVE, f"{name}.tar.gz")
+def _conve_small(
+    name: str,
+    hashes: _Hashes,
+    description: str,
+    reference: str,
+    archive_name: str | None = None,
+    license: str = "MIT (ConvE release)",
+) -> DatasetSpec:
+    """Nations, Kinship, WN18RR and FB15k-237: ConvE ships each as a ``.tar.gz`` (``archive_name``,
+    default ``<name>.tar.gz``); the files are its members."""
+    archive = _gh(*_CONVE, archive_name or f"{name}.tar.gz")
     files = [FileSpec(fn, archive, sha, size, member=fn) for fn, (sha, size) in hashes.items()]
     return DatasetSpec(
         name=name,
         kind="kg",
-        license="MIT (ConvE release)",
+        license=license,
         homepage="https://github.com/TimDettmers/ConvE",
         format=_TRIPLES,
         subdir=f"kg/{name}",
@@ -272,26 +279,6 @@ def _poem_sentiment() -> DatasetSpec:
     )
 
 
-# WN18RR and FB15k-237 are not in the shared data folder; they come from villmow's repackaging (the
-# source PyKEEN uses). WN18RR uses the `text/` variant (WordNet synset names instead of offsets).
-# Their hashes were computed from the repository snapshot at the pinned commit, except
-# FB15k-237/train.txt, whose blob that snapshot lacked: its bytes are ConvE's FB15k-237 train.txt
-# with CRLF turned into LF, which reproduces the repository's git blob id bf5b69e4e34b... exactly.
-def _villmow(name: str, folder: str, hashes: _Hashes, description: str, license: str, reference: str) -> DatasetSpec:
-    files = [FileSpec(fn, _gh(*_VILLMOW, f"{folder}/{fn}"), sha, n) for fn, (sha, n) in hashes.items()]
-    return DatasetSpec(
-        name=name,
-        kind="kg",
-        homepage="https://github.com/villmow/datasets_knowledge_embedding",
-        format=_TRIPLES,
-        subdir=f"kg/{name}",
-        files=(_license(_VILLMOW, _CONVE_LICENSE, 1069), *files),
-        description=description,
-        license=license,
-        reference=reference,
-    )
-
-
 _SPECS: tuple[DatasetSpec, ...] = (
     _umls(),
     _conve_small(
@@ -343,34 +330,45 @@ _SPECS: tuple[DatasetSpec, ...] = (
     _codex_types(),
     _wnut17(),
     _poem_sentiment(),
-    _villmow(
+    # WN18RR and FB15k-237 as ConvE released them (the copies LibKGE and most papers use; WN18RR
+    # names WordNet synsets by offset, FB15k-237 has CRLF line ends). The hashes are those of the
+    # archive members at the pinned ConvE commit, byte-identical to the shared data folder's copies.
+    # Some valid/test triples name entities absent from train, as in every public copy.
+    _conve_small(
         "wn18rr",
-        "WN18RR/text",
         {
-            "train.txt": ("a35aca3c963b71b8efa935c172bf07afe4472655552a0ad8d3b396b4154f1f29", 4091114),
-            "valid.txt": ("2c71419fcd86a1720020a8709ab3e8bbb6e0d097a8abce41135fe4c43fec5f84", 143548),
-            "test.txt": ("80cfa61fe62ba084f58de42d8d0b384dc8b76bcd2ef7065b1a292a1e72b44c33", 147707),
+            "train.txt": ("038612e783c215ee5f3ca9fbfca27b8d0739be1028fe4ee7c174aecf0b83d5df", 3135377),
+            "valid.txt": ("453ce7202afa58094a04d2b1560ee2b02660f1c260b32ce6651c8ccedd1028ab", 110415),
+            "test.txt": ("0383bceaaa1096cf3c03ec021ed0048068e2355dbfc0239b292cefdac821cec5", 113180),
         },
         description=(
-            "WN18RR (WordNet, inverse relations removed): 40,943 entities, 11 relations; 86,835 / 3,034 / 3,134 triples"
+            "WN18RR (WordNet, inverse relations removed): 40,943 entities, 11 relations; 86,835 / 3,034 / 3,134 "
+            "triples (210 valid and 210 test triples name an entity not in train)"
         ),
-        license="WordNet-3.0 (derived from WordNet; repackaging repository MIT)",
-        reference="filtered MRR / Hits@10: ConvE .43 / .51 (ConvE README)",
+        reference=(
+            "filtered MRR / Hits@10: ComplEx .475 / .547 (LibKGE, Ruffinelli et al. 2020); "
+            "ConvE .43 / .51 (ConvE README)"
+        ),
+        archive_name="WN18RR.tar.gz",
+        license="WordNet-3.0 (derived from WordNet; ConvE release MIT)",
     ),
-    _villmow(
+    _conve_small(
         "fb15k-237",
-        "FB15k-237",
         {
-            "train.txt": ("61099230e4439f90885ca9767739e31e8e32f54736fa1c35952b27997bc7c08a", 21005177),
-            "valid.txt": ("749cbe9d923bac7b9354da5614ecfed2e0220256d442c3e04a6b303db1f273d9", 1285566),
-            "test.txt": ("e2e35e8e6113de220140b6f44dc71a5207b0fc6872d575e874aefe13259b655b", 1499033),
+            "train.txt": ("6e4c2782169af21e9743f3b1d200886f5d595bf6bc504ec1351720949c5cdfae", 21277292),
+            "valid.txt": ("cf6309010852f6a8d47a45df830a426415d1ee6f7a3970a8376ff1fb81db4a5c", 1303101),
+            "test.txt": ("5711cf41623ceb4eacc50eb6108a3ca6565c7492e3caaf82a3e355cc660d1574", 1519499),
         },
         description=(
             "FB15k-237 (Freebase, inverse relations removed): 14,541 entities, 237 relations; "
-            "272,115 / 17,535 / 20,466 triples"
+            "272,115 / 17,535 / 20,466 triples (9 valid and 28 test triples name an entity not in train)"
         ),
-        license="CC-BY (derived from Freebase; Toutanova & Chen 2015; repackaging repository MIT)",
-        reference="filtered MRR / Hits@10: ConvE .32 / .49 (ConvE README)",
+        reference=(
+            "filtered MRR / Hits@10: ComplEx .348 / .536 (LibKGE, Ruffinelli et al. 2020); "
+            "ConvE .32 / .49 (ConvE README)"
+        ),
+        archive_name="FB15k-237.tar.gz",
+        license="CC-BY (derived from Freebase; Toutanova & Chen 2015; ConvE release MIT)",
     ),
 )
 

@@ -32,7 +32,10 @@ def open_source(
     skip_bad: bool = False,
     chunk_size: int = 50_000,
 ) -> Source:
-    """Resolve ``source``: an existing file or folder, else a registered data-set name."""
+    """Resolve ``source``: an existing file or folder, else a registered data-set name.
+
+    A store holds a data set as published: valid/test triples naming an entity absent from train
+    (as in WN18RR and FB15k-237) are imported too, and counted in a warning."""
     path = Path(source)
     if path.is_file() and path.suffix.lower() in STREAMED_SUFFIXES:
         report = ReadReport()
@@ -41,7 +44,9 @@ def open_source(
     from kelm.kg.datasets import graph_location
 
     path, types_dir = graph_location(source, data_dir)
-    kg, report = load_kg(path, skip_bad=skip_bad, name=path.name, types_dir=types_dir)
+    kg, report = load_kg(path, skip_bad=skip_bad, name=path.name, types_dir=types_dir, unseen="keep")
+    for split, n in report.unseen.items():
+        report.warn(f"{n:,} {split} triples name an entity or relation not in the train split (imported)")
     return Source(kg.name, kg.chunks(chunk_size), kg.num_triples, report, kg)
 
 

@@ -33,6 +33,12 @@ class RankingResult:
     ranks: Tensor  # (Q,) float: mean of optimistic and pessimistic rank
     sides: Tensor  # (Q,) 0 = tail query, 1 = head query
     relations: Tensor  # (Q,) relation id of each query
+    seen: Tensor | None = None  # (Q,) bool: the query's triple has head, relation and tail in train
+
+    def subset(self, mask: Tensor) -> RankingResult:
+        """The queries where ``mask`` ``(Q,)`` is True."""
+        seen = None if self.seen is None else self.seen[mask]
+        return RankingResult(self.ranks[mask], self.sides[mask], self.relations[mask], seen)
 
     def metrics(self) -> dict[str, float]:
         """``mrr``, ``mr``, ``hits@{1,3,10}`` over all queries, plus ``tail/mrr`` and ``head/mrr``."""

@@ -10,6 +10,11 @@ self-adversarial loss.
 Both directions are learnt either with reciprocal relations (``r + R`` is the inverse of
 ``r``, so every query is a tail query) or with head and tail queries. Evaluation ranks the
 true entity among all others, filtering every other known triple of train, valid and test.
+
+Valid/test triples naming an entity or relation absent from train (WN18RR, FB15k-237) are kept
+by default, as LibKGE does: the test metrics rank every test triple, and ``test_without_unseen``
+in metrics.json ranks only those whose head, relation and tail occur in train. ``unseen = "drop"``
+removes them instead (PyKEEN); ``test_unseen`` says which policy ran and how many triples it met.
 """
 
 from __future__ import annotations
@@ -26,12 +31,14 @@ from torch import nn
 from kelm.atomic import write_text_atomic
 from kelm.config import Section
 from kelm.errors import DataError
-from kelm.kg.datasets import load_graph
+from kelm.kg.datasets import load_graph_report
 from kelm.kg.model import KnowledgeGraph
 from kelm.kg.tensors import TripleTensors, ragged_gather
+from kelm.kg.unseen import apply_unseen_policy, describe_unseen, seen_mask
 from kelm.kg.vocab import ENTITIES_FILE, RELATIONS_FILE, vocab_tsv
 from kelm.kge.scorer import Scoring, build_scorer
 from kelm.train.data import BatchRandom
+from kelm.train.distributed import env_rank
 from kelm.train.task import Batch, Task
 
 MODES = ("1-n", "1-vs-all", "negative-sampling")
@@ -46,6 +53,12 @@ class LinkPredictionConfig(Section):
     name: Literal["link-prediction"] = "link-prediction"
     dataset: str = Field(..., min_length=1, description="registered data-set name or a folder/file of triples")
     data_dir: str | None = None
+    unseen: Literal["keep", "drop"] = Field(
+        "keep",
+        description="valid/test triples naming an entity or relation absent from train: keep them "
+        "(LibKGE; also reported without them) or drop them (PyKEEN)",
+    )
+    skip_bad: bool = Field(False, description="skip and count malformed lines instead of failing")
     # model
     model: str = "complex"
     dim: int = Field(128, ge=1)
@@ -167,10 +180,22 @@ class LinkPredictionTask(Task):
     monitor = "mrr"
     monitor_mode = "max"
     sides = ("tail", "head")
+    #: What `apply_unseen_policy` found; None (subclasses with their own splits) skips `without_unseen`.
+    unseen_info: dict[str, Any] | None = None
 
     def __init__(self, cfg: LinkPredictionConfig, kg: KnowledgeGraph | None = None):
         self.cfg = cfg
-        self.kg = kg if kg is not None else load_graph(cfg.dataset, cfg.data_dir)
+        report = None
+        if kg is None:
+            kg, report = load_graph_report(cfg.dataset, cfg.data_dir, skip_bad=cfg.skip_bad, unseen="keep")
+        self.kg = kg
+        held_out = [x for x in (cfg.valid_split, cfg.test_split) if x]
+        self.unseen_info = apply_unseen_policy(self.kg, cfg.unseen, cfg.train_split, held_out, report)
+        note = describe_unseen(self.unseen_info)
+        if note and env_rank() == 0:
+            from kelm.progress import console
+
+            console.print(f"{cfg.dataset}: {note}", highlight=False, soft_wrap=True)
         self.tensors = TripleTensors.from_graph(self.kg)
         self.train_triples = self._split(cfg.train_split)
         self.valid_triples = self._split(cfg.valid_split) if cfg.valid_split else None
@@ -374,6 +399,9 @@ class LinkPredictionTask(Task):
             return {k: 0.0 for k in RANK_METRICS}
         triples = torch.cat([b["eval_triples"] for b in batches])
         result = self.evaluator().rank(self.scoring(model), triples, sides=self.sides)
+        if self.unseen_info is not None:  # ranks run side by side, each over all triples
+            seen = seen_mask(self.train_triples, triples.cpu(), self._num_entities, self.tensors.num_relations)
+            result.seen = seen.repeat(len(self.sides))
         self._last_ranks = result
         metrics = result.metrics()
         return {k: float(metrics[k]) for k in RANK_METRICS}
@@ -383,7 +411,9 @@ class LinkPredictionTask(Task):
         return self._last_ranks
 
     def breakdown(self, details: list[Any]) -> dict[str, Any]:
-        """``per_relation``: MRR, MR, Hits@k, query count and label per relation id."""
+        """``per_relation``: MRR, MR, Hits@k, query count and label per relation id; ``all`` and
+        ``without_unseen``: the metrics over every triple and over those whose head, relation and
+        tail occur in train, with their ``triples`` count; ``unseen``: the policy and its counts."""
         from kelm.kge.evaluation import RankingResult
 
         parts = [d for d in details if d is not None]
@@ -391,7 +421,14 @@ class LinkPredictionTask(Task):
         ids = list(self.tensors.relation_ids)
         table = merged.per_relation(ids)
         labelled = {rid: {"label": self.kg.relations[rid].label or rid, **m} for rid, m in table.items()}
-        return {"per_relation": labelled}
+        out: dict[str, Any] = {"per_relation": labelled}
+        if self.unseen_info is not None and all(p.seen is not None for p in parts):
+            seen = torch.cat([p.seen for p in parts])
+            for name, subset in (("all", merged), ("without_unseen", merged.subset(seen))):
+                metrics = subset.metrics()
+                out[name] = {k: metrics[k] for k in RANK_METRICS} | {"triples": len(subset.ranks) // len(self.sides)}
+            out["unseen"] = self.unseen_info
+        return out
 
     # -- artifacts ----------------------------------------------------------------------------
     def save_artifacts(self, folder: Path) -> None:

@@ -10,19 +10,21 @@ from kelm.kg.io.formats import DEFAULT_BASE_IRI, DEFAULT_CHUNK_SIZE, triple_form
 from kelm.kg.io.lines import require_file
 from kelm.kg.io.rdf import RdfMapper, iter_rdf_triples, map_rdf
 from kelm.kg.io.report import ReadReport
-from kelm.kg.io.streams import Numbered, TripleFilter, chunk_numbered, require_triples
+from kelm.kg.io.streams import Numbered, TripleFilter, chunk_numbered, dedupe_filter, require_triples
 from kelm.kg.io.triples import iter_numbered_triples
 from kelm.kg.model import GraphChunk, Triple
 
 
 @dataclass(frozen=True)
 class ReadOptions:
-    """How files are read: bad lines skipped or fatal, chunk size, the report, the base IRI."""
+    """How files are read: bad lines skipped or fatal, chunk size, the report, the base IRI,
+    and whether a triple repeated within one file is stored once (counted in the report)."""
 
     skip_bad: bool = False
     chunk_size: int = DEFAULT_CHUNK_SIZE
     report: ReadReport = field(default_factory=ReadReport)
     base_iri: str | None = DEFAULT_BASE_IRI
+    dedupe: bool = True
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
@@ -53,8 +55,13 @@ def iter_triples(
 def chunk_file(
     path: str | Path, split: str, options: ReadOptions, accept: TripleFilter | None = None
 ) -> Iterator[GraphChunk]:
-    """Stream one triple file as chunks of ``split``; ``accept`` may drop or reject triples."""
+    """Stream one triple file as chunks of ``split``; ``accept`` may drop or reject triples.
+
+    With ``options.dedupe`` a triple repeated within the file is kept once and the repeats are
+    counted in ``options.report.duplicates`` (before ``accept`` sees them)."""
     path = require_file(path)
+    if options.dedupe:
+        accept = dedupe_filter(path, options.report, accept)
     mapper = None
     numbered: Numbered
     if triple_format(path) == "delimited":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Literal
 
 from kelm.errors import DataError
 from kelm.kg.io.chunks import ReadOptions, chunk_file
@@ -24,8 +25,13 @@ from kelm.kg.model import Entity, GraphChunk, KnowledgeGraph, Relation, Triple, 
 
 #: File stems of the standard splits; ``dev`` is the validation split.
 SPLIT_STEMS = {"train": "train", "valid": "valid", "dev": "valid", "test": "test"}
-#: Splits whose entities and relations must all occur in train.
+#: Splits whose entities and relations are checked against train.
 EVALUATION_SPLITS = ("valid", "test")
+#: What a folder read does with a valid/test triple naming an entity or relation absent from train:
+#: ``reject`` it (a `DataError`, or with ``skip_bad`` a skipped line), or ``keep`` it (counted in
+#: `ReadReport.unseen`, the entity joining the vocabulary, as LibKGE loads WN18RR and FB15k-237).
+UnseenRead = Literal["reject", "keep"]
+UNSEEN_READS = ("reject", "keep")
 #: Besides the standard names, any other ``<name>.tsv`` in a folder is a split called ``name``.
 EXTRA_SPLIT_SUFFIX = ".tsv"
 
@@ -73,18 +79,28 @@ class _Vocabulary:
             self.relations.add(t.relation)
 
 
-def _unseen_filter(train: _Vocabulary, path: Path, dropped: list[int], options: ReadOptions) -> TripleFilter:
-    """Reject (or drop and count) triples naming an entity or relation absent from train."""
+def unseen_problem(triple: Triple, entities: set[str], relations: set[str]) -> str | None:
+    """Why ``triple`` names something absent from train (``entities``, ``relations``), or None."""
+    for eid in (triple.head, triple.tail):
+        if eid not in entities:
+            return f"entity {eid!r} does not occur in the train split"
+    if triple.relation not in relations:
+        return f"relation {triple.relation!r} does not occur in the train split"
+    return None
+
+
+def _unseen_filter(
+    train: _Vocabulary, path: Path, split: str, dropped: list[int], options: ReadOptions, unseen: UnseenRead
+) -> TripleFilter:
+    """Reject (or drop and count) triples naming an entity or relation absent from train; with
+    ``unseen="keep"`` keep them and count them per split in the report."""
 
     def accept(triple: Triple, line: int) -> bool:
-        problem = None
-        for eid in (triple.head, triple.tail):
-            if eid not in train.entities:
-                problem = f"entity {eid!r} does not occur in the train split"
-                break
-        if problem is None and triple.relation not in train.relations:
-            problem = f"relation {triple.relation!r} does not occur in the train split"
+        problem = unseen_problem(triple, train.entities, train.relations)
         if problem is None:
+            return True
+        if unseen == "keep":
+            options.report.unseen[split] = options.report.unseen.get(split, 0) + 1
             return True
         reject(problem, path, line, skip_bad=options.skip_bad, report=options.report)
         dropped[0] += 1
@@ -147,14 +163,14 @@ def _resolve_types(path: Path, types_dir: str | Path | None) -> Path | None:
 
 
 def _iter_folder(
-    folder: Path, files: dict[str, Path], types_dir: str | Path | None, options: ReadOptions
+    folder: Path, files: dict[str, Path], types_dir: str | Path | None, options: ReadOptions, unseen: UnseenRead
 ) -> Iterator[GraphChunk]:
     seen, train = _Vocabulary(), _Vocabulary()
     for split, path in files.items():
         dropped = [0]
         accept = None
         if split in EVALUATION_SPLITS:
-            accept = _unseen_filter(train, path, dropped, options)
+            accept = _unseen_filter(train, path, split, dropped, options, unseen)
         for chunk in chunk_file(path, split, options, accept):
             seen.add(chunk.triples)
             seen.entities.update(e.id for e in chunk.entities)
@@ -187,19 +203,25 @@ def iter_chunks(
     split: str = "train",
     base_iri: str | None = DEFAULT_BASE_IRI,
     types_dir: str | Path | None = None,
+    unseen: UnseenRead = "reject",
 ) -> Iterator[GraphChunk]:
     """Stream a triple file (``.tsv``/``.txt``/``.csv``/``.nt``/``.ttl``) or a data-set folder.
 
     Memory stays bounded by ``chunk_size`` (plus the set of ids when a folder's valid/test
-    splits are checked against train, or text and types are matched to the graph). A file's
+    splits are checked against train, or text and types are matched to the graph, and a digest
+    per distinct triple of the file being read, to store a repeated line once). A file's
     triples all go to ``split``. Text and types from side files come in chunks at the end.
+    ``unseen`` says what happens to a folder's valid/test triples that name an entity or
+    relation absent from train (see `UnseenRead`).
     """
+    if unseen not in UNSEEN_READS:
+        raise ValueError(f"unseen must be one of {', '.join(UNSEEN_READS)}, not {unseen!r}")
     options = ReadOptions(skip_bad, chunk_size, report if report is not None else ReadReport(), base_iri)
     path = Path(path)
     if not path.exists():
         raise DataError("file or folder not found", path)
     if path.is_dir():
-        return _iter_folder(path, find_split_files(path), types_dir, options)
+        return _iter_folder(path, find_split_files(path), types_dir, options, unseen)
     triple_format(path)
     return _iter_file(path, split, types_dir, options)
 
@@ -220,18 +242,22 @@ def load_kg(
     name: str | None = None,
     types_dir: str | Path | None = None,
     base_iri: str | None = DEFAULT_BASE_IRI,
+    unseen: UnseenRead = "reject",
 ) -> tuple[KnowledgeGraph, ReadReport]:
     """Load a data set into memory: a folder (train/valid|dev/test splits with text files) or
     one triple file (all in ``train``).
 
-    Valid/test triples must only use entities and relations of train. With ``skip_bad``,
-    malformed lines and such triples are dropped and counted in the report instead of raising.
+    By default valid/test triples must only use entities and relations of train. With
+    ``skip_bad``, malformed lines and such triples are dropped and counted in the report instead
+    of raising. With ``unseen="keep"`` such triples are kept (their entities join the graph) and
+    counted per split in ``report.unseen``. A triple repeated within one file is stored once
+    (``report.duplicates``); one repeated across splits stays in each split, as published.
     Entities without a label keep ``label=None`` (`Entity.text` falls back to the id); they
     are counted in a warning.
     """
     path = Path(path)
     report = ReadReport()
-    chunks = iter_chunks(path, skip_bad=skip_bad, report=report, base_iri=base_iri, types_dir=types_dir)
+    chunks = iter_chunks(path, skip_bad=skip_bad, report=report, base_iri=base_iri, types_dir=types_dir, unseen=unseen)
     kg = KnowledgeGraph.from_chunks(chunks, name=name or (path.name if path.is_dir() else path.stem))
     if path.is_file() and triple_format(path) != "delimited":
         _relations_from_entities(kg)

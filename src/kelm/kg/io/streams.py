@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
@@ -42,6 +43,23 @@ def require_triples(path: str | Path, report: ReadReport, numbered: Numbered) ->
         yield line, triple
     if count == 0:
         raise no_triples_error(path, report, skipped_before)
+
+
+def dedupe_filter(path: str | Path, report: ReadReport, accept: TripleFilter | None = None) -> TripleFilter:
+    """Keep the first occurrence of each ``(head, relation, tail)`` of one file (one split) and
+    count the repeats in ``report``; then apply ``accept``. Holds a 16-byte digest per distinct
+    triple, so a streamed file costs memory in its number of distinct triples."""
+    seen: set[bytes] = set()
+
+    def keep(triple: Triple, line: int) -> bool:
+        key = hashlib.blake2b("\x00".join(triple.key()).encode("utf-8"), digest_size=16).digest()
+        if key in seen:
+            report.duplicate(path)
+            return False
+        seen.add(key)
+        return accept is None or accept(triple, line)
+
+    return keep
 
 
 def chunk_numbered(
