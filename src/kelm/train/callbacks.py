@@ -17,8 +17,8 @@ import torch.distributed as dist
 from kelm.train.fault import maybe_fail
 from kelm.train.logging import timer
 
-if TYPE_CHECKING:
-    from kelm.train.trainer import Trainer
+#: A `kelm.train.trainer.Trainer` (named loosely: the trainer imports this module, not the reverse).
+Trainer = Any
 
 
 @dataclass
