@@ -9,7 +9,7 @@ hook that kills a rank at a chosen step). A caller adds its own through ``Traine
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 import torch.distributed as dist
