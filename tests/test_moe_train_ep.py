@@ -97,8 +97,11 @@ def test_exported_model_holds_every_expert(runs: dict[str, Path]) -> None:
     got = load_file(str(runs["ep"] / "model" / "model.safetensors"))
     assert sorted(ref) == sorted(got)
     assert got["blocks.0.mlp.experts.w_gate_up"].shape[0] == 4
+    # Two processes sum gradients in another order; Adam's normalised step turns those float32
+    # differences of near-zero gradients into weight differences of up to ~2e-5 after 20 steps
+    # (a missing or misplaced expert differs by ~1e-2).
     for name in ref:
-        assert (ref[name] - got[name]).abs().max() < 1e-5, name
+        assert (ref[name] - got[name]).abs().max() < 5e-5, name
 
 
 def test_resume_with_sharded_experts_is_exact(runs: dict[str, Path]) -> None:
