@@ -12,6 +12,7 @@ import torch
 from kelm.app import run_training
 from kelm.cli import main
 from kelm.errors import ConfigError, DataError
+from kelm.kge.training import contrastive_loss
 from kelm.tasks import build_task
 from kelm.tasks.link_prediction import LinkPredictionTask
 
@@ -142,7 +143,7 @@ def test_negative_sampling_scores_equal_triple_scores(data_dir: Path, sampler: s
     hh = torch.where(head[:, None], neg, h[:, None])
     tt = torch.where(head[:, None], t[:, None], neg)
     ref_neg = model("score_hrt", hh.reshape(-1), r.repeat_interleave(neg.shape[1]), tt.reshape(-1)).view_as(neg)
-    ref = task._contrast(model("score_hrt", h, r, t), ref_neg)
+    ref = contrastive_loss(model("score_hrt", h, r, t), ref_neg, "margin", task.cfg.margin, 1.0)
     got, _ = task.loss(model, batch)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
 

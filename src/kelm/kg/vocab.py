@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from kelm.errors import DataError
 
@@ -34,3 +36,12 @@ def read_vocab(path: Path) -> tuple[list[str], list[str]]:
         ids.append(parts[1])
         labels.append(parts[2])
     return ids, labels
+
+
+def write_vocabularies(folder: Path, kg: Any, entity_ids: Sequence[str], relation_ids: Sequence[str]) -> None:
+    """``entities.tsv`` and ``relations.tsv`` of a model folder, in index order, with labels."""
+    from kelm.atomic import write_text_atomic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / ENTITIES_FILE, vocab_tsv([(e, kg.entities[e].label) for e in entity_ids]))
+    write_text_atomic(folder / RELATIONS_FILE, vocab_tsv([(r, kg.relations[r].label) for r in relation_ids]))

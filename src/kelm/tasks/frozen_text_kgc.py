@@ -20,9 +20,9 @@ from torch import nn
 from kelm.config import Section
 from kelm.kg.datasets import load_graph
 from kelm.kg.model import KnowledgeGraph
-from kelm.kg.tensors import TripleTensors
 from kelm.kgc.frozen_text import KIND, FrozenTextScorer, feature_texts, text_features
-from kelm.tasks.link_prediction import Indices, LinkPredictionTask
+from kelm.kge.samples import Indices, with_reciprocals
+from kelm.tasks.link_prediction import LinkPredictionTask
 from kelm.train.task import Batch
 
 
@@ -72,21 +72,14 @@ class FrozenTextKGCTask(LinkPredictionTask):
         """Split (inductively if asked), index the graph and read every entity's text features."""
         self.cfg = cfg  # type: ignore[assignment]
         self.kg, self.unseen = _graph(cfg, kg)
-        self.tensors = TripleTensors.from_graph(self.kg)
-        splits = (cfg.train_split, cfg.valid_split, cfg.test_split)
-        self.train_triples, self.valid_triples, self.test_triples = (self._split(s) if s else None for s in splits)
-        self.known = torch.cat(list(self.tensors.triples.values()))
-        self._num_entities, R = self.tensors.num_entities, self.tensors.num_relations
-        h, r, t = self.train_triples.unbind(1)  # type: ignore[union-attr]
-        self.samples = torch.cat([self.train_triples, torch.stack([t, r + R, h], 1)])  # type: ignore[list-item]
+        self._index_splits()
+        self.samples = with_reciprocals(self.train_triples, self.tensors.num_relations)  # type: ignore[arg-type]
         # training candidates: the entities seen in training, and each one's column among them
         self.candidates = torch.tensor([e not in self.unseen for e in self.tensors.entity_ids]).nonzero().squeeze(1)
         self.position = torch.full((self._num_entities,), -1, dtype=torch.int64)
         self.position[self.candidates] = torch.arange(len(self.candidates))
         texts, labels = feature_texts(self.kg, self.tensors.entity_ids, cfg.max_words)
         self.features = text_features(texts, labels, cfg.encoder, cfg.max_length, cfg.feature_cache)
-        self._evaluator: Any = None
-        self._last_ranks: Any = None
 
     # -- model ----------------------------------------------------------------------------------
     def model_spec(self) -> dict[str, Any]:
@@ -114,6 +107,9 @@ class FrozenTextKGCTask(LinkPredictionTask):
         if samples and isinstance(samples[0], torch.Tensor):
             return {"eval_triples": torch.stack(samples)}
         return {"triples": self.samples[torch.tensor(samples, dtype=torch.int64)]}
+
+    def batch_weight(self, batch: Batch) -> int:
+        return len(batch["eval_triples"]) * len(self.sides) if "eval_triples" in batch else len(batch["triples"])
 
     # -- loss -----------------------------------------------------------------------------------
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:

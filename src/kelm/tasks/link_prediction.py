@@ -11,6 +11,10 @@ Both directions are learnt either with reciprocal relations (``r + R`` is the in
 ``r``, so every query is a tail query) or with head and tail queries. Evaluation ranks the
 true entity among all others, filtering every other known triple of train, valid and test.
 
+The task composes pieces of `kelm.kge`: a training regime (`kelm.kge.training`: `OneToN`,
+`OneVsAll`, `NegativeSampling` with a `kelm.kge.sampling.NegativeSampler`), the scorer, and the
+filtered ranking shared with text-based completion (`kelm.kge.ranking`).
+
 Valid/test triples naming an entity or relation absent from train (WN18RR, FB15k-237) are kept
 by default, as LibKGE does: the test metrics rank every test triple, and ``test_without_unseen``
 in metrics.json ranks only those whose head, relation and tail occur in train. ``unseen = "drop"``
@@ -24,27 +28,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from kelm.atomic import write_text_atomic
 from kelm.config import Section
 from kelm.errors import DataError
 from kelm.kg.datasets import load_graph_report
 from kelm.kg.model import KnowledgeGraph
-from kelm.kg.tensors import TripleTensors, ragged_gather
+from kelm.kg.tensors import TripleTensors
 from kelm.kg.unseen import apply_unseen_policy, describe_unseen, seen_mask
-from kelm.kg.vocab import ENTITIES_FILE, RELATIONS_FILE, vocab_tsv
+from kelm.kg.vocab import write_vocabularies
+from kelm.kge.ranking import RANK_METRICS, Ranking, merge_rankings, metric_values, per_relation_report
+from kelm.kge.samples import Triples
+from kelm.kge.sampling import NegativeSampler
 from kelm.kge.scorer import Scoring, build_scorer
+from kelm.kge.training import MODES, NS_LOSSES, ONE_N_LOSSES, NegativeSampling, OneToN, OneVsAll, TrainingRegime
 from kelm.train.data import BatchRandom
 from kelm.train.distributed import env_rank
 from kelm.train.task import Batch, Task
-
-MODES = ("1-n", "1-vs-all", "negative-sampling")
-ONE_N_LOSSES = ("bce", "ce")
-NS_LOSSES = ("margin", "softplus", "self-adversarial")
-RANK_METRICS = ("mrr", "mr", "hits@1", "hits@3", "hits@10")
 
 
 class LinkPredictionConfig(Section):
@@ -95,84 +96,21 @@ class LinkPredictionConfig(Section):
 
 
 # -- data -------------------------------------------------------------------------------------
-class Queries(Sequence[int]):
-    """1-n training queries ``(entity, relation, is_tail)`` with their true answers (CSR layout)."""
-
-    def __init__(self, queries: torch.Tensor, offsets: torch.Tensor, answers: torch.Tensor):
-        self.queries, self.offsets, self.answers = queries, offsets, answers
-
-    @classmethod
-    def build(cls, triples: torch.Tensor, num_relations: int, reciprocal: bool) -> Queries:
-        h, r, t = triples.unbind(1)
-        ones = torch.ones_like(h)
-        if reciprocal:  # (h, r) -> t and (t, r + R) -> h, all tail queries
-            parts = [torch.stack([h, r, ones, t], 1), torch.stack([t, r + num_relations, ones, h], 1)]
-        else:  # (h, r, ?) tail queries and (?, r, t) head queries
-            parts = [torch.stack([h, r, ones, t], 1), torch.stack([t, r, 0 * ones, h], 1)]
-        rows = torch.unique(torch.cat(parts), dim=0)  # sorted by query, then answer
-        keys, counts = torch.unique_consecutive(rows[:, :3], dim=0, return_counts=True)
-        offsets = torch.zeros(len(keys) + 1, dtype=torch.int64)
-        offsets[1:] = counts.cumsum(0)
-        return cls(keys, offsets, rows[:, 3].contiguous())
-
-    def __len__(self) -> int:
-        return len(self.queries)
-
-    def __getitem__(self, i: int) -> int:  # type: ignore[override]
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        return i
-
-    def collate(self, idx: list[int]) -> Batch:
-        """Queries plus the multi-hot targets as (row, entity) index pairs."""
-        index = torch.tensor(idx, dtype=torch.int64)
-        starts = self.offsets[index]
-        rows, cols = ragged_gather(self.answers, starts, self.offsets[index + 1] - starts)
-        return {"query": self.queries[index], "target_rows": rows, "target_cols": cols}
 
 
-class Indices(Sequence[int]):
-    """Training triples addressed by index (the triples themselves stay in one tensor)."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> int:  # type: ignore[override]
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        return i
+def build_regime(
+    cfg: LinkPredictionConfig, train_triples: torch.Tensor, num_entities: int, num_relations: int
+) -> TrainingRegime:
+    """The training regime ``cfg.training`` names, over these training triples."""
+    E, R, rec = num_entities, num_relations, cfg.reciprocal
+    if cfg.training == "1-n":
+        return OneToN(train_triples, E, R, rec, cfg.loss_name, cfg.label_smoothing)
+    if cfg.training == "1-vs-all":
+        return OneVsAll(train_triples, E, R, rec, cfg.label_smoothing)
+    sampler = NegativeSampler(cfg.sampler, E, cfg.num_negatives, rec, train_triples, R)
+    return NegativeSampling(train_triples, E, R, rec, sampler, cfg.loss_name, cfg.margin, cfg.adversarial_temperature)
 
 
-class Triples(Sequence[torch.Tensor]):
-    """Held-out triples; each sample is one ``(3,)`` row."""
-
-    def __init__(self, triples: torch.Tensor):
-        self.triples = triples
-
-    def __len__(self) -> int:
-        return len(self.triples)
-
-    def __getitem__(self, i: int) -> torch.Tensor:  # type: ignore[override]
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        return self.triples[i]
-
-
-def head_probabilities(triples: torch.Tensor, num_relations: int) -> torch.Tensor:
-    """Bernoulli sampling (Wang et al. 2014): corrupt the head of relation r with tph / (tph + hpt)."""
-    probs = torch.full((num_relations,), 0.5)
-    for r in triples[:, 1].unique().tolist():
-        rows = triples[triples[:, 1] == r]
-        tph = len(rows) / len(rows[:, 0].unique())
-        hpt = len(rows) / len(rows[:, 2].unique())
-        probs[r] = tph / (tph + hpt)
-    return probs
-
-
-# -- the task -----------------------------------------------------------------------------------
 class LinkPredictionTask(Task):
     config_class = LinkPredictionConfig
     uses_batch_random = True
@@ -196,26 +134,22 @@ class LinkPredictionTask(Task):
             from kelm.progress import console
 
             console.print(f"{cfg.dataset}: {note}", highlight=False, soft_wrap=True)
-        self.tensors = TripleTensors.from_graph(self.kg)
-        self.train_triples = self._split(cfg.train_split)
-        self.valid_triples = self._split(cfg.valid_split) if cfg.valid_split else None
-        self.test_triples = self._split(cfg.test_split) if cfg.test_split else None
-        self.known = torch.cat(list(self.tensors.triples.values()))
+        self._index_splits()
         E, R = self.tensors.num_entities, self.tensors.num_relations
         with torch.device("meta"):
             build_scorer(self.model_spec())  # unknown model, odd dim or bad options fail here
-        if cfg.training == "1-n":
-            self.queries = Queries.build(self.train_triples, R, cfg.reciprocal)
-        else:
-            self.samples = self.train_triples
-            if cfg.reciprocal:
-                h, r, t = self.train_triples.unbind(1)
-                self.samples = torch.cat([self.train_triples, torch.stack([t, r + R, h], 1)])
-            bernoulli = cfg.training == "negative-sampling" and cfg.sampler == "bernoulli"
-            self.head_prob = head_probabilities(self.train_triples, R) if bernoulli else None
-        self._evaluator: Any = None
+        self.regime: TrainingRegime = build_regime(cfg, self.train_triples, E, R)
+
+    def _index_splits(self) -> None:
+        """Tensors of the graph, its splits and the filtered ranking over every known triple."""
+        cfg = self.cfg
+        self.tensors = TripleTensors.from_graph(self.kg)
+        splits = (cfg.train_split, cfg.valid_split, cfg.test_split)
+        self.train_triples, self.valid_triples, self.test_triples = (self._split(s) if s else None for s in splits)
+        self.known = torch.cat(list(self.tensors.triples.values()))
+        self._num_entities = self.tensors.num_entities
+        self.ranking = Ranking(self.known, self._num_entities, cfg.eval_memory_mb, self.sides)
         self._last_ranks: Any = None
-        self._num_entities = E
 
     def _split(self, split: str) -> torch.Tensor:
         triples = self.tensors.triples.get(split)
@@ -245,7 +179,7 @@ class LinkPredictionTask(Task):
 
     # -- data ---------------------------------------------------------------------------------
     def train_data(self) -> Sequence[Any]:
-        return self.queries if self.cfg.training == "1-n" else Indices(len(self.samples))
+        return self.regime.samples()
 
     def eval_data(self) -> Sequence[Any] | None:
         return None if self.valid_triples is None else Triples(self.valid_triples)
@@ -254,140 +188,35 @@ class LinkPredictionTask(Task):
         return None if self.test_triples is None else Triples(self.test_triples)
 
     def collate(self, samples: list[Any], rng: BatchRandom | None = None) -> Batch:
-        """Evaluation triples, 1-n queries, or triples with negatives drawn from ``rng``.
-
-        The engine passes ``rng``, whose draws for a sample do not depend on the world size, so
-        negative sampling is the same with one process or many; without it the global RNG is used."""
+        """Evaluation triples, or the regime's training batch (``rng``: world-size-free draws)."""
         if samples and isinstance(samples[0], torch.Tensor):
             return {"eval_triples": torch.stack(samples)}
-        if self.cfg.training == "1-n":
-            return self.queries.collate(samples)
-        triples = self.samples[torch.tensor(samples, dtype=torch.int64)]
-        if self.cfg.training == "1-vs-all":
-            return {"triples": triples}
-        return {"triples": triples, **self._negatives(triples, rng)}
-
-    def _negatives(self, triples: torch.Tensor, rng: BatchRandom | None) -> Batch:
-        """Negatives and sides to corrupt. Per-row negatives never repeat the true entity of the
-        corrupted side (drawn from ``E - 1`` ids, those at or above it shifted up by one); shared
-        negatives may hit it."""
-        c, B, E = self.cfg, len(triples), self._num_entities
-        if rng is None:
-            rng = BatchRandom(torch.default_generator, B, 0, 1)
-        if c.reciprocal:
-            corrupt_head = torch.zeros(B, dtype=torch.bool)
-        else:
-            p_head = self.head_prob[triples[:, 1]] if self.head_prob is not None else 0.5
-            corrupt_head = rng.rand() < p_head
-        if c.sampler == "shared":
-            return {"negatives": rng.shared_randint(E, c.num_negatives), "corrupt_head": corrupt_head}
-        true = torch.where(corrupt_head, triples[:, 0], triples[:, 2])
-        negatives = rng.randint(max(E - 1, 1), c.num_negatives)
-        negatives += (negatives >= true[:, None]).long() if E > 1 else 0
-        return {"negatives": negatives, "corrupt_head": corrupt_head}
+        return self.regime.collate(samples, rng)
 
     def batch_weight(self, batch: Batch) -> int:
         if "eval_triples" in batch:
             return len(batch["eval_triples"]) * len(self.sides)
-        return len(batch["query"] if "query" in batch else batch["triples"])
+        return self.regime.batch_weight(batch)
 
     def tokens(self, batch: Batch) -> int:
         if "eval_triples" in batch:
             return len(batch["eval_triples"])
         return self.batch_weight(batch)
 
-    # -- losses -------------------------------------------------------------------------------
+    # -- loss ---------------------------------------------------------------------------------
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        if "query" in batch:
-            loss, (h, r, t) = self._loss_1n(model, batch)
-        elif "negatives" in batch:
-            loss, (h, r, t) = self._loss_ns(model, batch)
-        else:
-            loss, (h, r, t) = self._loss_1vsall(model, batch)
+        """The regime's loss, plus the regularizer over the batch's true triples."""
+        loss, (h, r, t) = self.regime.loss(model, batch)
         c = self.cfg
         if c.regularizer != "none" and c.regularizer_weight > 0:
             reg = model("regularizer", h, r, t, c.regularizer, c.regularizer_p)
             return loss + c.regularizer_weight * reg, {}
         return loss, {}
 
-    def _loss_1vsall(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """Cross-entropy of each triple's true tail (and, without reciprocal relations, head) among all entities."""
-        h, r, t = batch["triples"].unbind(1)
-        eps = self.cfg.label_smoothing
-        loss = F.cross_entropy(model("score_t", h, r).float(), t, label_smoothing=eps)
-        if not self.cfg.reciprocal:
-            loss = loss + F.cross_entropy(model("score_h", r, t).float(), h, label_smoothing=eps)
-        return loss, (h, r, t)
-
-    def _scores(
-        self,
-        model: nn.Module,
-        h: torch.Tensor,
-        r: torch.Tensor,
-        t: torch.Tensor,
-        cands: torch.Tensor | None,
-        corrupt_head: torch.Tensor,
-    ) -> torch.Tensor:
-        """``(B, C)`` float scores with the tail, or where ``corrupt_head`` the head, replaced by each
-        candidate: all entities (``cands`` None), a shared ``(C,)`` set or per-row ``(B, C)`` sets."""
-        if not bool(corrupt_head.any()):
-            return model("score_t", h, r, cands).float()
-        if bool(corrupt_head.all()):
-            return model("score_h", r, t, cands).float()
-        per_row = cands is not None and cands.dim() == 2
-        width = self._num_entities if cands is None else cands.shape[-1]
-        out = torch.empty(len(h), width, device=h.device)
-        for rows, op, a, b in ((~corrupt_head, "score_t", h, r), (corrupt_head, "score_h", r, t)):
-            out[rows] = model(op, a[rows], b[rows], cands[rows] if per_row else cands).float()
-        return out
-
-    def _loss_1n(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """BCE or CE against the multi-hot answers (`kelm.kge.losses`: no dense target is built)."""
-        from kelm.kge.losses import one_to_n_loss
-
-        q, rows, cols = batch["query"], batch["target_rows"], batch["target_cols"]
-        e, r, is_tail = q[:, 0], q[:, 1], q[:, 2].bool()
-        logits = self._scores(model, e, r, e, None, ~is_tail)
-        loss = one_to_n_loss(logits, rows, cols, self.cfg.loss_name, self.cfg.label_smoothing)
-        # regularise over the true triples of the batch, in the direction each query was asked
-        qe, qr, tail = e[rows], r[rows], is_tail[rows]
-        h = torch.where(tail, qe, cols)
-        t = torch.where(tail, cols, qe)
-        return loss, (h, qr, t)
-
-    def _loss_ns(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        triples, neg, corrupt_head = batch["triples"], batch["negatives"], batch["corrupt_head"]
-        h, r, t = triples.unbind(1)
-        if neg.dim() == 1:  # shared: every triple meets the same N entities on the corrupted side
-            pos = model("score_hrt", h, r, t).float()
-            neg_scores = self._scores(model, h, r, t, neg, corrupt_head)
-        else:  # the true entity rides along as candidate 0, so one batched matmul scores all
-            true = torch.where(corrupt_head, h, t)
-            scores = self._scores(model, h, r, t, torch.cat([true[:, None], neg], 1), corrupt_head)
-            pos, neg_scores = scores[:, 0], scores[:, 1:]
-        return self._contrast(pos, neg_scores), (h, r, t)
-
-    def _contrast(self, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-        c = self.cfg
-        name = c.loss_name
-        if name == "margin":
-            return F.relu(c.margin - pos[:, None] + neg).mean()
-        if name == "softplus":
-            return (F.softplus(-pos) + F.softplus(neg).mean(1)).mean()
-        # self-adversarial (Sun et al. 2019): negatives weighted by their detached softmax
-        weights = F.softmax(c.adversarial_temperature * neg, dim=1).detach()
-        pos_term = -F.logsigmoid(c.margin + pos)
-        neg_term = -(weights * F.logsigmoid(-c.margin - neg)).sum(1)
-        return ((pos_term + neg_term) / 2).mean()
-
     # -- evaluation ---------------------------------------------------------------------------
     def evaluator(self) -> Any:
         """The filtered ranker over all known triples (built once; it moves its index per device)."""
-        from kelm.kge.evaluation import FilteredRankEvaluator
-
-        if self._evaluator is None:
-            self._evaluator = FilteredRankEvaluator(self.known, self._num_entities, self.cfg.eval_memory_mb)
-        return self._evaluator
+        return self.ranking.evaluator
 
     def scoring(self, model: nn.Module) -> Scoring:
         return Scoring(model, self._num_entities, self.tensors.num_relations, self.cfg.dim)
@@ -396,15 +225,14 @@ class LinkPredictionTask(Task):
     def evaluate(self, model: nn.Module, batches: Sequence[Batch]) -> dict[str, float]:
         """Filtered rank metrics as means over ranking queries (both sides of every triple)."""
         if not batches:
-            return {k: 0.0 for k in RANK_METRICS}
+            return metric_values(None)
         triples = torch.cat([b["eval_triples"] for b in batches])
-        result = self.evaluator().rank(self.scoring(model), triples, sides=self.sides)
+        result = self.ranking.rank(self.scoring(model), triples)
         if self.unseen_info is not None:  # ranks run side by side, each over all triples
             seen = seen_mask(self.train_triples, triples.cpu(), self._num_entities, self.tensors.num_relations)
             result.seen = seen.repeat(len(self.sides))
         self._last_ranks = result
-        metrics = result.metrics()
-        return {k: float(metrics[k]) for k in RANK_METRICS}
+        return metric_values(result)
 
     def eval_details(self) -> Any:
         """This rank's ranks, sides and relations of the last evaluation."""
@@ -414,33 +242,25 @@ class LinkPredictionTask(Task):
         """``per_relation``: MRR, MR, Hits@k, query count and label per relation id; ``all`` and
         ``without_unseen``: the metrics over every triple and over those whose head, relation and
         tail occur in train, with their ``triples`` count; ``unseen``: the policy and its counts."""
-        from kelm.kge.evaluation import RankingResult
-
-        parts = [d for d in details if d is not None]
-        merged = RankingResult(*(torch.cat([getattr(p, f) for p in parts]) for f in ("ranks", "sides", "relations")))
-        ids = list(self.tensors.relation_ids)
-        table = merged.per_relation(ids)
-        labelled = {rid: {"label": self.kg.relations[rid].label or rid, **m} for rid, m in table.items()}
-        out: dict[str, Any] = {"per_relation": labelled}
-        if self.unseen_info is not None and all(p.seen is not None for p in parts):
-            seen = torch.cat([p.seen for p in parts])
-            for name, subset in (("all", merged), ("without_unseen", merged.subset(seen))):
-                metrics = subset.metrics()
-                out[name] = {k: metrics[k] for k in RANK_METRICS} | {"triples": len(subset.ranks) // len(self.sides)}
+        merged = merge_rankings(details)
+        out = per_relation_report(merged, list(self.tensors.relation_ids), lambda r: self.kg.relations[r].label)
+        if self.unseen_info is not None and merged.seen is not None:
+            for name, subset in (("all", merged), ("without_unseen", merged.subset(merged.seen))):
+                out[name] = metric_values(subset) | {"triples": len(subset.ranks) // len(self.sides)}
             out["unseen"] = self.unseen_info
         return out
 
     # -- artifacts ----------------------------------------------------------------------------
     def save_artifacts(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        ents = [(e, self.kg.entities[e].label) for e in self.tensors.entity_ids]
-        rels = [(r, self.kg.relations[r].label) for r in self.tensors.relation_ids]
-        write_text_atomic(folder / ENTITIES_FILE, vocab_tsv(ents))
-        write_text_atomic(folder / RELATIONS_FILE, vocab_tsv(rels))
+        write_vocabularies(folder, self.kg, self.tensors.entity_ids, self.tensors.relation_ids)
 
 
 __all__ = [
+    "MODES",
+    "NS_LOSSES",
+    "ONE_N_LOSSES",
+    "RANK_METRICS",
     "LinkPredictionConfig",
     "LinkPredictionTask",
-    "Queries",
+    "build_regime",
 ]

@@ -36,7 +36,7 @@ from kelm.errors import ConfigError, DataError
 from kelm.kg.datasets import load_graph
 from kelm.kg.model import KnowledgeGraph
 from kelm.kg.tensors import TripleTensors
-from kelm.kg.vocab import ENTITIES_FILE, RELATIONS_FILE, vocab_tsv
+from kelm.kg.vocab import write_vocabularies
 from kelm.kgc.infonce import (
     PreBatchQueue,
     contrastive_loss,
@@ -56,7 +56,8 @@ from kelm.kgc.text_kgc import (
     transe_loss,
     type_texts,
 )
-from kelm.tasks.link_prediction import RANK_METRICS, Indices
+from kelm.kge.ranking import RANK_METRICS, Ranking, merge_rankings, per_relation_report
+from kelm.kge.samples import Indices
 from kelm.train.data import BatchRandom
 from kelm.train.task import Batch, Task
 
@@ -201,7 +202,7 @@ class TextKGCTask(Task):
             self.structural = load_structural(cfg.hybrid_kge, self.tensors.entity_ids, self.tensors.relation_ids)
         self._special = torch.zeros(len(self.tokenizer), dtype=torch.bool)
         self._special[[i for i in self.tokenizer.all_special_ids if i < len(self._special)]] = True
-        self._evaluator: Any = None
+        self.ranking = Ranking(self.known, self.num_entities, cfg.eval_memory_mb, self.sides)
         self._last_ranks: Any = None
         self._encoder_config: Any = None
 
@@ -344,11 +345,7 @@ class TextKGCTask(Task):
 
     # -- evaluation -----------------------------------------------------------------------------
     def evaluator(self) -> Any:
-        from kelm.kge.evaluation import FilteredRankEvaluator
-
-        if self._evaluator is None:
-            self._evaluator = FilteredRankEvaluator(self.known, self.num_entities, self.cfg.eval_memory_mb)
-        return self._evaluator
+        return self.ranking.evaluator
 
     def scoring(self, model: nn.Module) -> Any:
         """Text scoring over all entities (embedded once now), mixed with the structural model if set."""
@@ -384,7 +381,7 @@ class TextKGCTask(Task):
         model.eval()
         try:
             if self.structural is None:
-                result = self.evaluator().rank(self._text_scoring(model), triples, sides=self.sides)
+                result = self.ranking.rank(self._text_scoring(model), triples)
             else:
                 from kelm.kgc.hybrid import rank_alphas
 
@@ -425,22 +422,13 @@ class TextKGCTask(Task):
 
     def breakdown(self, details: list[Any]) -> dict[str, Any]:
         """``per_relation``: MRR, MR, Hits@k, query count and label per relation id."""
-        from kelm.kge.evaluation import RankingResult
-
-        parts = [d for d in details if d is not None]
-        merged = RankingResult(*(torch.cat([getattr(p, f) for p in parts]) for f in ("ranks", "sides", "relations")))
-        table = merged.per_relation(list(self.tensors.relation_ids))
-        return {"per_relation": {rid: {"label": self.kg.relations[rid].label or rid, **m} for rid, m in table.items()}}
+        merged = merge_rankings(details)
+        return per_relation_report(merged, list(self.tensors.relation_ids), lambda r: self.kg.relations[r].label)
 
     # -- artifacts ------------------------------------------------------------------------------
     def save_artifacts(self, folder: Path) -> None:
-        from kelm.atomic import write_text_atomic
 
-        folder.mkdir(parents=True, exist_ok=True)
-        ents = [(e, self.kg.entities[e].label) for e in self.tensors.entity_ids]
-        rels = [(r, self.kg.relations[r].label) for r in self.tensors.relation_ids]
-        write_text_atomic(folder / ENTITIES_FILE, vocab_tsv(ents))
-        write_text_atomic(folder / RELATIONS_FILE, vocab_tsv(rels))
+        write_vocabularies(folder, self.kg, self.tensors.entity_ids, self.tensors.relation_ids)
         self.texts.save(folder)
         enc = folder / ENCODER_DIR
         enc.mkdir(exist_ok=True)

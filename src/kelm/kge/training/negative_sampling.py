@@ -1,0 +1,79 @@
+"""Negative-sampling training (sLCWA): each training triple is contrasted with corrupted ones under a
+margin-ranking, softplus or self-adversarial (Sun et al. 2019) loss."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kelm.kge.samples import Indices, with_reciprocals
+from kelm.kge.sampling import NegativeSampler
+from kelm.kge.training.base import TrainingRegime, TrueTriples, corrupted_scores
+from kelm.train.data import BatchRandom
+from kelm.train.task import Batch
+
+NS_LOSSES = ("margin", "softplus", "self-adversarial")
+
+
+def contrastive_loss(
+    pos: torch.Tensor, neg: torch.Tensor, name: str, margin: float, adversarial_temperature: float
+) -> torch.Tensor:
+    """The loss of positive scores ``(B,)`` against negative scores ``(B, N)``."""
+    if name == "margin":
+        return F.relu(margin - pos[:, None] + neg).mean()
+    if name == "softplus":
+        return (F.softplus(-pos) + F.softplus(neg).mean(1)).mean()
+    # self-adversarial: negatives weighted by their detached softmax
+    weights = F.softmax(adversarial_temperature * neg, dim=1).detach()
+    pos_term = -F.logsigmoid(margin + pos)
+    neg_term = -(weights * F.logsigmoid(-margin - neg)).sum(1)
+    return ((pos_term + neg_term) / 2).mean()
+
+
+class NegativeSampling(TrainingRegime):
+    """Training triples (reciprocal rows included) with negatives from a `NegativeSampler`."""
+
+    def __init__(
+        self,
+        train_triples: torch.Tensor,
+        num_entities: int,
+        num_relations: int,
+        reciprocal: bool,
+        sampler: NegativeSampler,
+        loss: str,
+        margin: float,
+        adversarial_temperature: float,
+    ):
+        super().__init__(num_entities, num_relations, reciprocal)
+        self.rows = with_reciprocals(train_triples, num_relations) if reciprocal else train_triples
+        self.sampler = sampler
+        self.loss_name, self.margin, self.adversarial_temperature = loss, margin, adversarial_temperature
+
+    def samples(self) -> Sequence[Any]:
+        return Indices(len(self.rows))
+
+    def collate(self, samples: list[Any], rng: BatchRandom | None = None) -> Batch:
+        """Triples with negatives drawn from ``rng`` (world-size-free), or the global RNG without it."""
+        triples = self.rows[torch.tensor(samples, dtype=torch.int64)]
+        return {"triples": triples, **self.sampler(triples, rng)}
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, TrueTriples]:
+        triples, neg, corrupt_head = batch["triples"], batch["negatives"], batch["corrupt_head"]
+        h, r, t = triples.unbind(1)
+        E = self.num_entities
+        if neg.dim() == 1:  # shared: every triple meets the same N entities on the corrupted side
+            pos = model("score_hrt", h, r, t).float()
+            neg_scores = corrupted_scores(model, h, r, t, neg, corrupt_head, E)
+        else:  # the true entity rides along as candidate 0, so one batched matmul scores all
+            true = torch.where(corrupt_head, h, t)
+            scores = corrupted_scores(model, h, r, t, torch.cat([true[:, None], neg], 1), corrupt_head, E)
+            pos, neg_scores = scores[:, 0], scores[:, 1:]
+        loss = contrastive_loss(pos, neg_scores, self.loss_name, self.margin, self.adversarial_temperature)
+        return loss, (h, r, t)
+
+
+__all__ = ["NS_LOSSES", "NegativeSampling", "contrastive_loss"]
