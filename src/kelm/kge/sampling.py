@@ -41,12 +41,8 @@ class NegativeSampler:
         train_triples: torch.Tensor,
         num_relations: int,
     ):
-        self.kind, self.num_entities, self.num_negatives, self.reciprocal = (
-            kind,
-            num_entities,
-            num_negatives,
-            reciprocal,
-        )
+        self.kind, self.num_negatives = kind, num_negatives
+        self.num_entities, self.num_relations, self.reciprocal = num_entities, num_relations, reciprocal
         self.head_prob = head_probabilities(train_triples, num_relations) if kind == "bernoulli" else None
 
     def __call__(self, triples: torch.Tensor, rng: BatchRandom | None) -> dict[str, torch.Tensor]:

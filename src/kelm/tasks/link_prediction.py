@@ -108,7 +108,7 @@ def build_regime(
     if cfg.training == "1-vs-all":
         return OneVsAll(train_triples, E, R, rec, cfg.label_smoothing)
     sampler = NegativeSampler(cfg.sampler, E, cfg.num_negatives, rec, train_triples, R)
-    return NegativeSampling(train_triples, E, R, rec, sampler, cfg.loss_name, cfg.margin, cfg.adversarial_temperature)
+    return NegativeSampling(train_triples, sampler, cfg.loss_name, cfg.margin, cfg.adversarial_temperature)
 
 
 class LinkPredictionTask(Task):

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kelm.kge.samples import Indices, with_reciprocals
 from kelm.train.data import BatchRandom
 from kelm.train.task import Batch
 
@@ -44,6 +45,20 @@ class TrainingRegime(ABC):
         return len(batch["triples"])
 
 
+class TripleRows(TrainingRegime):
+    """A regime whose samples are training triples by index (reciprocal rows ``(t, r + R, h)`` added)."""
+
+    def __init__(self, train_triples: torch.Tensor, num_entities: int, num_relations: int, reciprocal: bool):
+        super().__init__(num_entities, num_relations, reciprocal)
+        self.rows = with_reciprocals(train_triples, num_relations) if reciprocal else train_triples
+
+    def samples(self) -> Sequence[Any]:
+        return Indices(len(self.rows))
+
+    def collate(self, samples: list[Any], rng: BatchRandom | None = None) -> Batch:
+        return {"triples": self.rows[torch.tensor(samples, dtype=torch.int64)]}
+
+
 def corrupted_scores(
     model: nn.Module,
     h: torch.Tensor,
@@ -67,4 +82,4 @@ def corrupted_scores(
     return out
 
 
-__all__ = ["TrainingRegime", "TrueTriples", "corrupted_scores"]
+__all__ = ["TrainingRegime", "TripleRows", "TrueTriples", "corrupted_scores"]

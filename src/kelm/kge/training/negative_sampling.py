@@ -3,16 +3,14 @@ margin-ranking, softplus or self-adversarial (Sun et al. 2019) loss."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kelm.kge.samples import Indices, with_reciprocals
 from kelm.kge.sampling import NegativeSampler
-from kelm.kge.training.base import TrainingRegime, TrueTriples, corrupted_scores
+from kelm.kge.training.base import TripleRows, TrueTriples, corrupted_scores
 from kelm.train.data import BatchRandom
 from kelm.train.task import Batch
 
@@ -34,32 +32,20 @@ def contrastive_loss(
     return ((pos_term + neg_term) / 2).mean()
 
 
-class NegativeSampling(TrainingRegime):
+class NegativeSampling(TripleRows):
     """Training triples (reciprocal rows included) with negatives from a `NegativeSampler`."""
 
     def __init__(
-        self,
-        train_triples: torch.Tensor,
-        num_entities: int,
-        num_relations: int,
-        reciprocal: bool,
-        sampler: NegativeSampler,
-        loss: str,
-        margin: float,
-        adversarial_temperature: float,
+        self, train_triples: torch.Tensor, sampler: NegativeSampler, loss: str, margin: float, temperature: float
     ):
-        super().__init__(num_entities, num_relations, reciprocal)
-        self.rows = with_reciprocals(train_triples, num_relations) if reciprocal else train_triples
+        super().__init__(train_triples, sampler.num_entities, sampler.num_relations, sampler.reciprocal)
         self.sampler = sampler
-        self.loss_name, self.margin, self.adversarial_temperature = loss, margin, adversarial_temperature
-
-    def samples(self) -> Sequence[Any]:
-        return Indices(len(self.rows))
+        self.loss_name, self.margin, self.adversarial_temperature = loss, margin, temperature
 
     def collate(self, samples: list[Any], rng: BatchRandom | None = None) -> Batch:
         """Triples with negatives drawn from ``rng`` (world-size-free), or the global RNG without it."""
-        triples = self.rows[torch.tensor(samples, dtype=torch.int64)]
-        return {"triples": triples, **self.sampler(triples, rng)}
+        batch = super().collate(samples)
+        return batch | self.sampler(batch["triples"], rng)
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, TrueTriples]:
         triples, neg, corrupt_head = batch["triples"], batch["negatives"], batch["corrupt_head"]
