@@ -30,6 +30,7 @@ KIND_NAMES = {
     "hybrid": "hybrid",
     "kgqa": "question-answering",
     "kg-fusion": "KG-fusion",
+    "moe-hf": "upcycled Hugging Face",
 }
 
 

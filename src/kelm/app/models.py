@@ -26,6 +26,7 @@ MODEL_KINDS: Registry[Any] = Registry(
         "hybrid": "kelm.kgc.hybrid_fit:load_hybrid",
         "kgqa": "kelm.kgqa.answer:QAModel",
         "kg-fusion": "kelm.app.fused:FusedClassifier",
+        "moe-hf": "kelm.lm.upcycle:load_upcycled",
     },
     error=DataError,
 )

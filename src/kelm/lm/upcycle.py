@@ -15,13 +15,13 @@ Saved folders hold ``model.safetensors`` plus ``config.toml``: a GPT is ``kind =
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from kelm.artifacts import read_model_table
 from kelm.errors import ConfigError, DataError
 from kelm.linking.domains import DomainLexicon, TokenDomainTagger
 from kelm.moe.config import MoEConfig
@@ -153,11 +153,8 @@ def load_source(source: str) -> tuple[str, nn.Module, Any]:
 
 
 def _read_spec(folder: Path) -> dict[str, Any]:
-    try:
-        with (folder / "config.toml").open("rb") as fh:
-            return dict(tomllib.load(fh).get("model", {}))
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise DataError(f"cannot read the model config ({err})", folder / "config.toml") from None
+    """The ``[model]`` table of a kelm model folder (`kelm.artifacts`)."""
+    return read_model_table(folder)
 
 
 def upcycle(source: str, out: str | Path, settings: dict[str, Any], domains: str | None = None) -> dict[str, Any]:
