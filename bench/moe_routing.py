@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit  # noqa: E402
 
 from kelm.app import run_training  # noqa: E402
+from kelm.lm.gpt import load_gpt  # noqa: E402
 from kelm.moe import moe_layers  # noqa: E402
 from kelm.moe.domains import routing_table, specialisation  # noqa: E402
 from kelm.tasks.causal_lm import CausalLMConfig, CausalLMTask  # noqa: E402
-from kelm.train.export import load_model  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[1] / "src/kelm/data/bundled/umls/entity2textlong.txt"
 
@@ -98,7 +98,7 @@ def run(routed: bool, steps: int, experts: int, domain_std: float, documents: bo
     summary = run_training({"task": task_table(routed, experts, domain_std, documents), "train": train}, out)
     wall = time.perf_counter() - t0
     task = CausalLMTask(CausalLMConfig(**task_table(True, experts, domain_std, documents)))
-    spec = measure(load_model(out / "model"), task, routed)
+    spec = measure(load_gpt(out / "model"), task, routed)
     valid = summary["valid"]
     return {
         "valid_loss": valid["loss"],
