@@ -27,7 +27,7 @@ from kelm.lm import metrics as M
 from kelm.lm.compact_vocab import compact_vocabulary
 from kelm.lm.speedups import row_sparse_embedding_grads, short_row_attention
 from kelm.tasks.base import Batch, Task
-from kelm.train.config import TrainConfig
+from kelm.train.config import FINETUNE_DEFAULTS, TrainConfig
 
 REPORT_FILE = "classification_report.txt"
 SPLITS = ("train", "dev", "test")
@@ -151,6 +151,7 @@ class HFTask(Task):
 
     head = "classification"
     monitor_mode = "max"
+    train_defaults = FINETUNE_DEFAULTS
 
     def __init__(self, cfg: FinetuneConfig):
         from kelm.lm.hf import load_tokenizer, model_max_length

@@ -22,6 +22,11 @@ class TaskSpec:
     config: type[Section]
     factory: Callable[[Any], Task]
 
+    @property
+    def train_defaults(self) -> dict[str, Any]:
+        """The task family's ``[train]`` defaults (`Task.train_defaults`), applied under the run's config."""
+        return dict(getattr(self.factory, "train_defaults", {}))
+
 
 def _causal_lm() -> TaskSpec:
     from kelm.tasks.causal_lm import CausalLMConfig, CausalLMTask
@@ -95,6 +100,11 @@ TASKS["text-kgc"] = _text_kgc
 TASKS["frozen-text-kgc"] = _frozen_text_kgc
 
 
+def task_train_defaults(name: str) -> dict[str, Any]:
+    """The ``[train]`` defaults of the task ``name``; {} for an unknown name (validation reports it)."""
+    return TASKS[name]().train_defaults if name in TASKS else {}
+
+
 def task_names() -> list[str]:
     return sorted(TASKS)
 
@@ -122,4 +132,4 @@ def build_task(task_section: dict[str, Any], source: str = "config") -> Task:
     return spec.factory(cfg)
 
 
-__all__ = ["TASKS", "Task", "TaskSpec", "build_task", "task_names", "validate_task"]
+__all__ = ["TASKS", "Task", "TaskSpec", "build_task", "task_names", "task_train_defaults", "validate_task"]

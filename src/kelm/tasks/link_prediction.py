@@ -29,6 +29,7 @@ from kelm.errors import ConfigError, DataError
 from kelm.kg.model import KnowledgeGraph
 from kelm.kg.tensors import TripleTensors, ragged_gather
 from kelm.tasks.base import Batch, Task
+from kelm.train.config import KGE_DEFAULTS
 from kelm.train.data import BatchRandom
 
 MODES = ("1-n", "1-vs-all", "negative-sampling")
@@ -251,6 +252,7 @@ class LinkPredictionTask(Task):
     name = "link-prediction"
     monitor = "mrr"
     monitor_mode = "max"
+    train_defaults = KGE_DEFAULTS
     sides = ("tail", "head")
 
     def __init__(self, cfg: LinkPredictionConfig, kg: KnowledgeGraph | None = None):

@@ -24,6 +24,7 @@ from kelm.config import Section
 from kelm.lm.corpus import load_corpus, split_blocks
 from kelm.lm.speedups import head_at
 from kelm.tasks.base import Batch, Task
+from kelm.train.config import PRETRAIN_DEFAULTS
 
 IGNORE = -100
 
@@ -70,6 +71,7 @@ def mask_tokens(
 class PretrainTask(Task):
     monitor = "loss"
     monitor_mode = "min"
+    train_defaults = PRETRAIN_DEFAULTS
 
     def __init__(self, cfg: PretrainConfig):
         from kelm.lm.hf import load_tokenizer

@@ -63,6 +63,7 @@ from kelm.tasks.link_prediction import (
     load_dataset,
     vocab_tsv,
 )
+from kelm.train.config import FINETUNE_DEFAULTS
 from kelm.train.data import BatchRandom
 
 
@@ -159,6 +160,7 @@ class TextKGCTask(Task):
     name = "text-kgc"
     monitor = "mrr"
     monitor_mode = "max"
+    train_defaults = FINETUNE_DEFAULTS
     sides = ("tail", "head")
 
     def __init__(self, cfg: TextKGCConfig, kg: KnowledgeGraph | None = None):
