@@ -330,7 +330,7 @@ class Trainer:
                     logger.log(step, "train", {"loss": train_loss, "lr": lr})
                     self.state.history.append({"step": step, "loss": train_loss})
                     rate = tokens_this_run * info.world_size / max(timer() - wall0, 1e-9)
-                    logger.progress(step, {"loss": train_loss, "tok/s": rate})
+                    logger.progress(step, {"loss": train_loss, "lr": lr, "tok/s": rate})
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < self.total_steps:
                     metrics = self._evaluate(info)
                     logger.log(step, "valid", metrics)
