@@ -12,6 +12,7 @@ and ``clm``. Weights come only from safetensors files.
 from __future__ import annotations
 
 import contextlib
+import json
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,11 +23,17 @@ from torch import nn
 
 from kelm.errors import ConfigError, DataError
 
+
 MINILM = "minilm"
 SCRATCH = ("tiny-bert", "tiny-gpt2")
 HEADS = ("classification", "ner", "qa", "mlm", "clm")
 #: Files `save_pretrained_files` writes beside kelm's own ``model.safetensors`` and ``config.toml``.
 HF_CONFIG = "config.json"
+#: ``model_type`` of a ``config.json`` whose FFNs are kelm MoE layers (`kelm moe upcycle` and models
+#: fine-tuned from it). Transformers does not know it, so ``AutoModel.from_pretrained`` refuses the
+#: folder instead of loading a dense model with random FFNs; kelm restores the base type on load.
+KELM_MOE_TYPE = "kelm-moe"
+_BASE_TYPE, _BASE_ARCHS = "kelm_base_model_type", "kelm_base_architectures"
 
 
 @contextlib.contextmanager
@@ -183,11 +190,45 @@ def model_max_length(tokenizer: Any, configured: int | None) -> int:
     return min(configured or limit, limit)
 
 
+def save_hf_config(folder: Path, model_config: Any) -> None:
+    """``model_config.save_pretrained(folder)``; a config with MoE layers (``kelm_moe``) gets
+    `KELM_MOE_TYPE` as its ``model_type``, so only kelm (`load_hf_config`) loads the folder."""
+    from kelm.atomic import write_text_atomic
+
+    model_config.save_pretrained(str(folder))
+    if not getattr(model_config, "kelm_moe", None):
+        return
+    path = Path(folder) / HF_CONFIG
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("model_type") != KELM_MOE_TYPE:
+        data[_BASE_TYPE], data[_BASE_ARCHS] = data.get("model_type"), data.get("architectures")
+        data["model_type"] = KELM_MOE_TYPE
+        data["architectures"] = [f"KelmMoE{a}" for a in data.get("architectures") or ["Model"]]
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def load_hf_config(folder: str | Path, **kwargs: Any) -> Any:
+    """``AutoConfig.from_pretrained(folder, **kwargs)``, also for a folder `save_hf_config` marked
+    as kelm-only: its config class is the base model's (``bert``), with the ``kelm_moe`` table."""
+    from transformers import CONFIG_MAPPING, AutoConfig
+
+    path = Path(folder) / HF_CONFIG
+    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if data.get("model_type") != KELM_MOE_TYPE:
+        return AutoConfig.from_pretrained(str(folder), **kwargs)
+    base = data.pop(_BASE_TYPE, None)
+    if base not in CONFIG_MAPPING:
+        raise DataError(f"unknown base model type {base!r} of a kelm MoE model", path)
+    data["model_type"], data["architectures"] = base, data.pop(_BASE_ARCHS, None)
+    return CONFIG_MAPPING[base].from_dict(data, **kwargs)
+
+
 def save_pretrained_files(folder: Path, model_config: Any, tokenizer: Any) -> None:
     """Write ``config.json`` and the tokenizer files, so ``folder`` (with kelm's exported
-    ``model.safetensors``) loads with ``from_pretrained`` as well as with `load_finetuned`."""
+    ``model.safetensors``) loads with ``from_pretrained`` as well as with `load_finetuned`; a model
+    with MoE layers loads only with kelm (see `save_hf_config`)."""
     folder.mkdir(parents=True, exist_ok=True)
-    model_config.save_pretrained(str(folder))
+    save_hf_config(folder, model_config)
     tokenizer.save_pretrained(str(folder))
 
 
@@ -239,10 +280,12 @@ __all__ = [
     "build_hf_model",
     "find_model_folder",
     "load_finetuned",
+    "load_hf_config",
     "load_tokenizer",
     "model_max_length",
     "quiet",
     "read_model_spec",
     "resolve_model",
+    "save_hf_config",
     "save_pretrained_files",
 ]
