@@ -6,6 +6,7 @@ import sys
 
 import click
 import typer
+from rich.markup import escape
 
 from kelm import __version__
 from kelm.cli import data as data_cmd
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False)
     except KelmError as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return err.exit_code
     except _EXITS as err:
         return err.exit_code

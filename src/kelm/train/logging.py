@@ -48,8 +48,14 @@ def read_metrics(run_dir: Path, upto: int | None = None) -> list[MetricRow]:
     return rows
 
 
-def git_revision()
- -> str | None:
+def require_tensorboard() -> None:
+    """TensorBoard logging (``[train] tensorboard``, on by default) needs the tensorboard package."""
+    from kelm.optional import check_installed
+
+    check_installed("tensorboard", "TensorBoard logging", hint="or set [train] tensorboard = false")
+
+
+def git_revision() -> str | None:
     """The source revision kelm runs from, when it runs from a git checkout."""
     try:
         out = subprocess.run(
@@ -94,13 +100,11 @@ class RunLogger:
         self._csv_file = path.open("a", newline="", encoding="utf-8")
         self._csv = csv.writer(self._csv_file)
         if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+            require_tensorboard()
+            from torch.utils.tensorboard import SummaryWriter
 
-                # Events at or after purge_step left by an interrupted attempt are discarded.
-                self._writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=start_step + 1)
-            except ImportError:
-                self._writer = None
+            # Events at or after purge_step left by an interrupted attempt are discarded.
+            self._writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=start_step + 1)
         self._bar_cm = progress_bar(transient=False)
         self._bar = self._bar_cm.__enter__()
         self._task = self._bar.add_task("training", total=total_steps, completed=start_step, info="")

@@ -18,6 +18,7 @@ from kelm.tasks import DEFAULT_TASK, TaskSpec, task_train_defaults, validate_tas
 from kelm.tasks.base import Task
 from kelm.train.checkpoint import check_compatible, find_checkpoint, model_fingerprint, read_meta
 from kelm.train.distributed import shutdown
+from kelm.train.logging import require_tensorboard
 from kelm.train.trainer import RUN_CONFIG, Trainer, plan_resume, run_dir_of
 
 
@@ -81,6 +82,8 @@ def load_run_config(
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, source)) from None
     spec, task_cfg = validate_task(cfg.task, source)
+    if cfg.train.tensorboard:
+        require_tensorboard()  # before any process starts: rank 0 alone would fail later
     return RunConfig(cfg, spec, task_cfg, source)
 
 
