@@ -136,6 +136,23 @@ def tiny_upcycled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "up"
 
 
+def test_transformers_refuses_an_upcycled_folder(tiny_upcycled: Path) -> None:
+    """Loaded as a dense BertModel its FFNs would be random: Transformers must not take the folder."""
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+    from kelm.lm.hf import load_hf_config
+
+    config = json.loads((tiny_upcycled / "config.json").read_text())
+    assert config["model_type"] == "kelm-moe" and config["architectures"] == ["KelmMoEBertModel"]
+    for load in (AutoModel.from_pretrained, AutoModelForSequenceClassification.from_pretrained):
+        with pytest.raises(ValueError, match="kelm-moe"):
+            load(str(tiny_upcycled))
+    with pytest.raises(ValueError, match="kelm-moe"):
+        AutoConfig.from_pretrained(str(tiny_upcycled))
+    restored = load_hf_config(tiny_upcycled, num_labels=3)
+    assert restored.model_type == "bert" and restored.kelm_moe["n_experts"] == 4 and restored.num_labels == 3
+
+
 def test_upcycled_model_loads_for_fine_tuning_with_its_weights(tiny_upcycled: Path) -> None:
     from kelm.lm.hf import build_hf_model, load_tokenizer
 
@@ -173,6 +190,7 @@ def test_upcycled_model_fine_tunes_and_predicts(
     assert metrics["test"]["accuracy"] > 0.85, metrics["test"]
     model, _, _ = load_finetuned(tmp_path / "run")
     assert len([m for m in model.modules() if isinstance(m, MoELayer)]) == 2
+    assert json.loads((tmp_path / "run" / "model" / "config.json").read_text())["model_type"] == "kelm-moe"
     probe = tmp_path / "in.txt"
     probe.write_text("the river with joy and glad sky\nthe stone in cold dark tears\n")
     capsys.readouterr()

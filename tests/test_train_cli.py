@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import tomli_w
 
+import kelm
 from kelm.app import run_training
 from kelm.app.config import KelmConfig
 from kelm.cli import main
@@ -107,6 +111,24 @@ def test_run_training_library_entry(folder: Path, tmp_path: Path) -> None:
     assert summary["steps"] == 3 and summary["task"] == "causal-lm"
     assert (tmp_path / "lib" / "metrics.json").is_file() and (tmp_path / "lib" / "config.toml").is_file()
     assert "RANK" not in os.environ  # the single-process group is gone again
+
+
+def test_piped_stdout_gets_plain_log_lines(folder: Path, tmp_path: Path) -> None:
+    """Off a terminal (nohup, SLURM, CI) a run prints one line per ``log_every`` steps, rank 0 only."""
+    task = {"text": [str(folder / "corpus.txt")]}
+    cfg = write_config(tmp_path / "log.toml", task, max_steps=12, log_every=4, eval_every=6, strategy="single")
+    env = {k: v for k, v in os.environ.items() if k != "KELM_PROGRESS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(kelm.__file__).parents[1]), env.get("PYTHONPATH", "")])
+    argv = [sys.executable, "-m", "kelm.cli", "train", str(cfg), "--out", str(tmp_path / "run")]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    train = re.compile(r"kelm\.train: step (\d+)/12 loss \d+\.\d{4} lr \S+ tokens/s [\d,]+ eta \d+:\d\d:\d\d$")
+    steps = [int(m.group(1)) for line in proc.stdout.splitlines() if (m := train.search(line))]
+    assert steps == [4, 8, 12], proc.stdout
+    valid = [line for line in proc.stdout.splitlines() if re.search(r"step \d+/12 valid loss \d", line)]
+    assert len(valid) == 2 and "step 6/12" in valid[0], proc.stdout
+    assert "trained causal-lm for 12 steps" in proc.stdout
+    assert "━" not in proc.stdout + proc.stderr  # no progress bar off a terminal
 
 
 def test_train_section_in_kelm_config() -> None:

@@ -41,3 +41,7 @@ class StoreError(KelmError):
 
 class ReadOnlyQueryError(StoreError):
     """A write was attempted through the read-only query passthrough."""
+
+
+class MissingDependencyError(KelmError):
+    """A feature needs a package that is not installed; the message says how to install it."""

@@ -15,9 +15,10 @@ from pydantic import ValidationError
 from kelm.app.config import KelmConfig
 from kelm.config import Section, format_validation_error, read_toml, set_dotted
 from kelm.errors import ConfigError
-from kelm.tasks import TaskSpec, validate_task
+from kelm.tasks import DEFAULT_TASK, TaskSpec, task_train_defaults, validate_task
 from kelm.train.checkpoint import check_compatible, find_checkpoint, model_fingerprint, read_meta
 from kelm.train.distributed import shutdown
+from kelm.train.logging import require_tensorboard
 from kelm.train.task import Task
 from kelm.train.trainer import RUN_CONFIG, Trainer, plan_resume, run_dir_of
 
@@ -53,10 +54,14 @@ def load_run_config(
 ) -> RunConfig:
     """Validate a run's config: a dict or a TOML file, then dotted-key ``overrides`` (None skipped).
 
-    Relative ``task.text`` paths in a file are relative to the file's folder. Without a config,
-    a resumed run starts from the config its checkpoint's run recorded."""
-    if config is None and resume is not None:
+    Relative ``task.text`` paths in a file are relative to the file's folder. The task's
+    ``train_defaults`` fill the ``[train]`` keys that neither the config nor the overrides set.
+    Without a config, a resumed run starts from the config its checkpoint's run recorded, as it is
+    (no task defaults: the run keeps the settings it was started with)."""
+    saved = config is None and resume is not None
+    if saved:
         config = _resume_config(resume)
+        saved = config is not None
     if isinstance(config, dict):
         data, source = copy.deepcopy(config), "config"
     elif config is not None:
@@ -71,12 +76,27 @@ def load_run_config(
     for key, value in (overrides or {}).items():
         if value is not None:
             set_dotted(data, key, value)
+    if not saved:
+        apply_task_defaults(data)
     try:
         cfg = KelmConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, source)) from None
     spec, task_cfg = validate_task(cfg.task, source)
+    if cfg.train.tensorboard:
+        require_tensorboard()  # before any process starts: rank 0 alone would fail later
     return RunConfig(cfg, spec, task_cfg, source)
+
+
+def apply_task_defaults(data: dict[str, Any]) -> None:
+    """Fill ``data``'s ``[train]`` table with its task's defaults, under the values already set."""
+    task, train = data.get("task"), data.get("train")
+    if not isinstance(task, dict) or not isinstance(train if train is not None else {}, dict):
+        return  # validation reports the malformed table
+    name = task.get("name", DEFAULT_TASK)
+    defaults = task_train_defaults(name) if isinstance(name, str) else {}
+    if defaults:
+        data["train"] = {**defaults, **(train or {})}
 
 
 def preflight(run: RunConfig, out_dir: str | Path, resume: str | Path | None, world_size: int) -> None:

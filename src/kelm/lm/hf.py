@@ -25,9 +25,11 @@ from kelm.lm.checkpoints import (
     MINILM,
     SCRATCH,
     _first_line,
+    load_hf_config,
     load_tokenizer,
     quiet,
     resolve_model,
+    save_hf_config,
     scratch_config,
 )
 
@@ -91,9 +93,10 @@ def model_max_length(tokenizer: Any, configured: int | None) -> int:
 
 def save_pretrained_files(folder: Path, model_config: Any, tokenizer: Any) -> None:
     """Write ``config.json`` and the tokenizer files, so ``folder`` (with kelm's exported
-    ``model.safetensors``) loads with ``from_pretrained`` as well as with `load_finetuned`."""
+    ``model.safetensors``) loads with ``from_pretrained`` as well as with `load_finetuned`; a model
+    with MoE layers loads only with kelm (see `save_hf_config`)."""
     folder.mkdir(parents=True, exist_ok=True)
-    model_config.save_pretrained(str(folder))
+    save_hf_config(folder, model_config)
     tokenizer.save_pretrained(str(folder))
 
 
@@ -122,9 +125,11 @@ __all__ = [
     "SCRATCH",
     "build_hf_model",
     "load_finetuned",
+    "load_hf_config",
     "load_tokenizer",
     "model_max_length",
     "quiet",
     "resolve_model",
+    "save_hf_config",
     "save_pretrained_files",
 ]

@@ -189,7 +189,9 @@ def upcycle(source: str, out: str | Path, settings: dict[str, Any], domains: str
         model.config.kelm_moe = table  # config.json travels with fine-tuned copies too
         if lexicon is not None:
             model.config.kelm_domains = lexicon.to_dict()
-        model.config.save_pretrained(str(out))
+        from kelm.lm.checkpoints import save_hf_config
+
+        save_hf_config(out, model.config)  # a model_type only kelm loads: never a dense model by mistake
         if tok is not None:
             tok.save_pretrained(str(out))
         write_toml(out / "config.toml", {"model": {"kind": "moe-hf", "hf_class": type(model).__name__, "moe": table}})
@@ -236,16 +238,15 @@ def load_upcycled_hf(cls: Any, folder: str | Path, **config_kwargs: Any) -> nn.M
     MoE auxiliary losses reach the router through the backward pass (`MoELayer.aux_in_backward`),
     since fine-tuning tasks compute their own loss. Nothing is read under a ``meta`` device."""
     from safetensors.torch import load_file
-    from transformers import AutoConfig
 
-    from kelm.lm.checkpoints import quiet
+    from kelm.lm.checkpoints import load_hf_config, quiet
 
     folder = Path(folder)
     table = upcycled_table(folder)
     if table is None:
         raise DataError("not an upcycled model (config.json has no kelm_moe table)", folder / "config.json")
     with quiet():
-        model = cls.from_config(AutoConfig.from_pretrained(str(folder), **config_kwargs))
+        model = cls.from_config(load_hf_config(folder, **config_kwargs))
     upcycle_bert(model, table, copy_weights=False)
     for layer in _moe_layers(model):
         layer.aux_in_backward = True
@@ -292,10 +293,10 @@ def load_upcycled(folder: str | Path) -> nn.Module:
         raise DataError(f"not an upcycled model folder (kind {spec.get('kind')!r})", folder / "config.toml")
     import transformers
 
-    from kelm.lm.checkpoints import quiet
+    from kelm.lm.checkpoints import load_hf_config, quiet
 
     with quiet():
-        config = transformers.AutoConfig.from_pretrained(str(folder))
+        config = load_hf_config(folder)
         cls = getattr(transformers, spec.get("hf_class", "AutoModel"), transformers.AutoModel)
         model = cls.from_config(config) if cls is transformers.AutoModel else cls(config)
     upcycle_bert(model, dict(spec.get("moe", {})), copy_weights=False)

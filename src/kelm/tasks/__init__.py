@@ -23,6 +23,11 @@ class TaskSpec:
     config: type[Section]
     factory: Callable[[Any], Task]
 
+    @property
+    def train_defaults(self) -> dict[str, Any]:
+        """The task family's ``[train]`` defaults (`Task.train_defaults`), applied under the run's config."""
+        return dict(getattr(self.factory, "train_defaults", {}))
+
 
 #: Task name → its `Task` class (whose ``config_class`` validates the ``[task]`` table).
 TASKS: Registry[type[Task]] = Registry(
@@ -47,6 +52,11 @@ def task_spec(name: str, field: str = "task.name") -> TaskSpec:
     """The config model and factory of a registered task (imported on first use)."""
     cls = TASKS.get(name, field)
     return TaskSpec(cls.config_class, cls)
+
+
+def task_train_defaults(name: str) -> dict[str, Any]:
+    """The ``[train]`` defaults of the task ``name``; {} for an unknown name (validation reports it)."""
+    return TASKS[name]().train_defaults if name in TASKS else {}
 
 
 def task_names() -> list[str]:
@@ -76,4 +86,4 @@ def build_task(task_section: dict[str, Any], source: str = "config") -> Task:
     return spec.factory(cfg)
 
 
-__all__ = ["TASKS", "Task", "TaskSpec", "build_task", "task_names", "task_spec", "validate_task"]
+__all__ = ["TASKS", "Task", "TaskSpec", "build_task", "task_names", "task_spec", "task_train_defaults", "validate_task"]

@@ -27,7 +27,7 @@ from kelm.lm.batching import Samples, by_length, encode_inputs, model_inputs, pa
 from kelm.lm.compact_vocab import compact_vocabulary
 from kelm.lm.speedups import row_sparse_embedding_grads, short_row_attention
 from kelm.moe.plan import ExpertParallelPlan
-from kelm.train.config import TrainConfig
+from kelm.train.config import FINETUNE_DEFAULTS, TrainConfig
 from kelm.train.parallel import ParallelPlan
 from kelm.train.task import Batch, Task
 
@@ -107,6 +107,7 @@ class HFTask(Task):
 
     head = "classification"
     monitor_mode = "max"
+    train_defaults = FINETUNE_DEFAULTS
 
     def parallel_plan(self) -> ParallelPlan:
         """An upcycled (MoE) model may shard its experts; a dense one leaves everything to the strategy."""

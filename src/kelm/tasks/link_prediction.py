@@ -43,6 +43,7 @@ from kelm.kge.samples import Triples
 from kelm.kge.sampling import NegativeSampler
 from kelm.kge.scorer import Scoring, build_scorer
 from kelm.kge.training import MODES, NS_LOSSES, ONE_N_LOSSES, NegativeSampling, OneToN, OneVsAll, TrainingRegime
+from kelm.train.config import KGE_DEFAULTS
 from kelm.train.data import BatchRandom
 from kelm.train.distributed import env_rank
 from kelm.train.task import Batch, Task
@@ -117,6 +118,7 @@ class LinkPredictionTask(Task):
     name = "link-prediction"
     monitor = "mrr"
     monitor_mode = "max"
+    train_defaults = KGE_DEFAULTS
     sides = ("tail", "head")
     #: What `apply_unseen_policy` found; None (subclasses with their own splits) skips `without_unseen`.
     unseen_info: dict[str, Any] | None = None

@@ -23,6 +23,7 @@ from torch import nn
 from kelm.config import Section
 from kelm.lm.corpus import load_corpus, split_blocks
 from kelm.lm.speedups import head_at
+from kelm.train.config import PRETRAIN_DEFAULTS
 from kelm.train.task import Batch, Task
 
 IGNORE = -100
@@ -72,6 +73,7 @@ class PretrainTask(Task):
     uses_batch_random = True
     monitor = "loss"
     monitor_mode = "min"
+    train_defaults = PRETRAIN_DEFAULTS
 
     def __init__(self, cfg: PretrainConfig):
         from kelm.lm.hf import load_tokenizer

@@ -58,6 +58,7 @@ from kelm.kgc.text_kgc import (
 )
 from kelm.kge.ranking import RANK_METRICS, Ranking, merge_rankings, per_relation_report
 from kelm.kge.samples import Indices
+from kelm.train.config import FINETUNE_DEFAULTS
 from kelm.train.data import BatchRandom
 from kelm.train.task import Batch, Task
 
@@ -157,6 +158,7 @@ class TextKGCTask(Task):
     name = "text-kgc"
     monitor = "mrr"
     monitor_mode = "max"
+    train_defaults = FINETUNE_DEFAULTS
     sides = ("tail", "head")
 
     def __init__(self, cfg: TextKGCConfig, kg: KnowledgeGraph | None = None):

@@ -59,7 +59,7 @@ class LogTrainLoss(TrainerCallback):
         trainer.logger.log(step, "train", {"loss": train_loss, "lr": lr})
         trainer.state.history.append({"step": step, "loss": train_loss})
         rate = trainer.tokens_this_run * trainer.info.world_size / max(timer() - trainer.wall0, 1e-9)
-        trainer.logger.progress(step, {"loss": train_loss, "tok/s": rate})
+        trainer.logger.progress(step, {"loss": train_loss, "lr": lr, "tok/s": rate})
 
 
 class EarlyStopping(TrainerCallback):

@@ -149,6 +149,8 @@ def report_worker_error(err: KelmError, rank: int) -> None:
         path = Path(error_dir) / f"attempt{attempt}_rank{rank}.txt"
         path.write_text(f"{err.exit_code}\n{err}", encoding="utf-8")
     elif rank == 0:
+        from rich.markup import escape
+
         from kelm.progress import console
 
-        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)

@@ -1,9 +1,12 @@
-"""Run logging on rank 0: a CSV of every logged value, TensorBoard scalars, and a Rich progress bar."""
+"""Run logging on rank 0: a CSV of every logged value, TensorBoard scalars, a Rich progress bar,
+and plain lines on the ``kelm.train`` logger (step, loss, lr, tokens/s, ETA every ``log_every``
+steps; metrics at each evaluation) that the CLI prints when stdout is not a terminal."""
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import subprocess
 import time
 from dataclasses import dataclass
@@ -12,6 +15,8 @@ from typing import Any
 
 from kelm.atomic import atomic_path, write_text_atomic
 from kelm.progress import progress_bar
+
+log = logging.getLogger("kelm.train")
 
 METRICS_CSV = "metrics.csv"
 RUN_JSON = "metrics.json"
@@ -41,6 +46,13 @@ def read_metrics(run_dir: Path, upto: int | None = None) -> list[MetricRow]:
             if upto is None or row.step <= upto:
                 rows.append(row)
     return rows
+
+
+def require_tensorboard() -> None:
+    """TensorBoard logging (``[train] tensorboard``, on by default) needs the tensorboard package."""
+    from kelm.optional import check_installed
+
+    check_installed("tensorboard", "TensorBoard logging", hint="or set [train] tensorboard = false")
 
 
 def git_revision() -> str | None:
@@ -73,6 +85,7 @@ class RunLogger:
         """``start_step > 0`` continues a run: rows up to that step are kept (copied from
         ``history_from``'s CSV when the run continues in another folder), later ones dropped."""
         self.out_dir, self.enabled = out_dir, enabled
+        self.total_steps, self.start_step, self._t0 = total_steps, start_step, time.perf_counter()
         self._writer = None
         self._bar_cm = None
         if not enabled:
@@ -87,13 +100,11 @@ class RunLogger:
         self._csv_file = path.open("a", newline="", encoding="utf-8")
         self._csv = csv.writer(self._csv_file)
         if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+            require_tensorboard()
+            from torch.utils.tensorboard import SummaryWriter
 
-                # Events at or after purge_step left by an interrupted attempt are discarded.
-                self._writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=start_step + 1)
-            except ImportError:
-                self._writer = None
+            # Events at or after purge_step left by an interrupted attempt are discarded.
+            self._writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=start_step + 1)
         self._bar_cm = progress_bar(transient=False)
         self._bar = self._bar_cm.__enter__()
         self._task = self._bar.add_task("training", total=total_steps, completed=start_step, info="")
@@ -106,12 +117,23 @@ class RunLogger:
             if self._writer is not None:
                 self._writer.add_scalar(f"{split}/{name}", value, step)
         self._csv_file.flush()
+        if split != "train" and values:
+            text = " ".join(f"{k} {v:.4f}" for k, v in values.items())
+            log.info("step %d/%d %s %s", step, self.total_steps, split, text)
 
     def progress(self, step: int, info: dict[str, float]) -> None:
         if not self.enabled:
             return
         text = "  ".join(f"{k} {v:.4g}" for k, v in info.items())
         self._bar.update(self._task, completed=step, info=text)
+        log.info(progress_line(step, self.total_steps, info, self._eta(step)))
+
+    def _eta(self, step: int) -> float | None:
+        """Seconds left at this run's pace so far."""
+        done = step - self.start_step
+        if done <= 0:
+            return None
+        return (time.perf_counter() - self._t0) / done * max(self.total_steps - step, 0)
 
     def close(self) -> None:
         if not self.enabled:
@@ -121,6 +143,22 @@ class RunLogger:
         if self._writer is not None:
             self._writer.close()
         self._csv_file.close()
+
+
+def progress_line(step: int, total: int, info: dict[str, float], eta: float | None) -> str:
+    """``step 20/140 loss 0.6931 lr 4.5e-05 tokens/s 1,234 eta 0:01:23``."""
+    parts = [f"step {step}/{total}"]
+    for name, value in info.items():
+        if name == "tok/s":
+            parts.append(f"tokens/s {value:,.0f}")
+        elif name == "lr":
+            parts.append(f"lr {value:.3g}")
+        else:
+            parts.append(f"{name} {value:.4f}")
+    if eta is not None:
+        seconds = round(eta)
+        parts.append(f"eta {seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}")
+    return " ".join(parts)
 
 
 def write_run_summary(out_dir: Path, summary: dict[str, Any]) -> None:

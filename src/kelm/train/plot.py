@@ -18,6 +18,9 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the curves of ``run_dir``'s ``metrics.csv`` to ``out`` (default ``RUN_DIR/curves.png``).
 
     The format follows ``out``'s suffix (PNG by default); rendering uses the Agg backend."""
+    from kelm.optional import require
+
+    require("matplotlib", "kelm plot")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -25,5 +25,11 @@ def lr_factor(step: int, total: int, warmup: int, kind: str, min_ratio: float) -
     return min_ratio + (1.0 - min_ratio) * decay
 
 
+def warmup_of(warmup_steps: int, warmup_ratio: float, total: int) -> int:
+    """Warmup steps of a run of ``total`` steps: ``warmup_steps`` if set, else ``warmup_ratio`` of
+    the steps, rounded up (the HF Trainer's rule)."""
+    return warmup_steps if warmup_steps > 0 else math.ceil(warmup_ratio * total)
+
+
 def build_scheduler(optimizer: Optimizer, total: int, warmup: int, kind: str, min_ratio: float) -> LambdaLR:
     return LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, kind, min_ratio))

@@ -36,6 +36,9 @@ class Task(ABC):
     #: ``min`` if a lower value of `monitor` is better (loss, perplexity), ``max`` otherwise.
     monitor: str = "loss"
     monitor_mode: str = "min"
+    #: ``[train]`` values this task family trains well with (e.g. `FINETUNE_DEFAULTS`); the run
+    #: applies them under the config file and the flags, which always win.
+    train_defaults: ClassVar[dict[str, Any]] = {}
 
     def configure(self, train: TrainConfig) -> None:
         """Called by the engine before `build_model` with the run's training settings, for tasks

@@ -36,7 +36,7 @@ from kelm.train.data import ShardedBatches, eval_batches
 from kelm.train.distributed import DistInfo, init_distributed
 from kelm.train.export import export_model
 from kelm.train.logging import RunLogger, git_revision, timer, write_run_summary
-from kelm.train.schedule import build_scheduler
+from kelm.train.schedule import build_scheduler, warmup_of
 from kelm.train.strategies import build_strategy
 from kelm.train.task import Batch, Task
 
@@ -168,9 +168,8 @@ class Trainer:
         if steps_per_epoch == 0:
             raise ConfigError("train.batch_size x train.grad_accum exceeds one epoch of data")
         self.total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
-        self.scheduler = build_scheduler(
-            self.optimizer, self.total_steps, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio
-        )
+        warmup = warmup_of(cfg.warmup_steps, cfg.warmup_ratio, self.total_steps)
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, warmup, cfg.schedule, cfg.min_lr_ratio)
         self.state = TrainState()
         self.eval_set = self._eval_batches(self.task.eval_data(), info)
         self.test_set = self._eval_batches(self.task.test_data(), info)

