@@ -26,7 +26,7 @@ class TaskSpec:
     @property
     def train_defaults(self) -> dict[str, Any]:
         """The task family's ``[train]`` defaults (`Task.train_defaults`), applied under the run's config."""
-        return dict(getattr(self.factory, "train_defaults", {}))
+        return dict(self.factory.train_defaults)
 
 
 #: Task name → its `Task` class (whose ``config_class`` validates the ``[task]`` table).
@@ -56,7 +56,7 @@ def task_spec(name: str, field: str = "task.name") -> TaskSpec:
 
 def task_train_defaults(name: str) -> dict[str, Any]:
     """The ``[train]`` defaults of the task ``name``; {} for an unknown name (validation reports it)."""
-    return TASKS[name]().train_defaults if name in TASKS else {}
+    return task_spec(name).train_defaults if name in TASKS else {}
 
 
 def task_names() -> list[str]:
