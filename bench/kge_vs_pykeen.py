@@ -93,7 +93,8 @@ def load_tensors(dataset: str) -> Any:
     from kelm.kg.datasets import load_graph
     from kelm.kg.tensors import TripleTensors
 
-    return TripleTensors.from_graph(load_graph(dataset))
+    # valid/test triples naming an entity unseen in train (WN18RR, FB15k-237) are kept, as LibKGE does
+    return TripleTensors.from_graph(load_graph(dataset, unseen="keep"))
 
 
 # -- kelm -------------------------------------------------------------------------------------
