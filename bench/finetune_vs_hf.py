@@ -115,7 +115,7 @@ def run_hf(args: argparse.Namespace, group_by_length: bool) -> dict[str, Any]:
     from transformers.utils import logging as hf_logging
 
     from kelm.data import resolve
-    from kelm.lm.hf import minilm_path
+    from kelm.lm.checkpoints import minilm_path
     from kelm.tasks.classification import read_tsv
 
     hf_logging.set_verbosity_error()
