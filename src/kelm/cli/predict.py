@@ -92,11 +92,10 @@ def _classify(model: Any, tokenizer: Any, max_length: int, files: list[Path] | N
 
 def _kind(model_dir: Path) -> str | None:
     """The ``kind`` of an exported model's ``[model]`` table (None when unreadable: the loader reports it)."""
-    from kelm.artifacts import read_model_spec
-    from kelm.errors import DataError
+    from kelm.app.models import model_kind
 
     try:
-        return read_model_spec(model_dir)[1].get("kind")
+        return model_kind(model_dir)
     except DataError:
         return None
 

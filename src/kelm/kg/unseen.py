@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import torch
 
+from kelm.kg.io.folder import unseen_problem
 from kelm.kg.io.report import ReadReport
 from kelm.kg.model import KnowledgeGraph, Triple
 
@@ -33,7 +34,7 @@ def _vocabulary(triples: Iterable[Triple]) -> tuple[set[str], set[str]]:
 
 def is_unseen(triple: Triple, entities: set[str], relations: set[str]) -> bool:
     """Whether ``triple`` names an entity or a relation outside ``entities`` / ``relations``."""
-    return triple.head not in entities or triple.tail not in entities or triple.relation not in relations
+    return unseen_problem(triple, entities, relations) is not None
 
 
 def count_unseen(kg: KnowledgeGraph, splits: Iterable[str], train_split: str = "train") -> dict[str, int]:

@@ -9,11 +9,9 @@ the same filtered ranker as link prediction.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
@@ -21,7 +19,7 @@ from kelm.config import Section
 from kelm.kg.datasets import load_graph
 from kelm.kg.model import KnowledgeGraph
 from kelm.kgc.frozen_text import KIND, FrozenTextScorer, feature_texts, text_features
-from kelm.kge.samples import Indices, with_reciprocals
+from kelm.kge.training import OneVsAll
 from kelm.tasks.link_prediction import LinkPredictionTask
 from kelm.train.task import Batch
 
@@ -73,11 +71,10 @@ class FrozenTextKGCTask(LinkPredictionTask):
         self.cfg = cfg  # type: ignore[assignment]
         self.kg, self.unseen = _graph(cfg, kg)
         self._index_splits()
-        self.samples = with_reciprocals(self.train_triples, self.tensors.num_relations)  # type: ignore[arg-type]
-        # training candidates: the entities seen in training, and each one's column among them
-        self.candidates = torch.tensor([e not in self.unseen for e in self.tensors.entity_ids]).nonzero().squeeze(1)
-        self.position = torch.full((self._num_entities,), -1, dtype=torch.int64)
-        self.position[self.candidates] = torch.arange(len(self.candidates))
+        # training ranks each true tail among the entities seen in training
+        seen = torch.tensor([e not in self.unseen for e in self.tensors.entity_ids]).nonzero().squeeze(1)
+        E, R = self._num_entities, self.tensors.num_relations
+        self.regime = OneVsAll(self.train_triples, E, R, True, cfg.label_smoothing, candidates=seen)  # type: ignore[arg-type]
         texts, labels = feature_texts(self.kg, self.tensors.entity_ids, cfg.max_words)
         self.features = text_features(texts, labels, cfg.encoder, cfg.max_length, cfg.feature_cache)
 
@@ -98,27 +95,10 @@ class FrozenTextKGCTask(LinkPredictionTask):
     def build_model(self) -> nn.Module:
         return FrozenTextScorer(self.features, self.tensors.num_relations, self.cfg.dim, self.cfg.dropout)
 
-    # -- data -----------------------------------------------------------------------------------
-    def train_data(self) -> Sequence[Any]:
-        return Indices(len(self.samples))
-
-    def collate(self, samples: list[Any], rng: Any = None) -> Batch:
-        """Evaluation triples, or training triples (reciprocal rows included) by index."""
-        if samples and isinstance(samples[0], torch.Tensor):
-            return {"eval_triples": torch.stack(samples)}
-        return {"triples": self.samples[torch.tensor(samples, dtype=torch.int64)]}
-
-    def batch_weight(self, batch: Batch) -> int:
-        return len(batch["eval_triples"]) * len(self.sides) if "eval_triples" in batch else len(batch["triples"])
-
     # -- loss -----------------------------------------------------------------------------------
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        """Cross-entropy of each true tail among the entities seen in training."""
-        h, r, t = batch["triples"].unbind(1)
-        cands = self.candidates.to(h.device)
-        scores = model("score_t", h, r, cands if len(cands) < self._num_entities else None).float()
-        target = self.position.to(h.device)[t]
-        return F.cross_entropy(scores, target, label_smoothing=self.cfg.label_smoothing), {}
+        """Cross-entropy of each true tail among the entities seen in training (no regularizer)."""
+        return self.regime.loss(model, batch)[0], {}
 
 
 __all__ = ["FrozenTextKGCConfig", "FrozenTextKGCTask"]

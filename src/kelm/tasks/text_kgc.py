@@ -388,7 +388,7 @@ class TextKGCTask(Task):
                 from kelm.kgc.hybrid import rank_alphas
 
                 text = self._text_scoring(model)
-                by_alpha = rank_alphas(self.evaluator(), text, self.structural, triples, alphas, self.sides)
+                by_alpha = rank_alphas(self.ranking.evaluator, text, self.structural, triples, alphas, self.sides)
         finally:
             model.train(was_training)
         if self.structural is None:
