@@ -21,8 +21,8 @@ FINETUNE_DEFAULTS: dict[str, Any] = {"lr": 5e-5, "schedule": "linear", "warmup_r
 #: lr 5e-4 with cosine decay after a 5% warmup, as the HF course trains a small LM from scratch.
 PRETRAIN_DEFAULTS: dict[str, Any] = {"lr": 5e-4, "schedule": "cosine", "warmup_ratio": 0.05, "weight_decay": 0.0}
 #: Knowledge-graph embeddings (link-prediction): PyKEEN's Adam at lr 1e-3, and like LibKGE and
-#: PyKEEN no learning-rate schedule.
-KGE_DEFAULTS: dict[str, Any] = {"optimizer": "adam", "lr": 1e-3, "schedule": "constant"}
+#: PyKEEN no learning-rate schedule and no gradient clipping.
+KGE_DEFAULTS: dict[str, Any] = {"optimizer": "adam", "lr": 1e-3, "schedule": "constant", "clip_grad_norm": None}
 
 
 class TrainConfig(Section):
