@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from kelm.errors import ConfigError
+from kelm.kge.losses import all_entity_loss, one_to_n_loss
 from kelm.kge.models import KGE_MODELS, ComplEx, KGEModel, RotatE, build_kge_model
 
 E, R, D = 13, 4, 8
@@ -155,3 +156,37 @@ def test_unknown_model_and_option_are_config_errors():
         build_kge_model("distmult", E, R, D, p=2)
     with pytest.raises(ConfigError, match="model.dim must be positive"):
         build_kge_model("distmult", E, R, 0)
+
+
+@pytest.mark.parametrize("kind", ["ce", "bce"])
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+@pytest.mark.parametrize("chunk", [4, None])
+def test_all_entity_loss_equals_loss_of_the_score_matrix(kind: str, eps: float, chunk: int | None) -> None:
+    """The chunked loss never builds q @ table.T, yet its value and both gradients are that matrix's."""
+    torch.manual_seed(0)
+    B, E, D = 19, 300, 12
+    q = torch.randn(B, D, requires_grad=True)
+    table = torch.randn(E, D, requires_grad=True)
+    pairs = torch.unique(torch.stack([torch.arange(60) % B, torch.randint(0, E, (60,))], 1), dim=0)
+    rows, cols = pairs[:, 0], pairs[:, 1]
+    shuffled = torch.randperm(len(rows))  # answers in any order
+    want = one_to_n_loss(q @ table.T, rows, cols, kind, eps)
+    want_grads = torch.autograd.grad(2.5 * want, [q, table])
+    got = all_entity_loss(q, table, rows[shuffled], cols[shuffled], kind, eps, chunk=chunk)
+    got_grads = torch.autograd.grad(2.5 * got, [q, table])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["complex", "transe"])
+def test_loss_all_mixes_head_and_tail_queries(name: str) -> None:
+    """Linear (chunked) and distance (score matrix) models agree with scoring each side apart."""
+    torch.manual_seed(0)
+    model = build_kge_model(name, 50, 4, 8)
+    e, r = torch.randint(0, 50, (10,)), torch.randint(0, 4, (10,))
+    is_tail = torch.arange(10) % 3 > 0
+    rows, cols = torch.arange(10), torch.randint(0, 50, (10,))
+    got = model.loss_all(e, r, is_tail, rows, cols, "ce", 0.0)
+    scores = torch.where(is_tail[:, None], model.score_t(e, r), model.score_h(r, e))
+    torch.testing.assert_close(got, torch.nn.functional.cross_entropy(scores, cols), rtol=1e-5, atol=1e-6)

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from kelm.errors import ConfigError
+from kelm.kge.losses import all_entity_loss, one_to_n_loss
 from kelm.registry import Registry
 
 # Upper bound on elements of the (B, chunk, D) intermediates in broadcast 1-N scoring.
@@ -169,6 +170,30 @@ class KGEModel(nn.Module):
         if self._dense_cheaper(candidates):
             return self._heads(r_BX, t_BD, self.entity.weight).gather(1, candidates)
         return self._heads_each(r_BX, t_BD, self.entity(candidates))
+
+    def loss_all(
+        self, e: Tensor, r: Tensor, is_tail: Tensor, rows: Tensor, cols: Tensor, kind: str, eps: float
+    ) -> Tensor:
+        """The 1-N loss (`kelm.kge.losses`) of queries over all entities: ``(e, r, ?)`` where
+        ``is_tail``, ``(?, r, e)`` elsewhere; their true answers are at ``(rows, cols)``.
+
+        A linear model never builds the ``(B, E)`` scores (`all_entity_loss`); others score
+        all entities and take `one_to_n_loss` of them.
+        """
+        if self.linear:
+            e_BD, r_BX = self._ent(e), self._rel(r)
+            if bool(is_tail.all()):
+                q_BD = self._tail_query(e_BD, r_BX)
+            else:
+                q_BD = torch.where(is_tail[:, None], self._tail_query(e_BD, r_BX), self._head_query(r_BX, e_BD))
+            return all_entity_loss(q_BD, self.entity.weight, rows, cols, kind, eps)
+        scores = torch.empty(len(e), self.num_entities, device=e.device)
+        tail, head = is_tail, ~is_tail
+        if bool(tail.any()):
+            scores[tail] = self.score_t(e[tail], r[tail]).float()
+        if bool(head.any()):
+            scores[head] = self.score_h(r[head], e[head]).float()
+        return one_to_n_loss(scores, rows, cols, kind, eps)
 
     def _dense_cheaper(self, candidates_BC: Tensor) -> bool:
         return self.linear and self.num_entities <= DENSE_CANDIDATE_FACTOR * candidates_BC.shape[1]

@@ -14,8 +14,9 @@ from kelm.errors import ConfigError
 class KGEScorer(nn.Module):
     """Routes every use of a KGE model through ``forward``, so DDP and FSDP hooks run.
 
-    ``forward(op, *args)`` calls ``score_hrt``, ``score_t``, ``score_h`` or ``regularizer`` of the
-    wrapped model. With ``reciprocal`` relations, head queries become tail queries on ``r + R``.
+    ``forward(op, *args)`` calls ``score_hrt``, ``score_t``, ``score_h``, ``loss_all`` or
+    ``regularizer`` of the wrapped model. With ``reciprocal`` relations, head queries become tail
+    queries on ``r + R``.
     """
 
     def __init__(self, kge: nn.Module, num_relations: int, reciprocal: bool):
@@ -27,7 +28,7 @@ class KGEScorer(nn.Module):
         if op == "score_h" and self.reciprocal:
             r, t = args[:2]
             return self.kge.score_t(t, r + self.num_relations, *args[2:], **kwargs)
-        if op not in ("score_hrt", "score_t", "score_h", "regularizer"):
+        if op not in ("score_hrt", "score_t", "score_h", "loss_all", "regularizer"):
             raise ValueError(f"unknown op {op!r}")
         return getattr(self.kge, op)(*args, **kwargs)
 

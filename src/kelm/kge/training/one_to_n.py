@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from kelm.kg.tensors import ragged_gather
-from kelm.kge.losses import one_to_n_loss
-from kelm.kge.training.base import TrainingRegime, TrueTriples, corrupted_scores
+from kelm.kge.training.base import TrainingRegime, TrueTriples
 from kelm.train.data import BatchRandom
 from kelm.train.task import Batch
 
@@ -53,7 +52,8 @@ class Queries(Sequence[int]):
 
 
 class OneToN(TrainingRegime):
-    """BCE or CE against each query's multi-hot answers (`kelm.kge.losses`: no dense target is built)."""
+    """BCE or CE against each query's multi-hot answers (`kelm.kge.losses`: no dense target, and
+    for linear models no score matrix, is built)."""
 
     def __init__(
         self,
@@ -80,8 +80,7 @@ class OneToN(TrainingRegime):
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, TrueTriples]:
         q, rows, cols = batch["query"], batch["target_rows"], batch["target_cols"]
         e, r, is_tail = q[:, 0], q[:, 1], q[:, 2].bool()
-        logits = corrupted_scores(model, e, r, e, None, ~is_tail, self.num_entities)
-        loss = one_to_n_loss(logits, rows, cols, self.loss_name, self.label_smoothing)
+        loss = model("loss_all", e, r, is_tail, rows, cols, self.loss_name, self.label_smoothing)
         # regularise over the true triples of the batch, in the direction each query was asked
         qe, qr, tail = e[rows], r[rows], is_tail[rows]
         h = torch.where(tail, qe, cols)

@@ -42,10 +42,16 @@ class OneVsAll(TripleRows):
         if self.candidates is not None:
             scores = model("score_t", h, r, self.candidates.to(h.device)).float()
             return F.cross_entropy(scores, self.position.to(h.device)[t], label_smoothing=eps), (h, r, t)
-        loss = F.cross_entropy(model("score_t", h, r).float(), t, label_smoothing=eps)
-        if not self.reciprocal:
-            loss = loss + F.cross_entropy(model("score_h", r, t).float(), h, label_smoothing=eps)
-        return loss, (h, r, t)
+        # cross-entropy of the true tail (and head) is the 1-N "ce" loss with one answer per query
+        B = len(h)
+        if self.reciprocal:
+            e, rel, is_tail, answers = h, r, torch.ones_like(h, dtype=torch.bool), t
+        else:  # tail queries then head queries; the loss is the sum of the two sides' means
+            e, rel, answers = torch.cat([h, t]), torch.cat([r, r]), torch.cat([t, h])
+            is_tail = torch.arange(2 * B, device=h.device) < B
+        rows = torch.arange(len(e), device=h.device)
+        loss = model("loss_all", e, rel, is_tail, rows, answers, "ce", eps)
+        return (loss if self.reciprocal else 2 * loss), (h, r, t)
 
 
 __all__ = ["OneVsAll"]
