@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from kelm.errors import ConfigError
+from kelm.kge.candidate_scores import gathered_scores
 from kelm.kge.losses import all_entity_loss, one_to_n_loss
 from kelm.registry import Registry
 
@@ -122,17 +123,11 @@ class KGEModel(nn.Module):
         return _over_candidates(lambda h: self.interact(h[None], r_BX[:, None], t_BD[:, None]), h_CD, len(t_BD))
 
     def _tails_each(self, h_BD: Tensor, r_BX: Tensor, t_BCD: Tensor) -> Tensor:
-        """``(B, C)`` scores of per-row candidates: one batched matmul for linear models."""
-        q_BD = self._tail_query(h_BD, r_BX)
-        if q_BD is not None:
-            return torch.bmm(t_BCD, q_BD.unsqueeze(-1)).squeeze(-1)
+        """``(B, C)`` scores of per-row candidate tails (linear models use `gathered_scores`)."""
         return self.interact(h_BD[:, None], r_BX[:, None], t_BCD)
 
     def _heads_each(self, r_BX: Tensor, t_BD: Tensor, h_BCD: Tensor) -> Tensor:
-        """``(B, C)`` scores of per-row candidate heads."""
-        q_BD = self._head_query(r_BX, t_BD)
-        if q_BD is not None:
-            return torch.bmm(h_BCD, q_BD.unsqueeze(-1)).squeeze(-1)
+        """``(B, C)`` scores of per-row candidate heads (linear models use `gathered_scores`)."""
         return self.interact(h_BCD, r_BX[:, None], t_BD[:, None])
 
     def _sq_magnitudes(self, h_BD: Tensor, r_BX: Tensor, t_BD: Tensor) -> list[Tensor]:
@@ -159,6 +154,9 @@ class KGEModel(nn.Module):
             return self._tails(h_BD, r_BX, t_CD)
         if self._dense_cheaper(candidates):
             return self._tails(h_BD, r_BX, self.entity.weight).gather(1, candidates)
+        q_BD = self._tail_query(h_BD, r_BX)
+        if q_BD is not None:
+            return gathered_scores(q_BD, self.entity.weight, candidates)
         return self._tails_each(h_BD, r_BX, self.entity(candidates))
 
     def score_h(self, r: Tensor, t: Tensor, candidates: Tensor | None = None) -> Tensor:
@@ -169,6 +167,9 @@ class KGEModel(nn.Module):
             return self._heads(r_BX, t_BD, h_CD)
         if self._dense_cheaper(candidates):
             return self._heads(r_BX, t_BD, self.entity.weight).gather(1, candidates)
+        q_BD = self._head_query(r_BX, t_BD)
+        if q_BD is not None:
+            return gathered_scores(q_BD, self.entity.weight, candidates)
         return self._heads_each(r_BX, t_BD, self.entity(candidates))
 
     def loss_all(
