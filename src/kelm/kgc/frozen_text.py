@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from kelm.atomic import atomic_path
 from kelm.errors import DataError
 from kelm.kg.model import KnowledgeGraph
+from kelm.kge.losses import all_entity_loss
 
 KIND = "frozen-text-kgc"
 
@@ -88,14 +89,29 @@ class FrozenTextScorer(nn.Module):
         if op == "score_h":
             r, t, *rest = args
             return self.score_t(t, r + self.num_relations, *rest)
+        if op == "loss_all":
+            return self.loss_all(*args)
         raise ValueError(f"unknown op {op!r}")
 
-    def score_t(self, h: Tensor, r: Tensor, candidates: Tensor | None = None) -> Tensor:
-        """Scores of tails: all entities ``(B, E)``, a shared ``(C,)`` set or per-row ``(B, C)`` sets."""
+    def _query(self, h: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
+        """The entity table and the query vectors ``q`` with ``score = q · [t_re, t_im]``."""
         ents, d = self.entities(), self.dim
         eh, er = ents[h], self.relations(r)
         hr, hi, rr, ri = eh[:, :d], eh[:, d:], er[:, :d], er[:, d:]
-        q = torch.cat([hr * rr - hi * ri, hr * ri + hi * rr], 1)  # h ∘ r; Re⟨q, t̄⟩ = q · [t_re, t_im]
+        return ents, torch.cat([hr * rr - hi * ri, hr * ri + hi * rr], 1)  # h ∘ r; Re⟨q, t̄⟩
+
+    def loss_all(
+        self, e: Tensor, r: Tensor, is_tail: Tensor, rows: Tensor, cols: Tensor, kind: str, eps: float
+    ) -> Tensor:
+        """The 1-N loss of tail queries over all entities (`kelm.kge.losses.all_entity_loss`)."""
+        if not bool(is_tail.all()):
+            raise ValueError("frozen-text scoring asks head queries as tail queries of r + R")
+        ents, q = self._query(e, r)
+        return all_entity_loss(q, ents, rows, cols, kind, eps)
+
+    def score_t(self, h: Tensor, r: Tensor, candidates: Tensor | None = None) -> Tensor:
+        """Scores of tails: all entities ``(B, E)``, a shared ``(C,)`` set or per-row ``(B, C)`` sets."""
+        ents, q = self._query(h, r)
         if candidates is None:
             return q @ ents.T
         if candidates.dim() == 1:

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-#: Bytes of one chunk's gathered ``(rows, C, D)`` block: within a CPU core's L2 cache.
-CHUNK_BYTES = 2 * 2**20
+#: Bytes of one chunk's gathered ``(rows, C, D)`` block per CPU thread: within a core's L2 cache.
+CHUNK_BYTES_PER_THREAD = 2 * 2**20
 
 
 def _rows(table: Tensor, idx: Tensor) -> Tensor:
@@ -54,10 +54,10 @@ class _GatheredScores(torch.autograd.Function):
 def gathered_scores(q: Tensor, table: Tensor, idx: Tensor, chunk: int | None = None) -> Tensor:
     """``(B, C)`` scores ``<q[b], table[idx[b, c]]>``, gradients to ``q`` and ``table``.
 
-    ``chunk``: rows per block (default: a gathered block of `CHUNK_BYTES`)."""
+    ``chunk``: rows per block (default: a gathered block of `CHUNK_BYTES_PER_THREAD` per thread)."""
     if chunk is None:
         per_row = max(1, idx.shape[1] * table.shape[1] * table.element_size())
-        chunk = max(1, CHUNK_BYTES // per_row)
+        chunk = max(1, CHUNK_BYTES_PER_THREAD * torch.get_num_threads() // per_row)
     return _GatheredScores.apply(q, table, idx, int(chunk))
 
 

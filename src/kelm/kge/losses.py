@@ -79,15 +79,16 @@ def one_to_n_loss(logits: Tensor, rows: Tensor, cols: Tensor, kind: str = "ce", 
     return _OneToNLoss.apply(logits.float(), rows, cols, kind, float(eps))
 
 
-#: Bytes of one chunk's ``(rows, E)`` score block in `all_entity_loss`: a share of the last-level
-#: cache on a CPU (bench: WN18RR and FB15k-237 shapes on a 32 MiB L3), a large slab on a GPU.
-CHUNK_BYTES = {"cpu": 12 * 2**20}
+#: Bytes of one chunk's ``(rows, E)`` score block in `all_entity_loss`, per CPU thread: a share of
+#: the last-level cache (bench: WN18RR and FB15k-237 shapes on a 32 MiB L3, 1 and 2 threads:
+#: fewer rows leave each thread's matmul too thin); on a GPU, a large slab.
+CPU_CHUNK_BYTES_PER_THREAD = 12 * 2**20
 GPU_CHUNK_BYTES = 512 * 2**20
 
 
 def chunk_rows(num_entities: int, device: torch.device) -> int:
     """Query rows per chunk of `all_entity_loss`: a power of two, 16 at least."""
-    budget = CHUNK_BYTES.get(device.type, GPU_CHUNK_BYTES)
+    budget = CPU_CHUNK_BYTES_PER_THREAD * torch.get_num_threads() if device.type == "cpu" else GPU_CHUNK_BYTES
     rows = max(16, budget // (4 * max(1, num_entities)))
     return 1 << (rows.bit_length() - 1)
 

@@ -21,6 +21,7 @@ from kelm.kg.model import KnowledgeGraph
 from kelm.kgc.frozen_text import KIND, FrozenTextScorer, feature_texts, text_features
 from kelm.kge.training import OneVsAll
 from kelm.tasks.link_prediction import LinkPredictionTask
+from kelm.train.config import TrainConfig
 from kelm.train.task import Batch
 
 
@@ -91,6 +92,10 @@ class FrozenTextKGCTask(LinkPredictionTask):
             "num_relations": self.tensors.num_relations,
             "unseen": sorted(self.unseen),
         }
+
+    def configure(self, train: TrainConfig) -> None:
+        """No entity table to check: entity vectors are projections of the text features."""
+        return None
 
     def build_model(self) -> nn.Module:
         return FrozenTextScorer(self.features, self.tensors.num_relations, self.cfg.dim, self.cfg.dropout)
