@@ -23,6 +23,7 @@ removes them instead (PyKEEN); ``test_unseen`` says which policy ran and how man
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -38,14 +39,18 @@ from kelm.kg.model import KnowledgeGraph
 from kelm.kg.tensors import TripleTensors
 from kelm.kg.unseen import apply_unseen_policy, describe_unseen, seen_mask
 from kelm.kg.vocab import write_vocabularies
+from kelm.kge.memory import check_table_fits
+from kelm.kge.plan import ShardedEntityPlan
 from kelm.kge.ranking import RANK_METRICS, Ranking, merge_rankings, metric_values, per_relation_report
 from kelm.kge.samples import Triples
 from kelm.kge.sampling import NegativeSampler
 from kelm.kge.scorer import Scoring, build_scorer
+from kelm.kge.sharded import RowShards, pad_to_longest
 from kelm.kge.training import MODES, NS_LOSSES, ONE_N_LOSSES, NegativeSampling, OneToN, OneVsAll, TrainingRegime
-from kelm.train.config import KGE_DEFAULTS
+from kelm.train.config import KGE_DEFAULTS, TrainConfig
 from kelm.train.data import BatchRandom
 from kelm.train.distributed import env_rank
+from kelm.train.parallel import ParallelPlan
 from kelm.train.task import Batch, Task
 
 
@@ -78,6 +83,11 @@ class LinkPredictionConfig(Section):
     regularizer: Literal["none", "n3", "l2"] = "none"
     regularizer_weight: float = Field(0.0, ge=0)
     regularizer_p: int = Field(3, ge=1)
+    shard_entities: bool = Field(
+        False,
+        description="shard the entity table row-wise over the processes (--nproc N, strategy ddp, "
+        "negative-sampling training): each holds 1/N of the rows and of their optimizer state",
+    )
     # evaluation
     eval_memory_mb: float = Field(256.0, gt=0)
     train_split: str = "train"
@@ -89,6 +99,11 @@ class LinkPredictionConfig(Section):
         allowed = {"1-n": ONE_N_LOSSES, "1-vs-all": ("ce",)}.get(self.training, NS_LOSSES)
         if self.loss is not None and self.loss not in allowed:
             raise ValueError(f"loss '{self.loss}' does not fit training '{self.training}' (use {', '.join(allowed)})")
+        if self.shard_entities and self.training != "negative-sampling":
+            raise ValueError(
+                f"shard_entities trains with training = 'negative-sampling', not '{self.training}' "
+                "(1-N and 1-vs-all score every entity of the table in each step)"
+            )
         return self
 
     @property
@@ -109,7 +124,8 @@ def build_regime(
     if cfg.training == "1-vs-all":
         return OneVsAll(train_triples, E, R, rec, cfg.label_smoothing)
     sampler = NegativeSampler(cfg.sampler, E, cfg.num_negatives, rec, train_triples, R)
-    return NegativeSampling(train_triples, sampler, cfg.loss_name, cfg.margin, cfg.adversarial_temperature)
+    loss, margin, temperature = cfg.loss_name, cfg.margin, cfg.adversarial_temperature
+    return NegativeSampling(train_triples, sampler, loss, margin, temperature, collective=cfg.shard_entities)
 
 
 class LinkPredictionTask(Task):
@@ -122,6 +138,8 @@ class LinkPredictionTask(Task):
     sides = ("tail", "head")
     #: What `apply_unseen_policy` found; None (subclasses with their own splits) skips `without_unseen`.
     unseen_info: dict[str, Any] | None = None
+    #: The built model's entity table is sharded over several ranks (`build_model`).
+    sharded: bool = False
 
     def __init__(self, cfg: LinkPredictionConfig, kg: KnowledgeGraph | None = None):
         self.cfg = cfg
@@ -173,8 +191,27 @@ class LinkPredictionTask(Task):
             "options": dict(c.model_options),
         }
 
+    @property
+    def shard_entities(self) -> bool:
+        """``[task] shard_entities`` (tasks built on this one without that key: False)."""
+        return bool(getattr(self.cfg, "shard_entities", False))
+
+    def configure(self, train: TrainConfig) -> None:
+        """A sharded table is checked against free memory before any of it is allocated."""
+        if self.shard_entities:
+            shards = RowShards.of_job(self.tensors.num_entities)
+            ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            check_table_fits(shards.num_rows, self.cfg.dim, train.optimizer, shards.world, ranks_here)
+
     def build_model(self) -> nn.Module:
-        return build_scorer(self.model_spec())
+        """The scorer; with ``shard_entities`` in a job of several processes it holds this rank's
+        rows of the entity table only (`kelm.kge.sharded`)."""
+        shards = RowShards.of_job(self.tensors.num_entities) if self.shard_entities else None
+        self.sharded = shards is not None and shards.world > 1
+        return build_scorer(self.model_spec(), shards)
+
+    def parallel_plan(self) -> ParallelPlan:
+        return ShardedEntityPlan() if self.shard_entities else ParallelPlan()
 
     def model_config(self) -> dict[str, Any]:
         return {"task": self.name, "model": self.model_spec()}
@@ -226,10 +263,17 @@ class LinkPredictionTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Sequence[Batch]) -> dict[str, float]:
         """Filtered rank metrics as means over ranking queries (both sides of every triple)."""
-        if not batches:
+        if not batches and not self.sharded:
             return metric_values(None)
-        triples = torch.cat([b["eval_triples"] for b in batches])
-        result = self.ranking.rank(self.scoring(model), triples)
+        triples = torch.cat([b["eval_triples"] for b in batches]) if batches else torch.zeros(0, 3, dtype=torch.long)
+        if self.sharded:  # every rank scores as many queries (each chunk is collective); padding dropped
+            padded, real = pad_to_longest(triples)
+            result = self.ranking.rank(self.scoring(model), padded).subset(real.repeat(len(self.sides)))
+            if not batches:
+                self._last_ranks = None
+                return metric_values(None)
+        else:
+            result = self.ranking.rank(self.scoring(model), triples)
         if self.unseen_info is not None:  # ranks run side by side, each over all triples
             seen = seen_mask(self.train_triples, triples.cpu(), self._num_entities, self.tensors.num_relations)
             result.seen = seen.repeat(len(self.sides))
