@@ -13,16 +13,17 @@ from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
 from distributed_harness import run_distributed
 from torch import nn
 
 from kelm.errors import ConfigError
 from kelm.kge.memory import check_table_fits, table_bytes
+from kelm.kge.plan import ShardedEntityPlan
 from kelm.kge.sharded import RowShards, ShardedEmbedding, init_blocks
 from kelm.tasks.link_prediction import LinkPredictionConfig, LinkPredictionTask
 from kelm.train.callbacks import TrainerCallback
 from kelm.train.config import TrainConfig
+from kelm.train.distributed import DistInfo, shutdown
 from kelm.train.trainer import Trainer
 
 STEPS = 4
@@ -75,18 +76,6 @@ def _exchange(rank: int, world: int) -> dict[str, Any]:
     return {"rows": rows.detach(), "ids": ids, "grad": table.weight.grad, "scores": scores, "queries": queries}
 
 
-def test_lookup_gradient_and_scores_match_the_whole_table() -> None:
-    E, D = 11, 3
-    full = torch.randn(E, D, generator=torch.Generator().manual_seed(0))
-    ranks = run_distributed(_exchange, 2)
-    grad = torch.zeros(E, D)
-    for rank, out in enumerate(ranks):
-        assert torch.equal(out["rows"], full[out["ids"]])
-        grad.index_add_(0, out["ids"].reshape(-1), torch.full((out["ids"].numel(), D), rank + 1.0))
-        assert torch.allclose(out["scores"], out["queries"] @ full.T, atol=1e-6)
-    assert torch.equal(torch.cat([out["grad"] for out in ranks]), grad)
-
-
 class _Record(TrainerCallback):
     """The whole entity and relation tables after every step (gathered from the shards)."""
 
@@ -101,69 +90,97 @@ class _Record(TrainerCallback):
         self.steps.append({"entity": entity.clone(), "relation": kge.relation.weight.detach().clone()})
 
 
-def _train(rank: int, world: int, out: str, task: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
+def _train(out: Path, task: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
+    """Every step's tables, the test metrics, and the bytes of the entity table and its optimizer state here."""
     lp = LinkPredictionTask(LinkPredictionConfig(**task))
     record = _Record()
     trainer = Trainer(lp, TrainConfig(**train), out, callbacks=[record])
-    summary = trainer.fit()
-    kge = trainer.strategy.unwrap(trainer.model).kge
-    table = kge.entity.weight
-    states = trainer.optimizer.state[table]
-    table_bytes = table.numel() * table.element_size()
-    state_bytes = sum(v.numel() * v.element_size() for v in states.values() if v.dim() > 0)
-    trainer.close()
+    try:
+        summary = trainer.fit()
+        table = trainer.strategy.unwrap(trainer.model).kge.entity.weight
+        state = trainer.optimizer.state[table].values()
+        table_bytes = table.numel() * table.element_size()
+        state_bytes = sum(v.numel() * v.element_size() for v in state if v.dim() > 0)
+    finally:
+        trainer.close()
     return {"steps": record.steps, "test": summary["test"], "table": table_bytes, "state": state_bytes}
 
 
 TASK = {"dataset": "umls", "model": "complex", "dim": 8, "training": "negative-sampling", "num_negatives": 16}
 TRAIN = {"strategy": "ddp", "threads": 1, "batch_size": 64, "max_steps": STEPS, "lr": 0.05, "tensorboard": False}
+CASES = {
+    "complex-adam": (TASK, TRAIN | {"optimizer": "adam"}),  # reciprocal relations: every row a tail query
+    "rotate-adagrad-both-sides": (
+        TASK | {"reciprocal": False, "sampler": "bernoulli", "model": "rotate"},
+        TRAIN | {"optimizer": "adagrad"},
+    ),
+}
 
 
-@pytest.mark.parametrize(
-    ("task", "train"),
-    [
-        ({}, {"optimizer": "adam"}),  # reciprocal relations: every row a tail query
-        ({"reciprocal": False, "sampler": "bernoulli", "model": "rotate"}, {"optimizer": "adagrad"}),
-    ],
-    ids=["complex-adam", "rotate-adagrad-both-sides"],
-)
-def test_two_shards_train_as_one_table(tmp_path: Path, task: dict[str, Any], train: dict[str, Any]) -> None:
-    """2 sharded processes = 1 unsharded process, after every step; each rank holds ~1/2 of the
-    table and of its optimizer state; the filtered test ranks agree."""
-    task, train = TASK | task, TRAIN | train
-    (one,) = run_distributed(_train, 1, str(tmp_path / "one"), task, train, timeout=300)
-    two = run_distributed(_train, 2, str(tmp_path / "two"), task | {"shard_entities": True}, train, timeout=300)
-    assert len(one["steps"]) == STEPS and len(two[0]["steps"]) == STEPS
-    first = one["steps"][0]["entity"]
-    assert not torch.equal(first, two[0]["steps"][0]["entity"] * 0)  # trained, not empty
+def _sharded(rank: int, world: int, out: str) -> dict[str, Any]:
+    """In one pair of processes: the exchange, then every case trained with a sharded table."""
+    runs = {
+        name: _train(Path(out) / name, task | {"shard_entities": True}, train) for name, (task, train) in CASES.items()
+    }
+    return {"exchange": _exchange(rank, world), **runs}
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return run_distributed(_sharded, 2, str(tmp_path_factory.mktemp("two")), timeout=300)
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Every case in this process, one unsharded table."""
+    out = tmp_path_factory.mktemp("one")
+    try:
+        return {name: _train(out / name, task, train) for name, (task, train) in CASES.items()}
+    finally:
+        shutdown()
+
+
+def test_lookup_gradient_and_scores_match_the_whole_table(sharded: list[dict[str, Any]]) -> None:
+    E, D = 11, 3
+    full = torch.randn(E, D, generator=torch.Generator().manual_seed(0))
+    ranks = [r["exchange"] for r in sharded]
+    grad = torch.zeros(E, D)
+    for rank, out in enumerate(ranks):
+        assert torch.equal(out["rows"], full[out["ids"]])
+        grad.index_add_(0, out["ids"].reshape(-1), torch.full((out["ids"].numel(), D), rank + 1.0))
+        assert torch.allclose(out["scores"], out["queries"] @ full.T, atol=1e-6)
+    assert torch.equal(torch.cat([out["grad"] for out in ranks]), grad)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_two_shards_train_as_one_table(whole: dict[str, Any], sharded: list[dict[str, Any]], case: str) -> None:
+    """2 sharded processes = 1 unsharded process after every step, and the filtered test ranks agree."""
+    one, two = whole[case], [r[case] for r in sharded]
+    assert len(one["steps"]) == len(two[0]["steps"]) == STEPS
+    assert not torch.equal(one["steps"][0]["entity"], one["steps"][-1]["entity"])  # the steps move the table
     for step, (a, b) in enumerate(zip(one["steps"], two[0]["steps"], strict=True)):
         for name in ("entity", "relation"):
             assert (a[name] - b[name]).abs().max() < 1e-5, (step, name)
-    full_table = 135 * 8 * 4
-    assert one["table"] == full_table
-    assert [r["table"] for r in two] == [68 * 8 * 4, 67 * 8 * 4]
-    assert sum(r["state"] for r in two) == one["state"] > 0
-    assert max(r["state"] for r in two) <= 0.51 * one["state"]
     for metric, value in one["test"].items():
         assert two[0]["test"][metric] == pytest.approx(value, abs=1e-4), metric
 
 
-def _refuses(rank: int, world: int, out: str, strategy: str) -> str:
-    lp = LinkPredictionTask(LinkPredictionConfig(**(TASK | {"shard_entities": True})))
-    trainer = Trainer(lp, TrainConfig(**(TRAIN | {"strategy": strategy})), out)
-    try:
-        trainer.fit()
-    except ConfigError as err:
-        return str(err)
-    finally:
-        trainer.close()
-        if dist.is_initialized():
-            dist.barrier()
-    return ""
+@pytest.mark.parametrize("case", CASES)
+def test_each_rank_holds_half_the_table_and_its_state(
+    whole: dict[str, Any], sharded: list[dict[str, Any]], case: str
+) -> None:
+    one, two = whole[case], [r[case] for r in sharded]
+    assert one["table"] == 135 * 8 * 4
+    assert [r["table"] for r in two] == [68 * 8 * 4, 67 * 8 * 4]  # rows 0-67 and 68-134
+    assert one["state"] > 0 and sum(r["state"] for r in two) == one["state"]
+    assert max(r["state"] for r in two) <= 0.51 * one["state"]
 
 
-def test_sharding_asks_for_negative_sampling_and_ddp(tmp_path: Path) -> None:
+def test_sharding_asks_for_negative_sampling_and_ddp() -> None:
     with pytest.raises(ValueError, match="shard_entities trains with training = 'negative-sampling', not '1-n'"):
         LinkPredictionConfig(**(TASK | {"training": "1-n", "shard_entities": True}))
-    errors = run_distributed(_refuses, 2, str(tmp_path), "fsdp2")
-    assert all("task.shard_entities runs with strategy 'ddp', not 'fsdp2'" in e for e in errors)
+    model = nn.ModuleDict({"entity": ShardedEmbedding(RowShards(10, 2, 0), 3)})
+    info = DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))
+    for strategy in ("fsdp2", "diloco"):
+        with pytest.raises(ConfigError, match=f"task.shard_entities runs with strategy 'ddp', not '{strategy}'"):
+            ShardedEntityPlan().apply(model, strategy, info)

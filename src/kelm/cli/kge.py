@@ -40,6 +40,12 @@ def train_cmd(
     skip_bad: Annotated[
         bool | None, typer.Option("--skip-bad", help="Skip and count malformed lines instead of failing.")
     ] = None,
+    shard_entities: Annotated[
+        bool | None,
+        typer.Option(
+            "--shard-entities", help="Shard the entity table row-wise over the --nproc processes (negative sampling)."
+        ),
+    ] = None,
     *,
     opts: RunOptions,
 ) -> None:
@@ -58,8 +64,9 @@ def train_cmd(
         "unseen": unseen,
     }
     overrides, flags = overrides_and_flags(task, opts.train)
-    overrides |= {"task.name": "link-prediction", "task.skip_bad": skip_bad}
-    command = ["kge", "train"] + (["--skip-bad"] if skip_bad else [])
+    overrides |= {"task.name": "link-prediction", "task.skip_bad": skip_bad, "task.shard_entities": shard_entities}
+    switches = {"--skip-bad": skip_bad, "--shard-entities": shard_entities}
+    command = ["kge", "train"] + [flag for flag, on in switches.items() if on]
     summary = train_or_launch(command, config, out_dir, opts, overrides, flags)
     if summary is not None:
         print_summary(summary, out_dir)
