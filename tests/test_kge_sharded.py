@@ -17,7 +17,7 @@ from distributed_harness import run_distributed
 from torch import nn
 
 from kelm.errors import ConfigError
-from kelm.kge.memory import check_table_fits, table_bytes
+from kelm.kge.memory import check_tables_fit
 from kelm.kge.plan import ShardedEntityPlan
 from kelm.kge.sharded import RowShards, ShardedEmbedding, init_blocks
 from kelm.tasks.link_prediction import LinkPredictionConfig, LinkPredictionTask
@@ -50,11 +50,10 @@ def test_blocks_draw_the_whole_table(rows: int, dim: int) -> None:
         assert all(len(s.weight) == RowShards(rows, 3, r).local_rows for r, s in enumerate(shards))
 
 
-def test_a_table_that_cannot_fit_is_refused_before_allocation() -> None:
-    assert table_bytes(1000, 10, "adam") == 1000 * 10 * 4 * 4  # weights, gradient, two moments
-    check_table_fits(1000, 10, "adam", free=160_000)
-    with pytest.raises(ConfigError, match=r"78,000,000 entities x 400 x 4 bytes x 4 .* 464\.9 GiB.* 2 processes"):
-        check_table_fits(78_000_000, 400, "adam", world=2, ranks_here=2, free=2**30)
+def test_a_sharded_table_needs_its_share_of_memory() -> None:
+    whole = check_tables_fit((1000, 10), 0, "adam")
+    assert whole == 1000 * 10 * 4 * 4  # weights, gradient, two moments
+    assert check_tables_fit((1000, 10), 0, "adam", shards=2) == whole // 2
 
 
 def _exchange(rank: int, world: int) -> dict[str, Any]:

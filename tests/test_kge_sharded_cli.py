@@ -107,4 +107,4 @@ def test_a_table_too_large_for_memory_is_refused(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr + proc.stdout
     lines = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
-    assert len(lines) == 1 and "the entity table does not fit in memory: 135 entities x 1000000000" in lines[0]
+    assert len(lines) == 1 and "the embedding tables do not fit: 135 entities x dim 1000000000" in lines[0]

@@ -16,7 +16,7 @@ from kelm.app.config import KelmConfig
 from kelm.config import Section, format_validation_error, read_toml, set_dotted
 from kelm.errors import ConfigError
 from kelm.tasks import DEFAULT_TASK, TaskSpec, task_train_defaults, validate_task
-from kelm.train.checkpoint import check_compatible, find_checkpoint, model_fingerprint, read_meta
+from kelm.train.checkpoint import check_compatible, find_checkpoint, model_fingerprint, read_extra, read_meta
 from kelm.train.distributed import shutdown
 from kelm.train.logging import require_tensorboard
 from kelm.train.task import Task
@@ -107,9 +107,11 @@ def preflight(run: RunConfig, out_dir: str | Path, resume: str | Path | None, wo
     if run.config.train.strategy == "single" and world_size > 1:
         raise ConfigError(f"strategy 'single' runs one process, but {world_size} were asked for")
     task = run.build_task()
+    task.configure(run.config.train)  # e.g. a model too big for memory is refused here
     ckpt = plan_resume(Path(out_dir), Path(resume) if resume is not None else None)
     if ckpt is None:
         return
+    task.check_resume(read_extra(ckpt).get("task") or {}, ckpt)
     meta = read_meta(ckpt)
     with torch.device("meta"):
         fingerprint = model_fingerprint(task.build_model())

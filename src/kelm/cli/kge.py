@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated
@@ -46,10 +47,21 @@ def train_cmd(
             "--shard-entities", help="Shard the entity table row-wise over the --nproc processes (negative sampling)."
         ),
     ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--init-from",
+            help="Start from a trained run's embeddings (kept as trained); ids new in --dataset train. "
+            "--resume RUN with --dataset does the same with RUN's config.",
+        ),
+    ] = None,
     *,
     opts: RunOptions,
 ) -> None:
-    """Train a link-prediction model through the same engine and launcher as `kelm train`."""
+    """Train a link-prediction model through the same engine and launcher as `kelm train`.
+
+    Incremental training: ``--resume RUN --dataset GROWN --out NEW`` trains the entities and
+    relations GROWN adds, from RUN's config, while RUN's embeddings stay exactly as trained."""
     from kelm.cli.train import print_summary, train_or_launch
 
     if dataset is not None and Path(dataset).exists():
@@ -65,6 +77,13 @@ def train_cmd(
     }
     overrides, flags = overrides_and_flags(task, opts.train)
     overrides |= {"task.name": "link-prediction", "task.skip_bad": skip_bad, "task.shard_entities": shard_entities}
+    if opts.resume is not None and dataset is not None:  # a trained run on a (grown) data set
+        init_from, config = _incremental_source(opts.resume, config)
+        opts = dataclasses.replace(opts, resume=None)
+    if init_from is not None:
+        init_from = init_from.resolve()
+        overrides["task.init_from"] = str(init_from)
+        flags["--init-from"] = str(init_from)
     switches = {"--skip-bad": skip_bad, "--shard-entities": shard_entities}
     command = ["kge", "train"] + [flag for flag, on in switches.items() if on]
     summary = train_or_launch(command, config, out_dir, opts, overrides, flags)
@@ -78,6 +97,21 @@ def train_cmd(
                 f"test without_unseen ({subset['triples']:,} triples) "
                 + ", ".join(f"{k} {v:.4f}" for k, v in subset.items() if k != "triples")
             )
+
+
+def _incremental_source(run: Path, config: Path | None) -> tuple[Path, Path]:
+    """The model folder and config of incremental training from ``run`` (``--resume`` with ``--dataset``)."""
+    from kelm.train.trainer import RUN_CONFIG
+
+    run = run.resolve()
+    if config is None:
+        config = run / RUN_CONFIG
+        if not config.is_file():
+            raise ConfigError(
+                f"--resume {run} with --dataset trains incrementally from that run, but it has no "
+                f"{RUN_CONFIG}; give a config file"
+            )
+    return run, config
 
 
 def _find(name: str, ids: list[str], labels: list[str], what: str) -> int:

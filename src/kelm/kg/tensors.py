@@ -61,9 +61,13 @@ class TripleTensors:
         return t_N3[:, [0, 2]].t().contiguous(), t_N3[:, 1].contiguous()
 
     @classmethod
-    def from_graph(cls, kg: KnowledgeGraph) -> TripleTensors:
-        entity_ids = sorted(kg.entities)
-        relation_ids = sorted(kg.relations)
+    def from_graph(
+        cls, kg: KnowledgeGraph, entity_ids: list[str] | None = None, relation_ids: list[str] | None = None
+    ) -> TripleTensors:
+        """Index the graph: entities and relations in sorted order, or in the given orders (which
+        must list each of the graph's ids once, e.g. from `kelm.kg.vocab.grown_order`)."""
+        entity_ids = entity_ids if entity_ids is not None else sorted(kg.entities)
+        relation_ids = relation_ids if relation_ids is not None else sorted(kg.relations)
         e_idx = {e: i for i, e in enumerate(entity_ids)}
         r_idx = {r: i for i, r in enumerate(relation_ids)}
         triples = {}

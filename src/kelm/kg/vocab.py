@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,34 @@ def read_vocab(path: Path) -> tuple[list[str], list[str]]:
         ids.append(parts[1])
         labels.append(parts[2])
     return ids, labels
+
+
+def grown_order(old: Sequence[str], current: Collection[str], what: str, source: object) -> list[str]:
+    """``old``'s ids in their order, then the ids new in ``current``, sorted: a vocabulary grown
+    without moving any old id. Raises `DataError` if ``current`` lacks some of ``old``."""
+    missing = [x for x in old if x not in current]
+    if missing:
+        raise DataError(
+            f"the {what} vocabulary shrank: {len(missing):,} of the {len(old):,} {what} ids the model was "
+            f"trained on are absent (e.g. '{missing[0]}'); a trained model can grow but not lose ids",
+            source,
+        )
+    known = set(old)
+    return list(old) + sorted(x for x in current if x not in known)
+
+
+def vocabulary_change(old: Sequence[str], current: Sequence[str], what: str) -> str | None:
+    """How ``current`` differs from ``old`` as one phrase (None: identical)."""
+    if list(old) == list(current):
+        return None
+    now = set(current)
+    lost = [x for x in old if x not in now]
+    if lost:
+        return f"the {what} vocabulary shrank ({len(lost):,} of {len(old):,} ids are gone, e.g. '{lost[0]}')"
+    if len(current) > len(old):
+        return f"the {what} vocabulary grew from {len(old):,} to {len(current):,} ids"
+    moved = next(i for i, (a, b) in enumerate(zip(old, current, strict=True)) if a != b)
+    return f"the {what} vocabulary changed order ('{old[moved]}' was id {moved}, now '{current[moved]}' is)"
 
 
 def write_vocabularies(folder: Path, kg: Any, entity_ids: Sequence[str], relation_ids: Sequence[str]) -> None:

@@ -1,70 +1,75 @@
-"""What an entity table costs in memory while it trains, checked before it is allocated."""
+"""Will the embedding tables fit? Their bytes, counted before anything is allocated.
+
+Training holds, per parameter element: the weight, its gradient and the optimizer's state (two
+moments for Adam/AdamW, one sum for Adagrad, none for plain SGD). The tables are
+``entities x dim`` and ``relations x relation_dim``; everything else a KGE model holds is small.
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
 from kelm.errors import ConfigError
 
-#: Tensors of the table's shape each optimizer keeps per parameter (Adam: two moments).
-OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "adagrad": 1, "sgd": 1}
+#: Optimizer state tensors kept per parameter element.
+STATE_PER_ELEMENT = {"adam": 2, "adamw": 2, "adagrad": 1, "sgd": 0}
 
 
-def table_copies(optimizer: str) -> int:
-    """Tensors of the table's shape in training: weights, gradient and the optimizer's state."""
-    return 2 + OPTIMIZER_STATES.get(optimizer, 2)
+def training_bytes(elements: int, optimizer: str, element_size: int = 4) -> int:
+    """Bytes of ``elements`` parameters while training: weights, gradients and optimizer state."""
+    return elements * element_size * (2 + STATE_PER_ELEMENT.get(optimizer, 2))
 
 
-def table_bytes(num_entities: int, dim: int, optimizer: str, element_bytes: int = 4) -> int:
-    """Bytes of an ``(num_entities, dim)`` table in training: weights, gradient and optimizer state."""
-    return num_entities * dim * element_bytes * table_copies(optimizer)
-
-
-def available_bytes(device: torch.device) -> int:
-    """Free memory of ``device`` (a GPU's own memory, else the host's available memory)."""
-    if device.type == "cuda":
+def available_bytes(device: torch.device | None = None) -> int | None:
+    """Memory free for new allocations on ``device`` (the host's MemAvailable for a CPU), or None
+    when it cannot be told."""
+    if device is not None and device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
     try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
-def check_table_fits(
-    num_entities: int,
-    dim: int,
+def check_tables_fit(
+    entity_shape: tuple[int, int],
+    other_elements: int,
     optimizer: str,
-    world: int = 1,
-    ranks_here: int = 1,
+    shards: int = 1,
+    processes: int = 1,
     device: torch.device | None = None,
-    free: int | None = None,
-) -> None:
-    """Raise a one-line `ConfigError` unless the table, split over ``world`` ranks (``ranks_here``
-    of them sharing this machine's memory, or each with its own GPU), fits in free memory."""
-    device = device or torch.device("cpu")
-    total = table_bytes(num_entities, dim, optimizer)
-    per_rank = -(-total // world)
-    need = per_rank * (ranks_here if device.type != "cuda" else 1)
-    free = available_bytes(device) if free is None else free
-    if need <= free:
-        return
-    split = f", {_gib(per_rank)} on each of {world} processes" if world > 1 else ""
-    raise ConfigError(
-        f"the entity table does not fit in memory: {num_entities:,} entities x {dim} x 4 bytes x "
-        f"{table_copies(optimizer)} (weights, gradient, {optimizer} state) = {_gib(total)}{split}, "
-        f"but {device.type} has {_gib(free)} free; lower task.dim, or shard the table over more "
-        "processes (task.shard_entities with --nproc)"
-    )
+) -> int:
+    """Raise `ConfigError` unless the model, trained with ``optimizer``, fits in free memory.
+
+    ``entity_shape``: the entity table's ``(entities, dim)``; ``other_elements``: every other
+    parameter (relation tables); ``shards``: ranks the entity table is split over (each holds
+    ``1 / shards`` of it); ``processes``: ranks sharing this host's memory. Returns the bytes one
+    rank needs."""
+    num_entities, dim = entity_shape
+    per_rank = training_bytes(-(-num_entities // shards) * dim + other_elements, optimizer)
+    free = available_bytes(device)
+    need = per_rank * (processes if device is None or device.type == "cpu" else 1)
+    if free is not None and need > free:
+        where = f" over {processes} processes" if processes > 1 else ""
+        raise ConfigError(
+            f"task: the embedding tables do not fit: {num_entities:,} entities x dim {dim} x 4 bytes x "
+            f"(weights, gradients, {optimizer} state){where} need {_gib(need)}, but {_gib(free)} is free; "
+            "lower task.dim, shard the entity table over more processes, or use a machine with more memory"
+        )
+    return per_rank
 
 
-__all__ = ["OPTIMIZER_STATES", "available_bytes", "check_table_fits", "table_bytes", "table_copies"]
+__all__ = ["STATE_PER_ELEMENT", "available_bytes", "check_tables_fit", "training_bytes"]

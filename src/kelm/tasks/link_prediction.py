@@ -32,14 +32,17 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from kelm.artifacts import read_model_spec
 from kelm.config import Section
-from kelm.errors import DataError
+from kelm.errors import ConfigError, DataError
 from kelm.kg.datasets import load_graph_report
 from kelm.kg.model import KnowledgeGraph
 from kelm.kg.tensors import TripleTensors
 from kelm.kg.unseen import apply_unseen_policy, describe_unseen, seen_mask
-from kelm.kg.vocab import write_vocabularies
-from kelm.kge.memory import check_table_fits
+from kelm.kg.vocab import ENTITIES_FILE, RELATIONS_FILE, grown_order, read_vocab, vocabulary_change, write_vocabularies
+from kelm.kge.folder import load_kge
+from kelm.kge.incremental import freeze_rows, seed_rows
+from kelm.kge.memory import check_tables_fit
 from kelm.kge.plan import ShardedEntityPlan
 from kelm.kge.ranking import RANK_METRICS, Ranking, merge_rankings, metric_values, per_relation_report
 from kelm.kge.samples import Triples
@@ -88,6 +91,15 @@ class LinkPredictionConfig(Section):
         description="shard the entity table row-wise over the processes (--nproc N, strategy ddp, "
         "negative-sampling training): each holds 1/N of the rows and of their optimizer state",
     )
+    # incremental training
+    init_from: str | None = Field(
+        None,
+        description="a trained link-prediction run or model folder whose embeddings start this run; "
+        "ids new in the data set are appended after the old ones and start fresh",
+    )
+    train_init: bool = Field(
+        False, description="also train the embeddings taken from init_from (default: they stay as trained)"
+    )
     # evaluation
     eval_memory_mb: float = Field(256.0, gt=0)
     train_split: str = "train"
@@ -99,6 +111,8 @@ class LinkPredictionConfig(Section):
         allowed = {"1-n": ONE_N_LOSSES, "1-vs-all": ("ce",)}.get(self.training, NS_LOSSES)
         if self.loss is not None and self.loss not in allowed:
             raise ValueError(f"loss '{self.loss}' does not fit training '{self.training}' (use {', '.join(allowed)})")
+        if self.shard_entities and self.init_from:
+            raise ValueError("init_from (incremental training) does not combine with shard_entities yet")
         if self.shard_entities and self.training != "negative-sampling":
             raise ValueError(
                 f"shard_entities trains with training = 'negative-sampling', not '{self.training}' "
@@ -147,6 +161,8 @@ class LinkPredictionTask(Task):
         if kg is None:
             kg, report = load_graph_report(cfg.dataset, cfg.data_dir, skip_bad=cfg.skip_bad, unseen="keep")
         self.kg = kg
+        self.init_spec: dict[str, Any] | None = None
+        orders = self._grown_orders() if cfg.init_from else (None, None)
         held_out = [x for x in (cfg.valid_split, cfg.test_split) if x]
         self.unseen_info = apply_unseen_policy(self.kg, cfg.unseen, cfg.train_split, held_out, report)
         note = describe_unseen(self.unseen_info)
@@ -154,16 +170,33 @@ class LinkPredictionTask(Task):
             from kelm.progress import console
 
             console.print(f"{cfg.dataset}: {note}", highlight=False, soft_wrap=True)
-        self._index_splits()
+        self._index_splits(*orders)
         E, R = self.tensors.num_entities, self.tensors.num_relations
         with torch.device("meta"):
-            build_scorer(self.model_spec())  # unknown model, odd dim or bad options fail here
+            meta = build_scorer(self.model_spec())  # unknown model, odd dim or bad options fail here
+        self._table_shape = tuple(meta.kge.entity.weight.shape)
+        self._other_elements = sum(p.numel() for p in meta.parameters()) - meta.kge.entity.weight.numel()
         self.regime: TrainingRegime = build_regime(cfg, self.train_triples, E, R)
 
-    def _index_splits(self) -> None:
+    def _grown_orders(self) -> tuple[list[str], list[str]]:
+        """The vocabularies of ``init_from``'s model, grown by the ids new in this graph."""
+        cfg = self.cfg
+        folder, spec = read_model_spec(str(cfg.init_from), "kge")
+        for key in ("name", "dim", "reciprocal"):
+            ours = {"name": cfg.model, "dim": cfg.dim, "reciprocal": cfg.reciprocal}[key]
+            if spec.get(key) != ours:
+                raise ConfigError(
+                    f"task.init_from: {folder} holds a model with {key} {spec.get(key)!r}, this run asks for {ours!r}"
+                )
+        self.init_spec = spec
+        entities = grown_order(read_vocab(folder / ENTITIES_FILE)[0], self.kg.entities, "entity", cfg.dataset)
+        relations = grown_order(read_vocab(folder / RELATIONS_FILE)[0], self.kg.relations, "relation", cfg.dataset)
+        return entities, relations
+
+    def _index_splits(self, entity_ids: list[str] | None = None, relation_ids: list[str] | None = None) -> None:
         """Tensors of the graph, its splits and the filtered ranking over every known triple."""
         cfg = self.cfg
-        self.tensors = TripleTensors.from_graph(self.kg)
+        self.tensors = TripleTensors.from_graph(self.kg, entity_ids, relation_ids)
         splits = (cfg.train_split, cfg.valid_split, cfg.test_split)
         self.train_triples, self.valid_triples, self.test_triples = (self._split(s) if s else None for s in splits)
         self.known = torch.cat(list(self.tensors.triples.values()))
@@ -197,18 +230,31 @@ class LinkPredictionTask(Task):
         return bool(getattr(self.cfg, "shard_entities", False))
 
     def configure(self, train: TrainConfig) -> None:
-        """A sharded table is checked against free memory before any of it is allocated."""
-        if self.shard_entities:
-            shards = RowShards.of_job(self.tensors.num_entities)
-            ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-            check_table_fits(shards.num_rows, self.cfg.dim, train.optimizer, shards.world, ranks_here)
+        """Refuse, before anything is allocated, tables that cannot fit in free memory (a sharded
+        entity table: this rank's rows), and weight decay that would move embeddings meant to stay
+        as trained."""
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        shards = RowShards.of_job(self._table_shape[0]).world if self.shard_entities else 1
+        check_tables_fit(self._table_shape, self._other_elements, train.optimizer, shards=shards, processes=local)
+        if self.cfg.init_from and not self.cfg.train_init and train.weight_decay > 0:
+            raise ConfigError(
+                "train.weight_decay would shrink the embeddings taken from task.init_from, which stay as "
+                "trained; set it to 0 or task.train_init = true"
+            )
 
     def build_model(self) -> nn.Module:
-        """The scorer; with ``shard_entities`` in a job of several processes it holds this rank's
-        rows of the entity table only (`kelm.kge.sharded`)."""
+        """A fresh model (with ``shard_entities`` in a job of several processes, holding this rank's
+        rows of the entity table only: `kelm.kge.sharded`), or with ``init_from`` one whose old rows
+        are that model's (kept fixed unless ``train_init``)."""
         shards = RowShards.of_job(self.tensors.num_entities) if self.shard_entities else None
         self.sharded = shards is not None and shards.world > 1
-        return build_scorer(self.model_spec(), shards)
+        model = build_scorer(self.model_spec(), shards)
+        if self.cfg.init_from:
+            old, _ = load_kge(str(self.cfg.init_from))
+            rows = seed_rows(model, old)
+            if not self.cfg.train_init:
+                freeze_rows(model, rows)
+        return model
 
     def parallel_plan(self) -> ParallelPlan:
         return ShardedEntityPlan() if self.shard_entities else ParallelPlan()
@@ -295,6 +341,31 @@ class LinkPredictionTask(Task):
                 out[name] = metric_values(subset) | {"triples": len(subset.ranks) // len(self.sides)}
             out["unseen"] = self.unseen_info
         return out
+
+    # -- resuming -----------------------------------------------------------------------------
+    def resume_state(self) -> dict[str, Any]:
+        """The vocabularies, so a resume can tell that the data changed under the checkpoint."""
+        return {"entities": list(self.tensors.entity_ids), "relations": list(self.tensors.relation_ids)}
+
+    def check_resume(self, state: dict[str, Any], ckpt: Path) -> None:
+        """Refuse a checkpoint whose vocabulary differs from this data set's: ids would point at
+        other rows. A grown graph trains incrementally instead (``init_from``)."""
+        for what, key, current in (
+            ("entity", "entities", self.tensors.entity_ids),
+            ("relation", "relations", self.tensors.relation_ids),
+        ):
+            if key not in state:
+                continue
+            change = vocabulary_change(state[key], list(current), what)
+            if change is None:
+                continue
+            hint = (
+                "; to add the new ids to the trained model, train incrementally: "
+                "kelm kge train --resume RUN --dataset DATA --out NEW_FOLDER"
+                if "grew" in change
+                else ""
+            )
+            raise ConfigError(f"cannot resume {ckpt} on {self.cfg.dataset}: {change} since the checkpoint{hint}")
 
     # -- artifacts ----------------------------------------------------------------------------
     def save_artifacts(self, folder: Path) -> None:

@@ -248,6 +248,13 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
 
+def read_extra(ckpt: Path) -> dict[str, Any]:
+    """Rank 0's extra state of a checkpoint (trainer, scheduler, data position, task), without
+    loading the model; the checkpoint's files are checked first (`read_meta`)."""
+    read_meta(ckpt)
+    return _torch_load(ckpt / STATE, ckpt)
+
+
 def load_checkpoint(
     ckpt: Path,
     model: nn.Module,

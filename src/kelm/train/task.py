@@ -105,6 +105,15 @@ class Task(ABC):
         """Derive metrics that are not plain means (e.g. perplexity) after ranks are combined."""
         return metrics
 
+    def resume_state(self) -> dict[str, Any]:
+        """What a checkpoint records of the task's data (e.g. its vocabulary), for `check_resume`."""
+        return {}
+
+    def check_resume(self, state: dict[str, Any], ckpt: Path) -> None:
+        """Raise `kelm.errors.ConfigError` if this task cannot continue ``ckpt``, whose task
+        recorded ``state`` (`resume_state`; empty for checkpoints from before it existed)."""
+        return None
+
     def save_artifacts(self, folder: Path) -> None:
         """Write what inference needs besides weights and config (vocabularies, label maps) into ``folder``."""
         return None

@@ -29,6 +29,7 @@ from kelm.train.checkpoint import (
     find_checkpoint,
     load_checkpoint,
     model_fingerprint,
+    read_extra,
     save_checkpoint,
 )
 from kelm.train.config import TrainConfig
@@ -181,6 +182,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "data": self.loader.position.state_dict(),
             "strategy": {"name": self.cfg.strategy, "state": self.strategy.state_dict()},
+            "task": self.task.resume_state(),
         }
 
     def _local_state(self, info: DistInfo) -> dict[str, Any] | None:
@@ -206,6 +208,7 @@ class Trainer:
         self._saved_step = self.state.step
 
     def _restore(self, ckpt: Path, info: DistInfo) -> int:
+        self.task.check_resume(read_extra(ckpt).get("task") or {}, ckpt)
         extra, local, saved_world = load_checkpoint(ckpt, self.model, self.optimizer, self.fingerprint)
         saved_strategy = extra["strategy"]["name"]
         if saved_strategy == self.cfg.strategy:
