@@ -178,6 +178,8 @@ def test_each_rank_holds_half_the_table_and_its_state(
 def test_sharding_asks_for_negative_sampling_and_ddp() -> None:
     with pytest.raises(ValueError, match="shard_entities trains with training = 'negative-sampling', not '1-n'"):
         LinkPredictionConfig(**(TASK | {"training": "1-n", "shard_entities": True}))
+    with pytest.raises(ValueError, match="init_from .* does not combine with shard_entities"):
+        LinkPredictionConfig(**(TASK | {"init_from": "runs/old", "shard_entities": True}))
     model = nn.ModuleDict({"entity": ShardedEmbedding(RowShards(10, 2, 0), 3)})
     info = DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))
     for strategy in ("fsdp2", "diloco"):
