@@ -41,6 +41,12 @@ def train_cmd(
     skip_bad: Annotated[
         bool | None, typer.Option("--skip-bad", help="Skip and count malformed lines instead of failing.")
     ] = None,
+    shard_entities: Annotated[
+        bool | None,
+        typer.Option(
+            "--shard-entities", help="Shard the entity table row-wise over the --nproc processes (negative sampling)."
+        ),
+    ] = None,
     init_from: Annotated[
         Path | None,
         typer.Option(
@@ -70,7 +76,7 @@ def train_cmd(
         "unseen": unseen,
     }
     overrides, flags = overrides_and_flags(task, opts.train)
-    overrides |= {"task.name": "link-prediction", "task.skip_bad": skip_bad}
+    overrides |= {"task.name": "link-prediction", "task.skip_bad": skip_bad, "task.shard_entities": shard_entities}
     if opts.resume is not None and dataset is not None:  # a trained run on a (grown) data set
         init_from, config = _incremental_source(opts.resume, config)
         opts = dataclasses.replace(opts, resume=None)
@@ -78,7 +84,8 @@ def train_cmd(
         init_from = init_from.resolve()
         overrides["task.init_from"] = str(init_from)
         flags["--init-from"] = str(init_from)
-    command = ["kge", "train"] + (["--skip-bad"] if skip_bad else [])
+    switches = {"--skip-bad": skip_bad, "--shard-entities": shard_entities}
+    command = ["kge", "train"] + [flag for flag, on in switches.items() if on]
     summary = train_or_launch(command, config, out_dir, opts, overrides, flags)
     if summary is not None:
         print_summary(summary, out_dir)

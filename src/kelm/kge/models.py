@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from kelm.errors import ConfigError
 from kelm.kge.candidate_scores import gathered_scores
 from kelm.kge.losses import all_entity_loss, one_to_n_loss
+from kelm.kge.sharded import ShardedEmbedding, entity_table
 from kelm.registry import Registry
 
 # Upper bound on elements of the (B, chunk, D) intermediates in broadcast 1-N scoring.
@@ -82,7 +83,7 @@ class KGEModel(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {dropout}")
         self.num_entities, self.num_relations, self.dim = num_entities, num_relations, dim
-        self.entity = nn.Embedding(num_entities, dim)
+        self.entity = entity_table(num_entities, dim)  # this rank's rows inside `entity_shards`
         self.relation = nn.Embedding(num_relations, self.relation_dim(dim))
         self.dropout = nn.Dropout(dropout)
         self.reset_parameters()
@@ -91,8 +92,30 @@ class KGEModel(nn.Module):
         return dim
 
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.entity.weight, std=self.dim**-0.5)
-        nn.init.normal_(self.relation.weight, std=self.dim**-0.5)
+        """Entities, then relations, from the global random stream (a sharded table draws the
+        whole table's values and keeps its rows, so it starts as one process would)."""
+        if isinstance(self.entity, ShardedEmbedding):
+            self.entity.reset_rows(self.init_entities)
+        else:
+            self.init_entities(self.entity.weight)
+        self.init_relations(self.relation.weight)
+
+    def init_entities(self, table: Tensor) -> None:
+        nn.init.normal_(table, std=self.dim**-0.5)
+
+    def init_relations(self, table: Tensor) -> None:
+        nn.init.normal_(table, std=self.dim**-0.5)
+
+    @property
+    def sharded(self) -> bool:
+        """True when the entity table is sharded over several ranks (every lookup is collective)."""
+        return isinstance(self.entity, ShardedEmbedding) and self.entity.shards.world > 1
+
+    def _against_all(self, fn: Callable[[Tensor, Tensor, Tensor], Tensor], a: Tensor, b: Tensor) -> Tensor:
+        """``fn(a, b, table)`` against every entity, the table whole or sharded."""
+        if isinstance(self.entity, ShardedEmbedding):
+            return self.entity.score_all(fn, a, b)
+        return fn(a, b, self.entity.weight)
 
     # -- per-model pieces ------------------------------------------------------------------------
 
@@ -149,12 +172,15 @@ class KGEModel(nn.Module):
     def score_t(self, h: Tensor, r: Tensor, candidates: Tensor | None = None) -> Tensor:
         """Scores over tails: ``(B, E)`` for all entities, ``(B, C)`` for ``candidates`` ``(C,)`` or ``(B, C)``."""
         h_BD, r_BX = self._ent(h), self._rel(r)
-        if candidates is None or candidates.dim() == 1:
-            t_CD = self.entity.weight if candidates is None else self.entity(candidates)
-            return self._tails(h_BD, r_BX, t_CD)
+        if candidates is None:
+            return self._against_all(self._tails, h_BD, r_BX)
+        if candidates.dim() == 1:
+            return self._tails(h_BD, r_BX, self.entity(candidates))
         if self._dense_cheaper(candidates):
             return self._tails(h_BD, r_BX, self.entity.weight).gather(1, candidates)
         q_BD = self._tail_query(h_BD, r_BX)
+        if self.sharded:
+            return self._fetched_each(q_BD, candidates, lambda t_BCD: self._tails_each(h_BD, r_BX, t_BCD))
         if q_BD is not None:
             return gathered_scores(q_BD, self.entity.weight, candidates)
         return self._tails_each(h_BD, r_BX, self.entity(candidates))
@@ -162,12 +188,15 @@ class KGEModel(nn.Module):
     def score_h(self, r: Tensor, t: Tensor, candidates: Tensor | None = None) -> Tensor:
         """Scores over heads: ``(B, E)`` for all entities, ``(B, C)`` for ``candidates`` ``(C,)`` or ``(B, C)``."""
         r_BX, t_BD = self._rel(r), self._ent(t)
-        if candidates is None or candidates.dim() == 1:
-            h_CD = self.entity.weight if candidates is None else self.entity(candidates)
-            return self._heads(r_BX, t_BD, h_CD)
+        if candidates is None:
+            return self._against_all(self._heads, r_BX, t_BD)
+        if candidates.dim() == 1:
+            return self._heads(r_BX, t_BD, self.entity(candidates))
         if self._dense_cheaper(candidates):
             return self._heads(r_BX, t_BD, self.entity.weight).gather(1, candidates)
         q_BD = self._head_query(r_BX, t_BD)
+        if self.sharded:
+            return self._fetched_each(q_BD, candidates, lambda h_BCD: self._heads_each(r_BX, t_BD, h_BCD))
         if q_BD is not None:
             return gathered_scores(q_BD, self.entity.weight, candidates)
         return self._heads_each(r_BX, t_BD, self.entity(candidates))
@@ -196,7 +225,17 @@ class KGEModel(nn.Module):
             scores[head] = self.score_h(r[head], e[head]).float()
         return one_to_n_loss(scores, rows, cols, kind, eps)
 
+    def _fetched_each(self, q_BD: Tensor | None, candidates_BC: Tensor, each: Callable[[Tensor], Tensor]) -> Tensor:
+        """Per-row candidates of a sharded table: their rows come through the exchange, then one
+        batched matmul scores them (linear models, query ``q_BD``) or ``each`` does."""
+        rows_BCD = self.entity(candidates_BC)
+        if q_BD is not None:
+            return torch.bmm(rows_BCD, q_BD.unsqueeze(-1)).squeeze(-1)
+        return each(rows_BCD)
+
     def _dense_cheaper(self, candidates_BC: Tensor) -> bool:
+        if self.sharded:
+            return False
         return self.linear and self.num_entities <= DENSE_CANDIDATE_FACTOR * candidates_BC.shape[1]
 
     def regularizer(self, h: Tensor, r: Tensor, t: Tensor, kind: str, p: int = 3) -> Tensor:
@@ -224,10 +263,12 @@ class TransE(KGEModel):
         super().__init__(num_entities, num_relations, dim, dropout=dropout)
         self.p = p
 
-    def reset_parameters(self) -> None:
+    def init_entities(self, table: Tensor) -> None:
         bound = 6 / math.sqrt(self.dim)
-        nn.init.uniform_(self.entity.weight, -bound, bound)
-        nn.init.uniform_(self.relation.weight, -bound, bound)
+        nn.init.uniform_(table, -bound, bound)
+
+    def init_relations(self, table: Tensor) -> None:
+        self.init_entities(table)
 
     def interact(self, h: Tensor, r: Tensor, t: Tensor) -> Tensor:
         return -torch.linalg.vector_norm(h + r - t, ord=self.p, dim=-1)
@@ -300,9 +341,8 @@ class RotatE(KGEModel):
     def relation_dim(self, dim: int) -> int:
         return dim // 2
 
-    def reset_parameters(self) -> None:
-        nn.init.normal_(self.entity.weight, std=self.dim**-0.5)
-        nn.init.uniform_(self.relation.weight, -math.pi, math.pi)
+    def init_relations(self, table: Tensor) -> None:
+        nn.init.uniform_(table, -math.pi, math.pi)
 
     def rotation(self, r: Tensor) -> Tensor:
         """Unit-modulus complex rotations ``(B, dim / 2)`` of relations ``r``."""

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from kelm.errors import ConfigError
+from kelm.kge.sharded import RowShards, entity_shards
 
 
 class KGEScorer(nn.Module):
@@ -67,8 +68,10 @@ class Scoring:
         return self.model.buffers()
 
 
-def build_scorer(spec: dict[str, Any]) -> KGEScorer:
-    """The model a ``model_config()["model"]`` table describes."""
+def build_scorer(spec: dict[str, Any], shards: RowShards | None = None) -> KGEScorer:
+    """The model a ``model_config()["model"]`` table describes; with ``shards`` over several ranks,
+    its entity table holds only this rank's rows (`kelm.kge.sharded`), initialised as one process
+    would initialise them, and the whole table is never allocated."""
     from kelm.kge.models import KGE_MODELS, build_kge_model
 
     name = spec["name"]
@@ -78,7 +81,8 @@ def build_scorer(spec: dict[str, Any]) -> KGEScorer:
         kwargs["dropout"] = spec["dropout"]
     rels = spec["num_relations"] * (2 if spec["reciprocal"] else 1)
     try:
-        kge = build_kge_model(name, spec["num_entities"], rels, spec["dim"], **kwargs)
+        with entity_shards(shards):
+            kge = build_kge_model(name, spec["num_entities"], rels, spec["dim"], **kwargs)
     except TypeError as err:
         raise ConfigError(f"task.model_options: model '{name}' does not accept these options ({err})") from None
     return KGEScorer(kge, spec["num_relations"], spec["reciprocal"])

@@ -43,14 +43,17 @@ from kelm.kg.vocab import ENTITIES_FILE, RELATIONS_FILE, grown_order, read_vocab
 from kelm.kge.folder import load_kge
 from kelm.kge.incremental import freeze_rows, seed_rows
 from kelm.kge.memory import check_tables_fit
+from kelm.kge.plan import ShardedEntityPlan
 from kelm.kge.ranking import RANK_METRICS, Ranking, merge_rankings, metric_values, per_relation_report
 from kelm.kge.samples import Triples
 from kelm.kge.sampling import NegativeSampler
 from kelm.kge.scorer import Scoring, build_scorer
+from kelm.kge.sharded import RowShards, pad_to_longest
 from kelm.kge.training import MODES, NS_LOSSES, ONE_N_LOSSES, NegativeSampling, OneToN, OneVsAll, TrainingRegime
 from kelm.train.config import KGE_DEFAULTS, TrainConfig
 from kelm.train.data import BatchRandom
 from kelm.train.distributed import env_rank
+from kelm.train.parallel import ParallelPlan
 from kelm.train.task import Batch, Task
 
 
@@ -83,6 +86,11 @@ class LinkPredictionConfig(Section):
     regularizer: Literal["none", "n3", "l2"] = "none"
     regularizer_weight: float = Field(0.0, ge=0)
     regularizer_p: int = Field(3, ge=1)
+    shard_entities: bool = Field(
+        False,
+        description="shard the entity table row-wise over the processes (--nproc N, strategy ddp, "
+        "negative-sampling training): each holds 1/N of the rows and of their optimizer state",
+    )
     # incremental training
     init_from: str | None = Field(
         None,
@@ -103,6 +111,13 @@ class LinkPredictionConfig(Section):
         allowed = {"1-n": ONE_N_LOSSES, "1-vs-all": ("ce",)}.get(self.training, NS_LOSSES)
         if self.loss is not None and self.loss not in allowed:
             raise ValueError(f"loss '{self.loss}' does not fit training '{self.training}' (use {', '.join(allowed)})")
+        if self.shard_entities and self.init_from:
+            raise ValueError("init_from (incremental training) does not combine with shard_entities yet")
+        if self.shard_entities and self.training != "negative-sampling":
+            raise ValueError(
+                f"shard_entities trains with training = 'negative-sampling', not '{self.training}' "
+                "(1-N and 1-vs-all score every entity of the table in each step)"
+            )
         return self
 
     @property
@@ -123,7 +138,8 @@ def build_regime(
     if cfg.training == "1-vs-all":
         return OneVsAll(train_triples, E, R, rec, cfg.label_smoothing)
     sampler = NegativeSampler(cfg.sampler, E, cfg.num_negatives, rec, train_triples, R)
-    return NegativeSampling(train_triples, sampler, cfg.loss_name, cfg.margin, cfg.adversarial_temperature)
+    loss, margin, temperature = cfg.loss_name, cfg.margin, cfg.adversarial_temperature
+    return NegativeSampling(train_triples, sampler, loss, margin, temperature, collective=cfg.shard_entities)
 
 
 class LinkPredictionTask(Task):
@@ -136,6 +152,8 @@ class LinkPredictionTask(Task):
     sides = ("tail", "head")
     #: What `apply_unseen_policy` found; None (subclasses with their own splits) skips `without_unseen`.
     unseen_info: dict[str, Any] | None = None
+    #: The built model's entity table is sharded over several ranks (`build_model`).
+    sharded: bool = False
 
     def __init__(self, cfg: LinkPredictionConfig, kg: KnowledgeGraph | None = None):
         self.cfg = cfg
@@ -206,11 +224,18 @@ class LinkPredictionTask(Task):
             "options": dict(c.model_options),
         }
 
+    @property
+    def shard_entities(self) -> bool:
+        """``[task] shard_entities`` (tasks built on this one without that key: False)."""
+        return bool(getattr(self.cfg, "shard_entities", False))
+
     def configure(self, train: TrainConfig) -> None:
-        """Refuse, before anything is allocated, tables that cannot fit in free memory, and
-        weight decay that would move embeddings meant to stay as trained."""
+        """Refuse, before anything is allocated, tables that cannot fit in free memory (a sharded
+        entity table: this rank's rows), and weight decay that would move embeddings meant to stay
+        as trained."""
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        check_tables_fit(self._table_shape, self._other_elements, train.optimizer, processes=local)
+        shards = RowShards.of_job(self._table_shape[0]).world if self.shard_entities else 1
+        check_tables_fit(self._table_shape, self._other_elements, train.optimizer, shards=shards, processes=local)
         if self.cfg.init_from and not self.cfg.train_init and train.weight_decay > 0:
             raise ConfigError(
                 "train.weight_decay would shrink the embeddings taken from task.init_from, which stay as "
@@ -218,15 +243,21 @@ class LinkPredictionTask(Task):
             )
 
     def build_model(self) -> nn.Module:
-        """A fresh model, or with ``init_from`` one whose old rows are that model's (kept fixed
-        unless ``train_init``)."""
-        model = build_scorer(self.model_spec())
+        """A fresh model (with ``shard_entities`` in a job of several processes, holding this rank's
+        rows of the entity table only: `kelm.kge.sharded`), or with ``init_from`` one whose old rows
+        are that model's (kept fixed unless ``train_init``)."""
+        shards = RowShards.of_job(self.tensors.num_entities) if self.shard_entities else None
+        self.sharded = shards is not None and shards.world > 1
+        model = build_scorer(self.model_spec(), shards)
         if self.cfg.init_from:
             old, _ = load_kge(str(self.cfg.init_from))
             rows = seed_rows(model, old)
             if not self.cfg.train_init:
                 freeze_rows(model, rows)
         return model
+
+    def parallel_plan(self) -> ParallelPlan:
+        return ShardedEntityPlan() if self.shard_entities else ParallelPlan()
 
     def model_config(self) -> dict[str, Any]:
         return {"task": self.name, "model": self.model_spec()}
@@ -278,10 +309,17 @@ class LinkPredictionTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Sequence[Batch]) -> dict[str, float]:
         """Filtered rank metrics as means over ranking queries (both sides of every triple)."""
-        if not batches:
+        if not batches and not self.sharded:
             return metric_values(None)
-        triples = torch.cat([b["eval_triples"] for b in batches])
-        result = self.ranking.rank(self.scoring(model), triples)
+        triples = torch.cat([b["eval_triples"] for b in batches]) if batches else torch.zeros(0, 3, dtype=torch.long)
+        if self.sharded:  # every rank scores as many queries (each chunk is collective); padding dropped
+            padded, real = pad_to_longest(triples)
+            result = self.ranking.rank(self.scoring(model), padded).subset(real.repeat(len(self.sides)))
+            if not batches:
+                self._last_ranks = None
+                return metric_values(None)
+        else:
+            result = self.ranking.rank(self.scoring(model), triples)
         if self.unseen_info is not None:  # ranks run side by side, each over all triples
             seen = seen_mask(self.train_triples, triples.cpu(), self._num_entities, self.tensors.num_relations)
             result.seen = seen.repeat(len(self.sides))

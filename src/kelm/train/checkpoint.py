@@ -50,10 +50,12 @@ class CheckpointError(KelmError):
 
 
 def model_fingerprint(model: nn.Module) -> dict[str, Any]:
-    """Parameter names and global shapes: a checkpoint only loads into a model with the same ones."""
+    """Parameter names and global shapes: a checkpoint only loads into a model with the same ones.
+    A parameter that holds a shard of a larger tensor (a sharded embedding table) names the
+    whole tensor's shape in ``kelm_global_shape``."""
     shapes = {}
     for name, p in model.named_parameters():
-        shapes[name.replace("_checkpoint_wrapped_module.", "")] = list(p.shape)
+        shapes[name.replace("_checkpoint_wrapped_module.", "")] = list(getattr(p, "kelm_global_shape", p.shape))
     return {"class": type(model).__name__, "parameters": shapes}
 
 

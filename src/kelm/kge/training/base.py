@@ -67,12 +67,16 @@ def corrupted_scores(
     cands: torch.Tensor | None,
     corrupt_head: torch.Tensor,
     num_entities: int,
+    collective: bool = False,
 ) -> torch.Tensor:
     """``(B, C)`` float scores with the tail, or where ``corrupt_head`` the head, replaced by each
-    candidate: all entities (``cands`` None), a shared ``(C,)`` set or per-row ``(B, C)`` sets."""
-    if not bool(corrupt_head.any()):
+    candidate: all entities (``cands`` None), a shared ``(C,)`` set or per-row ``(B, C)`` sets.
+
+    ``collective`` (a sharded entity table, whose every lookup all ranks make together): both
+    sides are scored on every rank, one of them possibly over no rows."""
+    if not collective and not bool(corrupt_head.any()):
         return model("score_t", h, r, cands).float()
-    if bool(corrupt_head.all()):
+    if not collective and bool(corrupt_head.all()):
         return model("score_h", r, t, cands).float()
     per_row = cands is not None and cands.dim() == 2
     width = num_entities if cands is None else cands.shape[-1]

@@ -36,11 +36,19 @@ class NegativeSampling(TripleRows):
     """Training triples (reciprocal rows included) with negatives from a `NegativeSampler`."""
 
     def __init__(
-        self, train_triples: torch.Tensor, sampler: NegativeSampler, loss: str, margin: float, temperature: float
+        self,
+        train_triples: torch.Tensor,
+        sampler: NegativeSampler,
+        loss: str,
+        margin: float,
+        temperature: float,
+        collective: bool = False,
     ):
         super().__init__(train_triples, sampler.num_entities, sampler.num_relations, sampler.reciprocal)
         self.sampler = sampler
         self.loss_name, self.margin, self.adversarial_temperature = loss, margin, temperature
+        #: Every rank makes the same model calls (a sharded entity table: `corrupted_scores`).
+        self.collective = collective
 
     def collate(self, samples: list[Any], rng: BatchRandom | None = None) -> Batch:
         """Triples with negatives drawn from ``rng`` (world-size-free), or the global RNG without it."""
@@ -53,10 +61,11 @@ class NegativeSampling(TripleRows):
         E = self.num_entities
         if neg.dim() == 1:  # shared: every triple meets the same N entities on the corrupted side
             pos = model("score_hrt", h, r, t).float()
-            neg_scores = corrupted_scores(model, h, r, t, neg, corrupt_head, E)
+            neg_scores = corrupted_scores(model, h, r, t, neg, corrupt_head, E, self.collective)
         else:  # the true entity rides along as candidate 0, so one batched matmul scores all
             true = torch.where(corrupt_head, h, t)
-            scores = corrupted_scores(model, h, r, t, torch.cat([true[:, None], neg], 1), corrupt_head, E)
+            cands = torch.cat([true[:, None], neg], 1)
+            scores = corrupted_scores(model, h, r, t, cands, corrupt_head, E, self.collective)
             pos, neg_scores = scores[:, 0], scores[:, 1:]
         loss = contrastive_loss(pos, neg_scores, self.loss_name, self.margin, self.adversarial_temperature)
         return loss, (h, r, t)
