@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -45,8 +46,20 @@ def _entry(rank: int, fn: Callable[..., Any], world_size: int, port: int, out: s
 def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any, timeout: float = 120.0) -> list[Any]:
     """``[fn(0, world_size, *args), ..., fn(world_size - 1, world_size, *args)]``, each in its own process.
 
-    ``fn`` must be importable by name (a module-level function).
+    ``fn`` must be importable by name (a module-level function). A rank killed by a signal before
+    it raised anything (a native abort in the transport, seen rarely on a loaded machine) gets one
+    fresh start of every rank on a new port; a Python exception in any rank fails at once.
     """
+    try:
+        return _run_once(fn, world_size, args, timeout)
+    except mp.ProcessExitedException as err:
+        if not err.signal_name:
+            raise
+        warnings.warn(f"{fn.__name__}: rank {err.error_index} died by {err.signal_name}; starting again", stacklevel=2)
+        return _run_once(fn, world_size, args, timeout)
+
+
+def _run_once(fn: Callable[..., Any], world_size: int, args: tuple[Any, ...], timeout: float) -> list[Any]:
     with tempfile.TemporaryDirectory(prefix="kelm-dist-") as out:
         ctx = mp.start_processes(
             _entry,
