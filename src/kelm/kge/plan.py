@@ -10,6 +10,7 @@ Adagrad state is sharded with the rows and DCP reshards it.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ from kelm.errors import ConfigError
 from kelm.kge.sharded import ShardedEmbedding, sharded_tables
 from kelm.train.distributed import DistInfo
 from kelm.train.parallel import ParallelPlan
+from kelm.train.sharded_state import optimizer_indices, register_sharded_state
 
 
 class ShardedEntityPlan(ParallelPlan):
@@ -53,29 +55,8 @@ class ShardedEntityPlan(ParallelPlan):
 def shard_optimizer_rows(optimizer: torch.optim.Optimizer, tables: list[ShardedEmbedding]) -> None:
     """Optimizer state-dict hooks: the per-row state of each sharded table (Adam moments, Adagrad
     sums) is saved as a DTensor of the table's layout and loaded back as this rank's rows."""
-    by_param = {id(t.weight): t for t in tables}
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    by_index = {i: by_param[id(p)] for i, p in enumerate(params) if id(p) in by_param}
-    if not by_index:
-        return
-
-    def to_dtensors(_opt: Any, state: dict[str, Any]) -> dict[str, Any]:
-        packed = dict(state["state"])
-        for i, table in by_index.items():
-            if i in packed:
-                packed[i] = {k: _rows_as_dtensor(table, v) for k, v in packed[i].items()}
-        return {**state, "state": packed}
-
-    def to_local(_opt: Any, state: dict[str, Any]) -> dict[str, Any]:
-        # keys may be indices or parameter names here (`set_state_dict` loads by name)
-        packed = {
-            key: {k: v.to_local() if isinstance(v, DTensor) else v for k, v in entry.items()}
-            for key, entry in state["state"].items()
-        }
-        return {**state, "state": packed}
-
-    optimizer.register_state_dict_post_hook(to_dtensors)
-    optimizer.register_load_state_dict_pre_hook(to_local)
+    index = optimizer_indices(optimizer)
+    register_sharded_state(optimizer, {index[id(t.weight)]: partial(_rows_as_dtensor, t) for t in tables})
 
 
 def _rows_as_dtensor(table: ShardedEmbedding, value: Any) -> Any:

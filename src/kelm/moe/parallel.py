@@ -17,6 +17,7 @@ the hook also sums the replicas' gradients (all-reduce over the ranks holding th
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from kelm.errors import ConfigError
 from kelm.moe.layer import MoELayer
+from kelm.train.sharded_state import optimizer_indices, register_sharded_state
 
 
 def ep_mesh(ep_size: int, device_type: str = "cpu") -> DeviceMesh:
@@ -116,38 +118,19 @@ def expert_parameters(model: nn.Module) -> tuple[list[nn.Parameter], Any]:
 def shard_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
     """Optimizer state-dict hooks matching `enable_expert_parallel`: the per-row state of sharded
     expert parameters (Adam moments and the like) is saved as DTensors and loaded back as rows."""
-    specs: dict[int, tuple[DeviceMesh, list[Any]]] = {}
+    index = optimizer_indices(optimizer)
+    packers: dict[int, Any] = {}
     for m in model.modules():
         spec = getattr(m.experts, "kelm_ep_spec", None) if isinstance(m, MoELayer) else None
         if spec is not None:
-            specs.update({id(p): spec for p in m.experts.parameters()})
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    by_index = {i: (specs[id(p)], p.shape) for i, p in enumerate(params) if id(p) in specs}
-    if not by_index:
-        return
+            packers.update({index[id(p)]: partial(_as_dtensor, spec, p.shape) for p in m.experts.parameters()})
+    register_sharded_state(optimizer, packers)
 
-    def to_dtensors(_opt: Any, state: dict[str, Any]) -> dict[str, Any]:
-        packed = dict(state["state"])
-        for i, ((mesh, placements), shape) in by_index.items():
-            if i in packed:
-                packed[i] = {
-                    k: DTensor.from_local(v, mesh, placements, run_check=False)
-                    if isinstance(v, torch.Tensor) and not isinstance(v, DTensor) and v.shape == shape
-                    else v
-                    for k, v in packed[i].items()
-                }
-        return {**state, "state": packed}
 
-    def to_local(_opt: Any, state: dict[str, Any]) -> dict[str, Any]:
-        # keys may be indices or parameter names here (`set_state_dict` loads by name)
-        packed = {
-            key: {k: v.to_local() if isinstance(v, DTensor) else v for k, v in entry.items()}
-            for key, entry in state["state"].items()
-        }
-        return {**state, "state": packed}
-
-    optimizer.register_state_dict_post_hook(to_dtensors)
-    optimizer.register_load_state_dict_pre_hook(to_local)
+def _as_dtensor(spec: tuple[DeviceMesh, list[Any]], shape: torch.Size, value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and not isinstance(value, DTensor) and value.shape == shape:
+        return DTensor.from_local(value, spec[0], spec[1], run_check=False)
+    return value
 
 
 @torch.no_grad()
