@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kelm.app import run_training
 from kelm.cli import main
@@ -63,6 +64,7 @@ def test_one_to_n_learns(data_dir: Path, tmp_path: Path) -> None:
         ({"loss": "self-adversarial", "margin": 6.0}, "uniform"),
         ({"loss": "margin", "reciprocal": False}, "bernoulli"),
         ({"loss": "softplus", "reciprocal": False}, "shared"),
+        ({"loss": "ce"}, "shared"),
     ],
 )
 def test_negative_sampling_learns(data_dir: Path, tmp_path: Path, extra: dict[str, Any], sampler: str) -> None:
@@ -70,6 +72,12 @@ def test_negative_sampling_learns(data_dir: Path, tmp_path: Path, extra: dict[st
     baseline = random_mrr(build_task(task_table(data_dir, **cfg)))
     summary = train(data_dir, tmp_path / "run", epochs=6, **cfg)
     assert summary["test"]["mrr"] > max(baseline + 0.2, 0.6), (summary["test"], baseline)
+
+
+def test_ce_negative_sampling_loss_is_softmax_cross_entropy_of_the_true_entity() -> None:
+    pos, neg = torch.randn(5), torch.randn(5, 7)
+    ref = F.cross_entropy(torch.cat([pos[:, None], neg], 1), torch.zeros(5, dtype=torch.long))
+    assert torch.allclose(contrastive_loss(pos, neg, "ce", 1.0, 1.0), ref)
 
 
 def test_head_and_tail_queries_with_regularizer(data_dir: Path, tmp_path: Path) -> None:

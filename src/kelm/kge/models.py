@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from kelm.errors import ConfigError
 from kelm.kge.candidate_scores import gathered_scores
 from kelm.kge.losses import all_entity_loss, one_to_n_loss
+from kelm.kge.modulus_distance import gathered_modulus_distances, modulus_distances
 from kelm.kge.sharded import ShardedEmbedding, entity_table
 from kelm.registry import Registry
 
@@ -153,6 +154,14 @@ class KGEModel(nn.Module):
         """``(B, C)`` scores of per-row candidate heads (linear models use `gathered_scores`)."""
         return self.interact(h_BCD, r_BX[:, None], t_BD[:, None])
 
+    def _tails_from_table(self, h_BD: Tensor, r_BX: Tensor, idx_BC: Tensor) -> Tensor:
+        """``(B, C)`` scores of per-row candidate tails ``idx_BC`` of the (unsharded) entity table."""
+        return self._tails_each(h_BD, r_BX, self.entity(idx_BC))
+
+    def _heads_from_table(self, r_BX: Tensor, t_BD: Tensor, idx_BC: Tensor) -> Tensor:
+        """``(B, C)`` scores of per-row candidate heads ``idx_BC`` of the (unsharded) entity table."""
+        return self._heads_each(r_BX, t_BD, self.entity(idx_BC))
+
     def _sq_magnitudes(self, h_BD: Tensor, r_BX: Tensor, t_BD: Tensor) -> list[Tensor]:
         """Squared magnitudes of the parameters the regularizer penalizes."""
         return [h_BD.pow(2), r_BX.pow(2), t_BD.pow(2)]
@@ -183,7 +192,7 @@ class KGEModel(nn.Module):
             return self._fetched_each(q_BD, candidates, lambda t_BCD: self._tails_each(h_BD, r_BX, t_BCD))
         if q_BD is not None:
             return gathered_scores(q_BD, self.entity.weight, candidates)
-        return self._tails_each(h_BD, r_BX, self.entity(candidates))
+        return self._tails_from_table(h_BD, r_BX, candidates)
 
     def score_h(self, r: Tensor, t: Tensor, candidates: Tensor | None = None) -> Tensor:
         """Scores over heads: ``(B, E)`` for all entities, ``(B, C)`` for ``candidates`` ``(C,)`` or ``(B, C)``."""
@@ -199,7 +208,7 @@ class KGEModel(nn.Module):
             return self._fetched_each(q_BD, candidates, lambda h_BCD: self._heads_each(r_BX, t_BD, h_BCD))
         if q_BD is not None:
             return gathered_scores(q_BD, self.entity.weight, candidates)
-        return self._heads_each(r_BX, t_BD, self.entity(candidates))
+        return self._heads_from_table(r_BX, t_BD, candidates)
 
     def loss_all(
         self, e: Tensor, r: Tensor, is_tail: Tensor, rows: Tensor, cols: Tensor, kind: str, eps: float
@@ -364,6 +373,8 @@ class RotatE(KGEModel):
     def _all_distances(self, q_BD: Tensor, c_CD: Tensor) -> Tensor:
         if self.p == 2:  # the complex 2-norm is the real 2-norm of [real, imaginary]
             return _pairwise_distance(q_BD, c_CD, 2)
+        if self.p == 1:
+            return modulus_distances(q_BD, c_CD)
         q_re, q_im = q_BD[:, None].chunk(2, dim=-1)
 
         def block(c_KD: Tensor) -> Tensor:
@@ -378,6 +389,16 @@ class RotatE(KGEModel):
     def _heads(self, r_BX: Tensor, t_BD: Tensor, h_CD: Tensor) -> Tensor:
         # |h ∘ r - t| = |h - t ∘ conj(r)| because |r_k| = 1.
         return -self._all_distances(_complex_mul(t_BD, r_BX, conj_b=True), h_CD)
+
+    def _tails_from_table(self, h_BD: Tensor, r_BX: Tensor, idx_BC: Tensor) -> Tensor:
+        if self.p != 1:
+            return super()._tails_from_table(h_BD, r_BX, idx_BC)
+        return -gathered_modulus_distances(_complex_mul(h_BD, r_BX), self.entity.weight, idx_BC)
+
+    def _heads_from_table(self, r_BX: Tensor, t_BD: Tensor, idx_BC: Tensor) -> Tensor:
+        if self.p != 1:
+            return super()._heads_from_table(r_BX, t_BD, idx_BC)
+        return -gathered_modulus_distances(_complex_mul(t_BD, r_BX, conj_b=True), self.entity.weight, idx_BC)
 
     def _sq_magnitudes(self, h_BD: Tensor, r_BX: Tensor, t_BD: Tensor) -> list[Tensor]:
         return [_complex_sq_modulus(h_BD), _complex_sq_modulus(t_BD)]  # rotations have modulus 1

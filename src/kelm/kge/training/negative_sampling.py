@@ -1,5 +1,6 @@
 """Negative-sampling training (sLCWA): each training triple is contrasted with corrupted ones under a
-margin-ranking, softplus or self-adversarial (Sun et al. 2019) loss."""
+margin-ranking, softplus, self-adversarial (Sun et al. 2019) or cross-entropy loss (the true entity
+against its negatives, LibKGE's "kl")."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from kelm.kge.training.base import TripleRows, TrueTriples, corrupted_scores
 from kelm.train.data import BatchRandom
 from kelm.train.task import Batch
 
-NS_LOSSES = ("margin", "softplus", "self-adversarial")
+NS_LOSSES = ("margin", "softplus", "self-adversarial", "ce")
 
 
 def contrastive_loss(
@@ -25,6 +26,8 @@ def contrastive_loss(
         return F.relu(margin - pos[:, None] + neg).mean()
     if name == "softplus":
         return (F.softplus(-pos) + F.softplus(neg).mean(1)).mean()
+    if name == "ce":  # softmax over the true entity (column 0) and its negatives
+        return (torch.logsumexp(torch.cat([pos[:, None], neg], 1), 1) - pos).mean()
     # self-adversarial: negatives weighted by their detached softmax
     weights = F.softmax(adversarial_temperature * neg, dim=1).detach()
     pos_term = -F.logsigmoid(margin + pos)
