@@ -82,8 +82,6 @@ def seen_mask(train_N3: torch.Tensor, triples_N3: torch.Tensor, num_entities: in
     return entities[h] & entities[t] & relations[r]
 
 
-
-
 def apply_unseen_policy(
     kg: KnowledgeGraph,
     policy: str,

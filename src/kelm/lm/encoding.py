@@ -77,6 +77,7 @@ def embed_texts(encoder: nn.Module, tokenizer: Any, texts: list[str], max_length
 
 def text_embedder(encoder: Any, tokenizer: Any, max_length: int = 64, batch: int = 128) -> Embedder:
     """Mean-pooled, L2-normalised embeddings from a Hugging Face encoder (no gradients)."""
+
     def embed(texts: list[str]) -> torch.Tensor:
         return F.normalize(embed_texts(encoder, tokenizer, texts, max_length, batch), dim=-1)
 

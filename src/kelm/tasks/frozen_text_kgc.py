@@ -63,6 +63,7 @@ def _graph(cfg: FrozenTextKGCConfig, kg: KnowledgeGraph | None) -> tuple[Knowled
 
 class FrozenTextKGCTask(LinkPredictionTask):
     """Link prediction whose entity vectors are projections of frozen text features."""
+
     config_class = FrozenTextKGCConfig
 
     name = KIND
