@@ -47,3 +47,9 @@ def test_rotate_candidate_scores_match_its_interaction_for_heads_and_tails() -> 
     assert torch.allclose(model.score_h(r, t, each), ref_h)
     assert torch.allclose(model.score_t(h, r, shared), model.interact(E[h][:, None], R(r)[:, None], E[shared][None]))
     assert torch.allclose(model.score_t(h, r), model.interact(E[h][:, None], R(r)[:, None], E[None]))
+
+
+def test_rotate_init_range_bounds_the_entity_table() -> None:
+    model = build_kge_model("rotate", 50, 3, 20, init_range=0.016)
+    assert model.entity.weight.abs().max() <= 0.016
+    assert model.entity.weight.abs().max() > 0.01

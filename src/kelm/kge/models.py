@@ -341,14 +341,33 @@ class RotatE(KGEModel):
     name = "rotate"
     even_dim = True
 
-    def __init__(self, num_entities: int, num_relations: int, dim: int, *, dropout: float = 0.0, p: float = 1.0):
+    def __init__(
+        self,
+        num_entities: int,
+        num_relations: int,
+        dim: int,
+        *,
+        dropout: float = 0.0,
+        p: float = 1.0,
+        init_range: float | None = None,
+    ):
         if p <= 0:
             raise ConfigError(f"model.p must be positive for rotate, got {p}")
+        if init_range is not None and init_range <= 0:
+            raise ConfigError(f"model.init_range must be positive for rotate, got {init_range}")
+        self.init_range = init_range
         super().__init__(num_entities, num_relations, dim, dropout=dropout)
         self.p = p
 
     def relation_dim(self, dim: int) -> int:
         return dim // 2
+
+    def init_entities(self, table: Tensor) -> None:
+        """Uniform in ``±init_range`` when given (the paper: ``(margin + 2) / (dim / 2)``), else normal."""
+        if self.init_range is None:
+            super().init_entities(table)
+        else:
+            nn.init.uniform_(table, -self.init_range, self.init_range)
 
     def init_relations(self, table: Tensor) -> None:
         nn.init.uniform_(table, -math.pi, math.pi)
