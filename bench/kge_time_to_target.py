@@ -143,10 +143,11 @@ def run_pykeen(args: argparse.Namespace, target: float) -> dict[str, Any]:
     }
     init = functools.partial(torch.nn.init.normal_, std=t.dim**-0.5)
     common = {"triples_factory": tf, "loss": losses[t.loss_name](), "random_seed": 0}
+    linear = {"regularizer": None, "entity_initializer": init, "relation_initializer": init}
     if t.model == "complex":
-        model = ComplEx(embedding_dim=t.dim // 2, regularizer=None, entity_initializer=init, relation_initializer=init, **common)
+        model = ComplEx(embedding_dim=t.dim // 2, **linear, **common)
     elif t.model == "distmult":
-        model = DistMult(embedding_dim=t.dim, regularizer=None, entity_initializer=init, relation_initializer=init, **common)
+        model = DistMult(embedding_dim=t.dim, **linear, **common)
     else:
         model = RotatE(embedding_dim=t.dim // 2, **common)
     opt_cls = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}[tr.optimizer]
@@ -162,7 +163,9 @@ def run_pykeen(args: argparse.Namespace, target: float) -> dict[str, Any]:
             negative_sampler_kwargs={"num_negs_per_pos": t.num_negatives, "corruption_scheme": scheme},
         )
     else:
-        loop = LCWATrainingLoop(model=model, triples_factory=tf, optimizer=optimizer, automatic_memory_optimization=False)
+        loop = LCWATrainingLoop(
+            model=model, triples_factory=tf, optimizer=optimizer, automatic_memory_optimization=False
+        )
     evaluator = RankBasedEvaluator(filtered=True)
     trace: list[dict[str, float]] = []
     train_s, epoch = 0.0, 0

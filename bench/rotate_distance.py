@@ -36,6 +36,17 @@ def broadcast(q: Tensor, cand: Tensor) -> Tensor:
     return (d[..., :K].square() + d[..., K:].square()).clamp_min(1e-18).sqrt().sum(-1)
 
 
+def cases(q: Tensor, table: Tensor, idx: Tensor) -> tuple[Callable[[], Tensor], Callable[[], Tensor]]:
+    """kelm's kernel and plain broadcasting over the same candidates (shared ``idx (N,)`` or per row)."""
+
+    def fused() -> Tensor:
+        if idx.dim() == 1:
+            return modulus_distances(q, table[idx])
+        return gathered_modulus_distances(q, table, idx)
+
+    return fused, lambda: broadcast(q, table[idx])
+
+
 def seconds(fn: Callable[[], Tensor], repeats: int) -> float:
     fn().sum().backward()  # warm-up
     best = float("inf")
@@ -61,12 +72,7 @@ def main() -> None:
         q = torch.randn(B, D).mul_(D**-0.5).requires_grad_()
         for kind in ("shared", "per-row"):
             idx = torch.randint(E, (N,)) if kind == "shared" else torch.randint(E, (B, N))
-            if kind == "shared":
-                fused = lambda: modulus_distances(q, table[idx])  # noqa: E731
-                plain = lambda: broadcast(q, table[idx])  # noqa: E731
-            else:
-                fused = lambda: gathered_modulus_distances(q, table, idx)  # noqa: E731
-                plain = lambda: broadcast(q, table[idx])  # noqa: E731
+            fused, plain = cases(q, table, idx)
             coords = B * N * D // 2
             t_fused = seconds(fused, args.repeats)
             gib = 6 * coords * 4 / 2**30  # differences, squares, moduli and their gradients
