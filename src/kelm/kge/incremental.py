@@ -37,11 +37,23 @@ def seed_rows(model: KGEScorer, old: KGEScorer) -> dict[str, torch.Tensor]:
     return {"kge.entity.weight": entities, "kge.relation.weight": dst}
 
 
+def without_rows(grad: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``grad`` with the given rows zeroed (dense) or dropped (row-sparse)."""
+    index = index.to(grad.device)
+    if not grad.is_sparse:
+        return grad.index_fill(0, index, 0.0)
+    grad = grad.coalesce()
+    keep = ~torch.isin(grad.indices()[0], index)
+    return torch.sparse_coo_tensor(
+        grad.indices()[:, keep], grad.values()[keep], grad.shape, is_coalesced=True, check_invariants=False
+    )
+
+
 def freeze_rows(model: nn.Module, rows: dict[str, torch.Tensor]) -> None:
     """Zero the gradient of the given rows of each named parameter, on every backward pass."""
     params = dict(model.named_parameters())
     for name, index in rows.items():
-        params[name].register_hook(lambda grad, index=index: grad.index_fill(0, index.to(grad.device), 0.0))
+        params[name].register_hook(lambda grad, index=index: without_rows(grad, index))
 
 
 __all__ = ["freeze_rows", "seed_rows"]

@@ -25,6 +25,7 @@ from kelm.kge.losses import all_entity_loss, one_to_n_loss
 from kelm.kge.modulus_distance import gathered_modulus_distances, modulus_distances
 from kelm.kge.sharded import ShardedEmbedding, entity_table
 from kelm.registry import Registry
+from kelm.train.sparse_grads import emits_sparse_grads
 
 # Upper bound on elements of the (B, chunk, D) intermediates in broadcast 1-N scoring.
 _CHUNK_ELEMENTS = 2**24
@@ -106,6 +107,12 @@ class KGEModel(nn.Module):
 
     def init_relations(self, table: Tensor) -> None:
         nn.init.normal_(table, std=self.dim**-0.5)
+
+    @property
+    def sparse_table_grads(self) -> bool:
+        """True when lookups of the entity table give row-sparse gradients (`kelm.train.sparse_grads`):
+        kernels that take the table itself then give sparse ones too."""
+        return emits_sparse_grads(self.entity)
 
     @property
     def sharded(self) -> bool:
@@ -191,7 +198,7 @@ class KGEModel(nn.Module):
         if self.sharded:
             return self._fetched_each(q_BD, candidates, lambda t_BCD: self._tails_each(h_BD, r_BX, t_BCD))
         if q_BD is not None:
-            return gathered_scores(q_BD, self.entity.weight, candidates)
+            return gathered_scores(q_BD, self.entity.weight, candidates, sparse_grad=self.sparse_table_grads)
         return self._tails_from_table(h_BD, r_BX, candidates)
 
     def score_h(self, r: Tensor, t: Tensor, candidates: Tensor | None = None) -> Tensor:
@@ -207,7 +214,7 @@ class KGEModel(nn.Module):
         if self.sharded:
             return self._fetched_each(q_BD, candidates, lambda h_BCD: self._heads_each(r_BX, t_BD, h_BCD))
         if q_BD is not None:
-            return gathered_scores(q_BD, self.entity.weight, candidates)
+            return gathered_scores(q_BD, self.entity.weight, candidates, sparse_grad=self.sparse_table_grads)
         return self._heads_from_table(r_BX, t_BD, candidates)
 
     def loss_all(
@@ -412,12 +419,14 @@ class RotatE(KGEModel):
     def _tails_from_table(self, h_BD: Tensor, r_BX: Tensor, idx_BC: Tensor) -> Tensor:
         if self.p != 1:
             return super()._tails_from_table(h_BD, r_BX, idx_BC)
-        return -gathered_modulus_distances(_complex_mul(h_BD, r_BX), self.entity.weight, idx_BC)
+        q_BD = _complex_mul(h_BD, r_BX)
+        return -gathered_modulus_distances(q_BD, self.entity.weight, idx_BC, sparse_grad=self.sparse_table_grads)
 
     def _heads_from_table(self, r_BX: Tensor, t_BD: Tensor, idx_BC: Tensor) -> Tensor:
         if self.p != 1:
             return super()._heads_from_table(r_BX, t_BD, idx_BC)
-        return -gathered_modulus_distances(_complex_mul(t_BD, r_BX, conj_b=True), self.entity.weight, idx_BC)
+        q_BD = _complex_mul(t_BD, r_BX, conj_b=True)
+        return -gathered_modulus_distances(q_BD, self.entity.weight, idx_BC, sparse_grad=self.sparse_table_grads)
 
     def _sq_magnitudes(self, h_BD: Tensor, r_BX: Tensor, t_BD: Tensor) -> list[Tensor]:
         return [_complex_sq_modulus(h_BD), _complex_sq_modulus(t_BD)]  # rotations have modulus 1

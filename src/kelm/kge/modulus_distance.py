@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from kelm.train.sparse_grads import RowGradient
+
 #: Bytes of one chunk's ``(rows, C, D)`` block per CPU thread.
 CHUNK_BYTES_PER_THREAD = 4 * 2**20
 #: Smallest modulus divided by in backward: the gradient of ``|z|`` at ``z = 0`` is taken as 0.
@@ -53,7 +55,7 @@ class _ModulusDistance(torch.autograd.Function):
     """Shared candidates ``cand (C, D)`` (``idx`` None) or per-row ones ``table[idx]`` (``idx (B, C)``)."""
 
     @staticmethod
-    def forward(ctx: Any, q: Tensor, cand: Tensor, idx: Tensor | None, chunk: int) -> Tensor:
+    def forward(ctx: Any, q: Tensor, cand: Tensor, idx: Tensor | None, chunk: int, sparse: bool) -> Tensor:
         C, K = (cand.shape[0] if idx is None else idx.shape[1]), cand.shape[1] // 2
         out = torch.empty(len(q), C, dtype=cand.dtype, device=q.device)
         buf = _Buffers(min(chunk, len(q)), C, K, cand)
@@ -63,7 +65,7 @@ class _ModulusDistance(torch.autograd.Function):
             _, _, sq = buf.differences(q[s : s + chunk].to(cand.dtype), block)
             torch.sum(sq.sqrt_(), -1, out=out[s : s + chunk])
         ctx.save_for_backward(q, cand, idx)
-        ctx.chunk = chunk
+        ctx.chunk, ctx.sparse = chunk, sparse
         return out.to(torch.promote_types(q.dtype, cand.dtype))
 
     @staticmethod
@@ -72,7 +74,8 @@ class _ModulusDistance(torch.autograd.Function):
         K = q.shape[1] // 2
         need_q, need_c = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_q = torch.empty_like(q) if need_q else None
-        grad_c = torch.zeros_like(cand) if need_c else None
+        grad_c = torch.zeros_like(cand) if need_c and idx is None else None
+        table_grad = RowGradient(cand, idx, ctx.sparse) if need_c and idx is not None else None
         buf = _Buffers(min(ctx.chunk, len(q)), grad.shape[1], K, cand)
         shared = cand[None] if idx is None else None
         grad = grad.to(cand.dtype)
@@ -86,15 +89,15 @@ class _ModulusDistance(torch.autograd.Function):
             if grad_q is not None:
                 grad_q[s : s + ctx.chunk, :K] = dr.sum(1)
                 grad_q[s : s + ctx.chunk, K:] = di.sum(1)
-            if grad_c is None:
-                continue
-            if idx is None:
+            if grad_c is not None:
                 grad_c[:, :K] -= dr.sum(0)
                 grad_c[:, K:] -= di.sum(0)
-            else:
+            if table_grad is not None:
                 rows = torch.cat([dr, di], -1).neg_().reshape(-1, cand.shape[1])
-                grad_c.index_add_(0, idx[s : s + ctx.chunk].reshape(-1), rows)
-        return grad_q, grad_c, None, None
+                table_grad.add(slice(s, s + ctx.chunk), rows)
+        if table_grad is not None:
+            grad_c = table_grad.result()
+        return grad_q, grad_c, None, None, None
 
 
 def _chunk(candidates: int, dim: int, element_size: int) -> int:
@@ -113,13 +116,16 @@ def modulus_distances(q_BD: Tensor, cand_CD: Tensor, chunk: int | None = None) -
     if chunk is None and len(cand_CD) > cols:  # many candidates: slices of them, each in chunks of rows
         return torch.cat([modulus_distances(q_BD, part) for part in cand_CD.split(cols)], dim=1)
     chunk = chunk or _chunk(len(cand_CD), cand_CD.shape[1], cand_CD.element_size())
-    return _ModulusDistance.apply(q_BD, cand_CD, None, int(chunk))
+    return _ModulusDistance.apply(q_BD, cand_CD, None, int(chunk), False)
 
 
-def gathered_modulus_distances(q_BD: Tensor, table: Tensor, idx_BC: Tensor, chunk: int | None = None) -> Tensor:
-    """``(B, C)`` sums of ``|q[b] - table[idx[b, c]]|``; gradients to ``q`` and ``table``."""
+def gathered_modulus_distances(
+    q_BD: Tensor, table: Tensor, idx_BC: Tensor, chunk: int | None = None, sparse_grad: bool = False
+) -> Tensor:
+    """``(B, C)`` sums of ``|q[b] - table[idx[b, c]]|``; gradients to ``q`` and ``table`` (a sparse
+    one with ``sparse_grad``: `kelm.train.sparse_grads`)."""
     chunk = chunk or _chunk(idx_BC.shape[1], table.shape[1], table.element_size())
-    return _ModulusDistance.apply(q_BD, table, idx_BC, int(chunk))
+    return _ModulusDistance.apply(q_BD, table, idx_BC, int(chunk), sparse_grad)
 
 
 __all__ = ["gathered_modulus_distances", "modulus_distances"]

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import types
-import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,66 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kelm.train.sparse_grads import DenseGradBuffer, parameter_uses, row_sparse_embedding_grads
+
 #: Model types whose sequence-classification head reads the first position only.
 FIRST_TOKEN_HEADS = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "electra"})
-
-
-def row_sparse_embedding_grads(model: nn.Module) -> int:
-    """Make every untied, trainable ``nn.Embedding`` of ``model`` produce row-sparse gradients
-    that land in a persistent dense buffer; returns how many embeddings were changed."""
-    uses = parameter_uses(model)
-    changed = 0
-    for module in model.modules():
-        w = getattr(module, "weight", None)
-        if not isinstance(module, nn.Embedding) or w is None or not w.requires_grad or module.sparse:
-            continue
-        if uses[id(w)] > 1 or module.max_norm is not None:  # tied to an output layer, or renormed in place
-            continue
-        module.forward = _SparseGradForward(module, w)  # module.sparse stays False: DDP expects dense
-        w.register_post_accumulate_grad_hook(DenseGradBuffer())
-        changed += 1
-    return changed
-
-
-def parameter_uses(model: nn.Module) -> dict[int, int]:
-    """How many modules of ``model`` hold each parameter (by ``id``): above 1 means tied."""
-    uses: dict[int, int] = {}
-    for module in model.modules():
-        for p in module.parameters(recurse=False):
-            uses[id(p)] = uses.get(id(p), 0) + 1
-    return uses
-
-
-class _SparseGradForward:
-    """``nn.Embedding.forward`` with a sparse gradient, while the module still holds the weight it
-    was given (a wrapper that swaps parameters, like FSDP, gets the dense gradient)."""
-
-    def __init__(self, module: nn.Embedding, weight: torch.Tensor):
-        self.module, self.weight = module, weakref.ref(weight)
-
-    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
-        m = self.module
-        sparse = m.weight is self.weight()
-        return F.embedding(ids, m.weight, m.padding_idx, None, m.norm_type, m.scale_grad_by_freq, sparse=sparse)
-
-
-class DenseGradBuffer:
-    """Post-accumulate hook: a sparse ``.grad`` becomes a dense one in a buffer reused every step."""
-
-    def __init__(self) -> None:
-        self.buffer: torch.Tensor | None = None
-
-    def __call__(self, param: torch.Tensor) -> None:
-        grad = param.grad
-        if grad is None or not grad.is_sparse:
-            return
-        if self.buffer is None or self.buffer.shape != param.shape or self.buffer.device != param.device:
-            self.buffer = torch.zeros_like(param)
-        else:
-            self.buffer.zero_()
-        grad = grad.coalesce()
-        self.buffer.index_add_(0, grad.indices()[0], grad.values())
-        param.grad = self.buffer
 
 
 def first_token_last_layer(model: nn.Module) -> bool:

@@ -54,6 +54,7 @@ from kelm.train.config import KGE_DEFAULTS, TrainConfig
 from kelm.train.data import BatchRandom
 from kelm.train.distributed import env_rank
 from kelm.train.parallel import ParallelPlan
+from kelm.train.sparse_grads import row_sparse_embedding_grads
 from kelm.train.task import Batch, Task
 
 
@@ -254,6 +255,8 @@ class LinkPredictionTask(Task):
             rows = seed_rows(model, old)
             if not self.cfg.train_init:
                 freeze_rows(model, rows)
+        if not self.sharded:  # lookups write only the rows they use (exact; `kelm.train.sparse_grads`)
+            row_sparse_embedding_grads(model)
         return model
 
     def parallel_plan(self) -> ParallelPlan:
