@@ -36,6 +36,17 @@ def row_sparse_embedding_grads(model: nn.Module) -> int:
     return changed
 
 
+def dense_embedding_grads(model: nn.Module) -> int:
+    """Undo `row_sparse_embedding_grads`: embeddings give PyTorch's dense gradients again (their
+    buffer hooks pass dense gradients through); returns how many were changed."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(module.__dict__.get("forward"), SparseGradForward):
+            del module.forward
+            changed += 1
+    return changed
+
+
 def parameter_uses(model: nn.Module) -> dict[int, int]:
     """How many modules of ``model`` hold each parameter (by ``id``): above 1 means tied."""
     uses: dict[int, int] = {}
@@ -111,6 +122,7 @@ class RowGradient:
 
 __all__ = [
     "DenseGradBuffer",
+    "dense_embedding_grads",
     "RowGradient",
     "SparseGradForward",
     "emits_sparse_grads",
