@@ -31,6 +31,7 @@ KIND_NAMES = {
     "kgqa": "question-answering",
     "kg-fusion": "KG-fusion",
     "moe-hf": "upcycled Hugging Face",
+    "extractor": "extraction",
 }
 
 

@@ -27,6 +27,7 @@ MODEL_KINDS: Registry[Any] = Registry(
         "kgqa": "kelm.kgqa.answer:QAModel",
         "kg-fusion": "kelm.app.fused:FusedClassifier",
         "moe-hf": "kelm.lm.upcycle:load_upcycled",
+        "extractor": "kelm.extract.extractor:Extractor.from_pretrained",
     },
     error=DataError,
 )

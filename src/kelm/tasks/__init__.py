@@ -44,6 +44,7 @@ TASKS: Registry[type[Task]] = Registry(
         "kg-enhanced-classification": "kelm.tasks.kg_enhanced:KGEnhancedTask",
         "text-kgc": "kelm.tasks.text_kgc:TextKGCTask",
         "frozen-text-kgc": "kelm.tasks.frozen_text_kgc:FrozenTextKGCTask",
+        "extraction": "kelm.tasks.extraction:ExtractionTask",
     },
 )
 

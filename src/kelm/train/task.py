@@ -49,6 +49,11 @@ class Task(ABC):
     def build_model(self) -> nn.Module:
         """A fresh model. Parameters must be created deterministically from the global seed."""
 
+    def lr_scale(self, name: str) -> float:
+        """Learning-rate multiplier of the parameter ``name`` (as the wrapped model names it, so
+        match on a part of the name): e.g. fresh heads on a pretrained encoder. Default 1."""
+        return 1.0
+
     def parallel_plan(self) -> ParallelPlan:
         """How the model shards itself and which repeated blocks FSDP2 and activation checkpointing
         treat one by one (`kelm.train.parallel`); the default plan does neither."""

@@ -90,14 +90,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+def parameter_groups(model: nn.Module, lr: float, lr_scale: Any = None) -> list[dict[str, Any]]:
+    """Trainable parameters in one optimizer group per learning-rate scale (``lr_scale(name)``,
+    e.g. a task's fresh heads learning faster than a pretrained encoder); one group without it."""
+    groups: dict[float, list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault(float(lr_scale(name)) if lr_scale else 1.0, []).append(p)
+    return [{"params": ps, "lr": lr * scale} for scale, ps in sorted(groups.items())]
+
+
+def build_optimizer(cfg: TrainConfig, params: list[nn.Parameter] | list[dict[str, Any]]) -> torch.optim.Optimizer:
     """The configured optimizer; fused kernels (one pass over each parameter) where they apply.
 
-    Fused Adam/AdamW/Adagrad run on CPU and CUDA for plain tensors; sharded DTensor parameters
-    (FSDP2) take the multi-tensor ``foreach`` path instead."""
+    ``params`` are parameters or groups (`parameter_groups`). Fused Adam/AdamW/Adagrad run on CPU
+    and CUDA for plain tensors; sharded DTensor parameters (FSDP2) take the multi-tensor
+    ``foreach`` path instead."""
     from torch.distributed.tensor import DTensor
 
-    fused = {"fused": True} if params and not any(isinstance(p, DTensor) for p in params) else {}
+    flat = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else params
+    fused = {"fused": True} if flat and not any(isinstance(p, DTensor) for p in flat) else {}
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, **fused)
     if cfg.optimizer == "adam":
@@ -154,7 +166,7 @@ class Trainer:
         base = self.task.build_model().to(info.device)
         self.fingerprint = model_fingerprint(base)
         self.model = self.strategy.wrap(base)
-        self.optimizer = build_optimizer(cfg, [p for p in self.model.parameters() if p.requires_grad])
+        self.optimizer = build_optimizer(cfg, parameter_groups(self.model, cfg.lr, self.task.lr_scale))
         self.strategy.prepare_optimizer(self.model, self.optimizer)
         self.loader = ShardedBatches(
             self.task.train_data(),

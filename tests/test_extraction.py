@@ -1,0 +1,154 @@
+"""Joint entity and relation extraction: span layout and pooling, decoding, strict scoring, text
+segmentation, training on CoNLL04 through the engine, and the exported `Extractor`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from kelm.app import run_training
+from kelm.errors import DataError
+from kelm.extract.decoding import decode_mentions, strict_counts
+from kelm.extract.extractor import Extractor
+from kelm.extract.spans import between_maxima, span_bounds, span_index, span_maxima, word_maxima
+from kelm.extract.text import sentences, words
+from kelm.tasks import build_task
+
+
+def test_span_layout_and_maxima_match_brute_force() -> None:
+    torch.manual_seed(0)
+    B, N, H, W = 3, 7, 5, 4
+    words_BNH = torch.randn(B, N, H)
+    starts, ends = span_bounds(N, W)
+    spans = span_maxima(words_BNH, W)
+    assert spans.shape == (B, len(starts), H) == (B, 7 + 6 + 5 + 4, H)
+    for k, (s, e) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+        assert span_index(s, e, N, W) == k
+        torch.testing.assert_close(spans[:, k], words_BNH[:, s:e].amax(1))
+    assert span_index(0, W + 1, N, W) is None and span_index(5, 8, N, W) is None
+
+
+def test_word_and_between_maxima() -> None:
+    torch.manual_seed(1)
+    tokens = torch.randn(2, 6, 3)
+    word_of = torch.tensor([[-1, 0, 0, 1, 2, -1], [-1, 0, 1, 1, -1, -1]])
+    got = word_maxima(tokens, word_of, 3)
+    torch.testing.assert_close(got[0, 0], tokens[0, 1:3].amax(0))
+    torch.testing.assert_close(got[1, 1], tokens[1, 2:4].amax(0))
+    assert torch.equal(got[1, 2], torch.zeros(3))  # sentence 1 has two words
+    ctx = between_maxima(got, torch.tensor([0, 0]), torch.tensor([1, 2]), torch.tensor([3, 2]))
+    torch.testing.assert_close(ctx[0], got[0, 1:3].amax(0))
+    assert torch.equal(ctx[1], torch.zeros(3))  # adjacent spans: nothing between them
+
+
+def test_decoding_takes_confident_spans_without_overlap_and_scores_strictly() -> None:
+    starts, ends = span_bounds(4, 2)  # spans: [0,1) [1,2) [2,3) [3,4) [0,2) [1,3) [2,4)
+    logits = torch.full((7, 3), -5.0)
+    logits[:, 0] = 0.0  # "no entity" by default
+    logits[4, 1] = 4.0  # [0,2) type A, confident
+    logits[1, 2] = 2.0  # [1,2) type B overlaps it, less confident: dropped
+    logits[3, 2] = 3.0  # [3,4) type B
+    mentions, flat = decode_mentions(logits, starts, ends, 4, ["A", "B"])
+    assert [m.key() for m in mentions] == [(0, 2, "A"), (3, 4, "B")] and flat == [4, 3]
+    tp, pred, gold = strict_counts([[(0, 2, "A"), (2, 3, "B")]], [[m.key() for m in mentions]])
+    assert (tp["A"], pred["B"], gold["B"], tp["B"]) == (1, 1, 1, 0)
+
+
+def test_sentences_and_words_keep_character_offsets() -> None:
+    text = "Mr. Smith works for AT&T in Dallas. He met O'Neil on Jan. 5!\n\nA new line"
+    sents = sentences(text)
+    assert [s.text for s in sents] == [
+        "Mr. Smith works for AT&T in Dallas.",
+        "He met O'Neil on Jan. 5!",
+        "A new line",
+    ]
+    for s in sents:
+        assert text[s.start : s.end] == s.text
+        for w in words(s):
+            assert text[w.start : w.end] == w.text
+    assert [w.text for w in words(sents[0])] == ["Mr", ".", "Smith", "works", "for", "AT&T", "in", "Dallas", "."]
+
+
+def subset(src: Path, dst: Path, n: int) -> Path:
+    dst.write_text(json.dumps(json.loads(src.read_text(encoding="utf-8"))[:n]), encoding="utf-8")
+    return dst
+
+
+@pytest.fixture(scope="module")
+def conll04_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("extract")
+    src = data_dir / "re" / "conll04"
+    task = {
+        "name": "extraction",
+        "train": str(subset(src / "train.json", root / "train.json", 240)),
+        "dev": str(subset(src / "dev.json", root / "dev.json", 60)),
+        "test": str(subset(src / "test.json", root / "test.json", 60)),
+        "model": "minilm",
+    }
+    train = {
+        "strategy": "single",
+        "threads": 1,
+        "lr": 1e-4,
+        "batch_size": 8,
+        "epochs": 5,
+        "log_every": 30,
+        "tensorboard": False,
+    }
+    summary = run_training({"task": task, "train": train}, root / "run")
+    return root / "run", summary
+
+
+def test_extraction_trains_above_chance_on_conll04(conll04_run: tuple[Path, dict]) -> None:
+    _, summary = conll04_run
+    test = summary["test"]
+    assert {"entity_f1", "relation_f1", "entity_precision", "relation_recall"} <= set(test)
+    assert test["entity_f1"] > 0.45, test  # a random span classifier scores about 0.01
+    assert test["relation_f1"] >= 0.0
+
+
+def test_exported_extractor_predicts_as_the_task_does(conll04_run: tuple[Path, dict], data_dir: Path) -> None:
+    run, _ = conll04_run
+    extractor = Extractor.from_pretrained(run)
+    items = json.loads((data_dir / "re/conll04/test.json").read_text(encoding="utf-8"))[:12]
+    task = build_task(
+        {"name": "extraction", "train": str(run.parent / "train.json"), "test": str(run.parent / "test.json")}
+    )
+    from kelm.train.export import load_weights
+
+    model = load_weights(task.build_model(), run / "model").eval()
+    batch = task.collate(task.splits["test"][:12])
+    want = task.predict_batch(model, batch)
+    got = extractor.predict_words([item["tokens"] for item in items])
+    assert [[m.key() for m in ms] for ms, _ in got] == [[m.key() for m in ms] for ms, _ in want]
+    assert [[r.key() for r in rs] for _, rs in got] == [[r.key() for r in rs] for _, rs in want]
+    assert any(ms for ms, _ in got)
+    text = " ".join(items[0]["tokens"])
+    found = extractor.extract(text)
+    for m in found.mentions:
+        assert text[m.start : m.end] == m.text and m.type in extractor.settings.entity_types
+
+
+def test_bad_extraction_data_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "train.json"
+    bad.write_text('[{"tokens": ["a", "b"], "entities": [{"type": "X", "start": 1, "end": 5}]}]', encoding="utf-8")
+    with pytest.raises(DataError, match=r"train\.json.*item 0: entity span \[1, 5\) outside 2 words"):
+        build_task({"name": "extraction", "train": str(bad), "model": "tiny-bert"})
+    bad.write_text("[{", encoding="utf-8")
+    with pytest.raises(DataError, match="invalid JSON"):
+        build_task({"name": "extraction", "train": str(bad), "model": "tiny-bert"})
+
+
+def test_fresh_heads_get_their_own_learning_rate(data_dir: Path) -> None:
+    from kelm.train.trainer import parameter_groups
+
+    train = data_dir / "re" / "conll04" / "train.json"
+    task = build_task({"name": "extraction", "train": str(train), "model": "tiny-bert", "head_lr_scale": 20.0})
+    model = task.build_model()
+    groups = parameter_groups(model, 1e-4, task.lr_scale)
+    assert [g["lr"] for g in groups] == [1e-4, pytest.approx(2e-3)]
+    heads = {id(p) for m in (model.entity_head, model.relation_head, model.width) for p in m.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == heads
+    assert len(parameter_groups(model, 1e-4)) == 1
