@@ -42,6 +42,12 @@ def test_word_and_between_maxima() -> None:
     ctx = between_maxima(got, torch.tensor([0, 0]), torch.tensor([1, 2]), torch.tensor([3, 2]))
     torch.testing.assert_close(ctx[0], got[0, 1:3].amax(0))
     assert torch.equal(ctx[1], torch.zeros(3))  # adjacent spans: nothing between them
+    many = torch.randn(2, 37, 3)
+    b, lo, hi = torch.randint(0, 2, (300,)), torch.randint(0, 37, (300,)), torch.randint(0, 38, (300,))
+    got = between_maxima(many, b, lo, hi)  # a sparse table of maxima: exact for every range
+    for p in range(300):
+        want = many[b[p], lo[p] : hi[p]].amax(0) if hi[p] > lo[p] else torch.zeros(3)
+        assert torch.equal(got[p], want)
 
 
 def test_decoding_takes_confident_spans_without_overlap_and_scores_strictly() -> None:
@@ -152,3 +158,84 @@ def test_fresh_heads_get_their_own_learning_rate(data_dir: Path) -> None:
     heads = {id(p) for m in (model.entity_head, model.relation_head, model.width) for p in m.parameters()}
     assert {id(p) for p in groups[1]["params"]} == heads
     assert len(parameter_groups(model, 1e-4)) == 1
+
+
+def test_documents_from_text_files_folders_and_jsonl(tmp_path: Path) -> None:
+    from kelm.extract.documents import read_documents
+
+    (tmp_path / "docs" / "sub").mkdir(parents=True)
+    (tmp_path / "docs" / "a.txt").write_text("Alpha works for Beta.", encoding="utf-8")
+    (tmp_path / "docs" / "sub" / "b.txt").write_text("Gamma lives in Delta.", encoding="utf-8")
+    (tmp_path / "docs" / "c.jsonl").write_text(
+        '{"id": "c1", "text": "One."}\n\n{"id": 7, "text": "Two."}\n', encoding="utf-8"
+    )
+    docs = list(read_documents(tmp_path / "docs"))
+    assert [(d.id, d.line) for d in docs] == [("a.txt", None), ("c1", 1), ("7", 3), ("sub/b.txt", None)]
+    assert [d.id for d in read_documents(tmp_path / "docs" / "sub" / "b.txt")] == ["b.txt"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"id": "x", "text": "ok"}\n{"text": "no id"}\n', r"c\.jsonl:2: expected an object with an 'id'"),
+        (b'{"id": "x", "text": "ok"}\n{"id": "x", "text": "again"}\n', r"c\.jsonl:2: document id 'x' occurs twice"),
+        (b'{"id": "x", "text": "  "}\n', r"c\.jsonl:1: document 'x' is empty"),
+        (b'{"id": "x", "text": "ok"}\n{"id": "y", "text": "\xff"}\n', r"c\.jsonl:2: not UTF-8"),
+        (b"{oops\n", r"c\.jsonl:1: invalid JSON"),
+    ],
+)
+def test_bad_documents_name_file_and_line_or_are_skipped(tmp_path: Path, content: bytes, message: str) -> None:
+    from kelm.extract.documents import DocumentReport, read_documents
+
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        list(read_documents(path))
+    report = DocumentReport()
+    kept = list(read_documents(path, skip_bad=True, report=report))
+    assert len(report.skipped) == 1 and report.read == len(kept)
+
+
+def test_oversized_and_binary_text_files(tmp_path: Path) -> None:
+    from kelm.extract.documents import read_documents
+
+    big = tmp_path / "big.txt"
+    big.write_text("word " * 100, encoding="utf-8")
+    with pytest.raises(DataError, match="500 characters, over the limit of 100"):
+        list(read_documents(big, max_chars=100))
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"line one\nline \xfe two")
+    with pytest.raises(DataError, match=r"bad\.txt:2: not UTF-8"):
+        list(read_documents(bad))
+
+
+def test_long_document_keeps_the_recall_of_its_parts(conll04_run: tuple[Path, dict], data_dir: Path) -> None:
+    """A 16,000-character document without a sentence break goes through in windows and finds
+    (nearly) every mention that its parts find one by one."""
+    run, _ = conll04_run
+    extractor = Extractor.from_pretrained(run)
+    items = json.loads((data_dir / "re/conll04/dev.json").read_text(encoding="utf-8"))
+    parts, gold, doc, k = [], [], "", 0
+    while len(doc) < 16_000:
+        text = " ".join(items[k]["tokens"])
+        offsets, pos = [], len(doc) + (3 if doc else 0)
+        for tok in items[k]["tokens"]:
+            offsets.append(pos)
+            pos += len(tok) + 1
+        for e in items[k]["entities"]:
+            last = items[k]["tokens"][e["end"] - 1]
+            gold.append((offsets[e["start"]], offsets[e["end"] - 1] + len(last), e["type"]))
+        doc = f"{doc} ; {text}" if doc else text
+        parts.append(text)
+        k += 1
+    longest = max(len(s.text) for s in extractor.extract(doc).sentences)
+    assert len(doc) >= 16_000 and longest > 5_000  # far beyond one window of the encoder
+    shift, found_parts = 0, set()
+    for text in parts:
+        found_parts |= {(m.start + shift, m.end + shift, m.type) for m in extractor.extract(text).mentions}
+        shift += len(text) + 3
+    found_doc = {(m.start, m.end, m.type) for m in extractor.extract(doc).mentions}
+    recall_parts = len(found_parts & set(gold)) / len(gold)
+    recall_doc = len(found_doc & set(gold)) / len(gold)
+    assert recall_parts > 0.3
+    assert recall_doc >= 0.95 * recall_parts, (recall_doc, recall_parts)

@@ -64,6 +64,9 @@ class Extractor:
         self.threshold, self.max_length = threshold, max_length
         self.settings = model.settings
         self.name = ""
+        #: Sub-words per window of a long sentence: near the length of training sentences, where
+        #: the model has learnt what context looks like.
+        self.window_tokens = 128
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> Extractor:
@@ -134,7 +137,7 @@ class Extractor:
 
     def windows(self, n_words: int, word_tokens: list[int]) -> list[tuple[int, int]]:
         """Word windows ``[lo, hi)`` that fit the encoder, overlapping by half a window."""
-        budget = self.max_length - 2
+        budget = min(self.max_length, self.window_tokens) - 2
         spans, lo = [], 0
         while True:
             hi, used = lo, 0

@@ -62,14 +62,29 @@ def word_maxima(tokens_BTH: Tensor, word_of_token_BT: Tensor, n_words: int) -> T
 
 def between_maxima(words_BNH: Tensor, b: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     """``(P, H)``: the maximum over words ``lo..hi-1`` of sentence ``b`` for each pair; zeros where
-    the range is empty (adjacent or overlapping spans)."""
+    the range is empty (adjacent or overlapping spans).
+
+    A sparse table of maxima over windows of 1, 2, 4, … words answers each range with two lookups
+    (the two windows of the largest power of two that cover it from either end), so memory is
+    ``log2(N)`` copies of the words, not ``(pairs, words, H)``."""
     n = words_BNH.shape[1]
-    pos = torch.arange(n, device=words_BNH.device)
-    inside = (pos[None] >= lo[:, None]) & (pos[None] < hi[:, None])  # (P, N)
-    rows = words_BNH[b]  # (P, N, H)
-    fill = torch.finfo(rows.dtype).min
-    best = rows.masked_fill(~inside[..., None], fill).amax(dim=1)
-    return torch.where(inside.any(1, keepdim=True), best, torch.zeros_like(best))
+    levels = [words_BNH]
+    while 2 ** len(levels) <= n:
+        half = 2 ** (len(levels) - 1)
+        prev = levels[-1]
+        levels.append(torch.maximum(prev[:, :-half], prev[:, half:]))
+    length = (hi - lo).clamp(min=1)
+    k = torch.floor(torch.log2(length.double())).long()
+    out = words_BNH.new_zeros(len(b), words_BNH.shape[2])
+    for level in range(len(levels)):
+        sel = torch.nonzero(k == level).flatten()
+        if len(sel) == 0:
+            continue
+        table = levels[level]
+        first = table[b[sel], lo[sel].clamp(max=table.shape[1] - 1)]
+        last = table[b[sel], (hi[sel] - 2**level).clamp(min=0, max=table.shape[1] - 1)]
+        out = out.index_put((sel,), torch.maximum(first, last))
+    return torch.where((hi > lo)[:, None], out, torch.zeros_like(out))
 
 
 __all__ = ["between_maxima", "span_bounds", "span_index", "span_maxima", "width_offsets", "word_maxima"]
