@@ -239,3 +239,19 @@ def test_long_document_keeps_the_recall_of_its_parts(conll04_run: tuple[Path, di
     recall_doc = len(found_doc & set(gold)) / len(gold)
     assert recall_parts > 0.3
     assert recall_doc >= 0.95 * recall_parts, (recall_doc, recall_parts)
+
+
+def test_cli_predict_prints_mentions_and_relations(
+    conll04_run: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kelm.cli import main
+
+    run, _ = conll04_run
+    lines = tmp_path / "in.txt"
+    lines.write_text("John Smith works for IBM in New York .\n\nMary lives in Paris .\n", encoding="utf-8")
+    assert main(["predict", "-m", str(run), "--json", str(lines)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in rows] == ["John Smith works for IBM in New York .", "Mary lives in Paris ."]
+    for row in rows:
+        for m in row["mentions"]:
+            assert row["text"][m["start"] : m["end"]] == m["text"] and 0 < m["score"] <= 1

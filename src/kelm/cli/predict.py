@@ -57,13 +57,18 @@ def predict(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per input.")] = False,
 ) -> None:
-    """Print the predicted label (classification, also KG-fused), entities (NER) or answer (QA) of each input."""
+    """Print the predicted label (classification, also KG-fused), entities (NER), answer (QA) or
+    mentions and relations (extraction) of each input."""
     import torch
 
     from kelm.lm.hf import load_finetuned
 
-    if _kind(model_dir) == "kg-fusion":
+    kind = _kind(model_dir)
+    if kind == "kg-fusion":
         _classify_fused(model_dir, files, as_json)
+        return
+    if kind == "extractor":
+        _extract(model_dir, files, as_json)
         return
     model, tokenizer, spec = load_finetuned(model_dir)
     head, max_length = spec["head"], int(spec.get("max_length", 512))
@@ -76,6 +81,25 @@ def predict(
             _answer(model, tokenizer, spec, files, as_json)
         else:
             raise ConfigError(f"{model_dir}: a '{head}' model has no predictions to print (fine-tuned models only)")
+
+
+def _extract(model_dir: Path, files: list[Path] | None, as_json: bool) -> None:
+    from kelm.extract.extractor import Extractor
+
+    extractor = Extractor.from_pretrained(model_dir)
+    for _, _, text in _lines(files):
+        found = extractor.extract(text)
+        mentions = [{"text": m.text, "type": m.type, "start": m.start, "end": m.end} for m in found.mentions]
+        relations = [{"head": r.head.text, "relation": r.type, "tail": r.tail.text} for r in found.relations]
+        if as_json:
+            scores = [round(m.score, 6) for m in found.mentions], [round(r.score, 6) for r in found.relations]
+            for item, score in zip(mentions + relations, scores[0] + scores[1], strict=True):
+                item["score"] = score
+            typer.echo(json.dumps({"text": text, "mentions": mentions, "relations": relations}))
+        else:
+            shown = [f"[{m['text']}]{m['type']}" for m in mentions]
+            shown += [f"({r['head']}, {r['relation']}, {r['tail']})" for r in relations]
+            typer.echo(" ".join(shown) + f"\t{text}")
 
 
 def _classify(model: Any, tokenizer: Any, max_length: int, files: list[Path] | None, as_json: bool) -> None:
