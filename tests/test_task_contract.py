@@ -206,7 +206,24 @@ def case_frozen_text_kgc(tmp_path: Path) -> Case:
     return table | {"max_words": 16, "dim": 8, "feature_cache": str(tmp_path / "features")}, {"eval_batch_size": 256}
 
 
+def case_extraction(tmp_path: Path) -> Case:
+    sentences = [
+        {
+            "tokens": ["Ann", "Lee", "works", "for", "Acme", "in", f"Town{i}", "."],
+            "entities": [{"type": "Peop", "start": 0, "end": 2}, {"type": "Org", "start": 4, "end": 5}],
+            "relations": [{"type": "Work_For", "head": 0, "tail": 1}],
+        }
+        for i in range(4)
+    ]
+    files = {}
+    for split, items in (("train", sentences), ("dev", sentences[:2])):
+        files[split] = str(tmp_path / f"{split}.json")
+        Path(files[split]).write_text(json.dumps(items), encoding="utf-8")
+    return {"name": "extraction", **TINY_BERT, "max_length": 16, **files, "max_width": 3}, {}
+
+
 CASES: dict[str, Callable[[Path], Case]] = {
+    "extraction": case_extraction,
     "causal-lm": case_causal_lm,
     "link-prediction": case_link_prediction,
     "classification": case_classification,
