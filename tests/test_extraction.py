@@ -255,3 +255,26 @@ def test_cli_predict_prints_mentions_and_relations(
     for row in rows:
         for m in row["mentions"]:
             assert row["text"][m["start"] : m["end"]] == m["text"] and 0 < m["score"] <= 1
+
+
+def test_negative_spans_are_the_same_at_every_world_size(data_dir: Path) -> None:
+    """The non-entity spans a training sentence keeps depend on the sentence, not on its batch
+    neighbours or its rank: one process and two draw the same ones."""
+    from kelm.train.data import BatchRandom
+
+    train = data_dir / "re" / "conll04" / "train.json"
+    task = build_task({"name": "extraction", "train": str(train), "model": "tiny-bert", "negative_spans": 20})
+    samples = [task.train_data()[i] for i in range(4)]
+
+    def kept(batch: dict, b: int) -> set[tuple[int, int]]:
+        starts, ends = span_bounds(int(batch["n_words"].max()), task.cfg.max_width)
+        return {(int(starts[k]), int(ends[k])) for k in torch.nonzero(batch["span_labels"][b] == 0).flatten()}
+
+    def rng(rank: int, world: int) -> BatchRandom:
+        return BatchRandom(torch.Generator().manual_seed(7), 4, rank, world)
+
+    one = task.collate(samples, rng(0, 1))
+    for rank in (0, 1):
+        two = task.collate(samples[rank::2], rng(rank, 2))
+        for b, i in enumerate(range(rank, 4, 2)):
+            assert kept(two, b) == kept(one, i) and len(kept(one, i)) == 20
