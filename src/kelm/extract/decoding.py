@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -80,6 +81,31 @@ def decode_relations(
     return out
 
 
+@torch.no_grad()
+def decode_batch(
+    model: Any,
+    enc: Any,
+    entity_logits_BSC: Tensor,
+    n_words: Sequence[int],
+    types: tuple[Sequence[str], Sequence[str]],
+    threshold: float,
+) -> list[tuple[list[Mention], list[Relation]]]:
+    """Mentions and relations of each sentence of an encoded batch: mentions from the entity
+    logits, then one relation pass (``model("relations", ...)``) over every ordered pair of them."""
+    entity_types, relation_types = types
+    found = [
+        decode_mentions(entity_logits_BSC[b], enc.starts_S, enc.ends_S, n, entity_types) for b, n in enumerate(n_words)
+    ]
+    pairs = [(b, flat[i], flat[j]) for b, (_, flat) in enumerate(found) for i, j in ordered_pairs(len(flat))]
+    probs = model("relations", encoded=enc, pairs=torch.tensor(pairs, dtype=torch.long).view(-1, 3)).sigmoid()
+    out, p = [], 0
+    for mentions, _ in found:
+        mpairs = [(mentions[i], mentions[j]) for i, j in ordered_pairs(len(mentions))]
+        out.append((mentions, decode_relations(probs[p : p + len(mpairs)], mpairs, relation_types, threshold)))
+        p += len(mpairs)
+    return out
+
+
 def strict_counts(
     gold: Iterable[Iterable[tuple]], pred: Iterable[Iterable[tuple]], type_of: int = -1
 ) -> tuple[Counter[str], Counter[str], Counter[str]]:
@@ -99,4 +125,12 @@ def strict_counts(
     return tp, n_pred, n_gold
 
 
-__all__ = ["Mention", "Relation", "decode_mentions", "decode_relations", "ordered_pairs", "strict_counts"]
+__all__ = [
+    "Mention",
+    "Relation",
+    "decode_batch",
+    "decode_mentions",
+    "decode_relations",
+    "ordered_pairs",
+    "strict_counts",
+]

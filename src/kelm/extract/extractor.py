@@ -8,6 +8,7 @@ mention and relation with its character span in the text.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +17,11 @@ from typing import Any
 import torch
 
 from kelm.artifacts import read_model_spec
+from kelm.atomic import write_text_atomic
 from kelm.errors import DataError
-from kelm.extract.decoding import Mention, Relation, decode_mentions, decode_relations, ordered_pairs
+from kelm.extract.decoding import Mention, Relation, decode_batch
+from kelm.extract.inputs import collate_inputs, encode_sentence
 from kelm.extract.model import ExtractorSettings, SpanRelationExtractor
-from kelm.extract.spans import span_bounds
 from kelm.extract.text import Piece, sentences, words
 
 SETTINGS_FILE = "extractor.json"
@@ -77,40 +79,16 @@ class Extractor:
         from kelm.train.export import load_weights
 
         folder, _ = read_model_spec(path, "extractor")
-        try:
-            raw = json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise DataError(f"cannot read the extractor settings ({err})", folder / SETTINGS_FILE) from None
-        settings = ExtractorSettings(
-            tuple(raw["entity_types"]), tuple(raw["relation_types"]), raw["max_width"], raw["width_dim"], raw["dropout"]
-        )
+        settings, threshold, max_length = read_settings(folder)
         with quiet():
             tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
             encoder = AutoModel.from_config(AutoConfig.from_pretrained(str(folder)))
         model = load_weights(SpanRelationExtractor(encoder, settings), folder)
-        out = cls(model, tokenizer, float(raw["relation_threshold"]), int(raw["max_length"]))
+        out = cls(model, tokenizer, threshold, max_length)
         out.name = str(folder)
         return out
 
     # -- words to mentions and relations ----------------------------------------------------------
-    def _batch(self, word_lists: list[list[str]]) -> dict[str, Any]:
-        from kelm.lm.batching import encode_inputs
-
-        samples = []
-        for ws in word_lists:
-            enc = self.tokenizer(ws, is_split_into_words=True, truncation=True, max_length=self.max_length)
-            s = {"input_ids": enc["input_ids"], "word_of_token": [-1 if w is None else w for w in enc.word_ids()]}
-            if "token_type_ids" in enc:
-                s["token_type_ids"] = enc["token_type_ids"]
-            samples.append(s)
-        batch = encode_inputs(samples, self.tokenizer.pad_token_id)
-        T = batch["input_ids"].shape[1]
-        batch["word_of_token"] = torch.tensor(
-            [s["word_of_token"] + [-1] * (T - len(s["word_of_token"])) for s in samples]
-        )
-        batch["n_words"] = torch.tensor([len(ws) for ws in word_lists])
-        return batch
-
     @torch.no_grad()
     def predict_words(
         self, word_lists: list[list[str]], batch_size: int = 16
@@ -120,19 +98,10 @@ class Extractor:
         s = self.settings
         for lo in range(0, len(word_lists), batch_size):
             chunk = word_lists[lo : lo + batch_size]
-            batch = self._batch(chunk)
-            enc, logits = self.model("spans", **batch)
-            starts, ends = span_bounds(enc.words_BNH.shape[1], s.max_width)
-            found = [decode_mentions(logits[b], starts, ends, len(ws), s.entity_types) for b, ws in enumerate(chunk)]
-            pairs = [(b, flat[i], flat[j]) for b, (_, flat) in enumerate(found) for i, j in ordered_pairs(len(flat))]
-            probs = self.model("relations", encoded=enc, pairs=torch.tensor(pairs, dtype=torch.long).view(-1, 3))
-            probs, p = probs.sigmoid(), 0
-            for mentions, _ in found:
-                mpairs = [(mentions[i], mentions[j]) for i, j in ordered_pairs(len(mentions))]
-                out.append(
-                    (mentions, decode_relations(probs[p : p + len(mpairs)], mpairs, s.relation_types, self.threshold))
-                )
-                p += len(mpairs)
+            samples = [encode_sentence(self.tokenizer, ws, self.max_length)[0] for ws in chunk]
+            enc, logits = self.model("spans", **collate_inputs(samples, self.tokenizer.pad_token_id))
+            types = (s.entity_types, s.relation_types)
+            out += decode_batch(self.model, enc, logits, [len(ws) for ws in chunk], types, self.threshold)
         return out
 
     def windows(self, n_words: int, word_tokens: list[int]) -> list[tuple[int, int]]:
@@ -198,6 +167,25 @@ def _at(m: TextMention) -> tuple[int, int, str]:
     return (m.start, m.end, m.type)
 
 
+def write_settings(folder: Path, settings: ExtractorSettings, threshold: float, max_length: int) -> None:
+    """The head's shape, the relation threshold and the encoder's window, beside the weights."""
+    raw = dataclasses.asdict(settings) | {"relation_threshold": threshold, "max_length": max_length}
+    write_text_atomic(folder / SETTINGS_FILE, json.dumps(raw, indent=1))
+
+
+def read_settings(folder: Path) -> tuple[ExtractorSettings, float, int]:
+    """What `write_settings` wrote: settings, relation threshold, maximum length."""
+    path = folder / SETTINGS_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        threshold, max_length = float(raw.pop("relation_threshold")), int(raw.pop("max_length"))
+        for key in ("entity_types", "relation_types"):
+            raw[key] = tuple(raw[key])
+        return ExtractorSettings(**raw), threshold, max_length
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(f"cannot read the extractor settings ({err})", path) from None
+
+
 def _non_overlapping(mentions: list[TextMention]) -> list[TextMention]:
     """Mentions from overlapping windows that disagree on a span: the higher score wins."""
     out: list[TextMention] = []
@@ -207,4 +195,4 @@ def _non_overlapping(mentions: list[TextMention]) -> list[TextMention]:
     return sorted(out, key=lambda m: (m.start, m.end))
 
 
-__all__ = ["Extraction", "Extractor", "TextMention", "TextRelation"]
+__all__ = ["Extraction", "Extractor", "TextMention", "TextRelation", "read_settings", "write_settings"]

@@ -23,13 +23,13 @@ from pydantic import Field
 from torch import nn
 
 from kelm.errors import ConfigError, DataError
-from kelm.extract.decoding import decode_mentions, decode_relations, ordered_pairs, strict_counts
-from kelm.extract.extractor import SETTINGS_FILE
+from kelm.extract.decoding import decode_batch, ordered_pairs, strict_counts
+from kelm.extract.extractor import write_settings
+from kelm.extract.inputs import collate_inputs, encode_sentence
 from kelm.extract.model import ExtractorSettings, SpanRelationExtractor
 from kelm.extract.spans import span_bounds, span_index
 from kelm.lm import metrics as M
-from kelm.lm.batching import encode_inputs
-from kelm.tasks.finetune import SPLITS, FinetuneConfig, HFTask, warn_truncated
+from kelm.tasks.finetune import FinetuneConfig, HFTask, split_files, warn_truncated
 from kelm.train.data import BatchRandom
 from kelm.train.task import Batch
 
@@ -56,26 +56,15 @@ class ExtractionConfig(FinetuneConfig):
     compact_vocab: bool = False
 
 
-def extraction_files(cfg: ExtractionConfig) -> dict[str, Path | None]:
-    """train/dev/test files: explicit files win over ``dataset``'s ``SPLIT.json``."""
-    files: dict[str, Path | None] = dict.fromkeys(SPLITS)
-    if cfg.dataset:
-        root = Path(cfg.data_dir or os.environ.get("KELM_DATA_DIR", "."))
-        folder = next((p for p in (Path(cfg.dataset), root / cfg.dataset) if p.is_dir()), None)
-        if folder is None:
-            raise ConfigError(f"task.dataset: no folder '{cfg.dataset}' (looked in . and {root})")
-        for split in SPLITS:
-            path = folder / f"{split}.json"
-            files[split] = path if path.is_file() else None
-    for split in SPLITS:
-        given = getattr(cfg, split)
-        if given is not None:
-            if not Path(given).is_file():
-                raise DataError("file not found", Path(given))
-            files[split] = Path(given)
-    if files["train"] is None:
-        raise ConfigError("task: no training data (set task.dataset or task.train)")
-    return files
+def dataset_folder(cfg: ExtractionConfig) -> Path | None:
+    """The folder ``task.dataset`` names: as given, or under ``data_dir`` / ``$KELM_DATA_DIR``."""
+    if not cfg.dataset:
+        return None
+    root = Path(cfg.data_dir or os.environ.get("KELM_DATA_DIR", "."))
+    folder = next((p for p in (Path(cfg.dataset), root / cfg.dataset) if p.is_dir()), None)
+    if folder is None:
+        raise ConfigError(f"task.dataset: no folder '{cfg.dataset}' (looked in . and {root})")
+    return folder
 
 
 def read_sentences(path: Path) -> list[dict[str, Any]]:
@@ -114,15 +103,6 @@ def gold_keys(item: dict[str, Any]) -> tuple[list[tuple], list[tuple]]:
     return ents, rels
 
 
-def encode_words(tokenizer: Any, words: list[str], max_length: int) -> tuple[dict[str, Any], bool]:
-    """Sub-word ids of one sentence and each token's word (-1 for special tokens); and whether it was cut."""
-    enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
-    sample = {"input_ids": enc["input_ids"], "word_of_token": [-1 if w is None else w for w in enc.word_ids()]}
-    if "token_type_ids" in enc:
-        sample["token_type_ids"] = enc["token_type_ids"]
-    return sample, bool(enc.encodings[0].overflowing)
-
-
 class ExtractionTask(HFTask):
     config_class = ExtractionConfig
     name = "extraction"
@@ -133,7 +113,7 @@ class ExtractionTask(HFTask):
     def __init__(self, cfg: ExtractionConfig):
         super().__init__(cfg)
         self.cfg: ExtractionConfig = cfg
-        files = extraction_files(cfg)
+        files = split_files(cfg, "json", folder=dataset_folder(cfg))
         raw = {split: read_sentences(path) for split, path in files.items() if path is not None}
         train = raw["train"]
         self.entity_types = sorted({e["type"] for s in train for e in s.get("entities", [])})
@@ -155,8 +135,7 @@ class ExtractionTask(HFTask):
         for split, items in raw.items():
             samples, cut = [], 0
             for item in items:
-                sample, was_cut = encode_words(self.tokenizer, list(map(str, item["tokens"])), self.max_length)
-                sample["n_words"] = len(item["tokens"])
+                sample, was_cut = encode_sentence(self.tokenizer, list(map(str, item["tokens"])), self.max_length)
                 sample["entities"], sample["relations"] = gold_keys(item)
                 samples.append(sample)
                 cut += was_cut
@@ -188,33 +167,15 @@ class ExtractionTask(HFTask):
 
     def save_artifacts(self, folder: Path) -> None:
         """Tokenizer and encoder config, and the head's settings (types, widths) for `Extractor`."""
-        from kelm.atomic import write_text_atomic
-
         super().save_artifacts(folder)
-        s = self.settings
-        settings = {
-            "entity_types": list(s.entity_types),
-            "relation_types": list(s.relation_types),
-            "max_width": s.max_width,
-            "width_dim": s.width_dim,
-            "dropout": s.dropout,
-            "relation_threshold": self.cfg.relation_threshold,
-            "max_length": self.max_length,
-        }
-        write_text_atomic(folder / SETTINGS_FILE, json.dumps(settings, indent=1))
+        write_settings(folder, self.settings, self.cfg.relation_threshold, self.max_length)
 
     # -- data -----------------------------------------------------------------------------------
     def collate(self, samples: list[Any], rng: BatchRandom | None = None) -> Batch:
         """Padded inputs, span labels (with ``rng``, training: only ``negative_spans`` random
         non-entity spans per sentence keep a label) and gold pairs with their relation targets."""
-        batch = encode_inputs(samples, self.tokenizer.pad_token_id)
-        T = batch["input_ids"].shape[1]
-        batch["word_of_token"] = torch.tensor(
-            [s["word_of_token"] + [-1] * (T - len(s["word_of_token"])) for s in samples]
-        )
-        n_words = [s["n_words"] for s in samples]
-        batch["n_words"] = torch.tensor(n_words)
-        N, W = max(n_words), self.cfg.max_width
+        batch = collate_inputs(samples, self.tokenizer.pad_token_id)
+        N, W = int(batch["n_words"].max()), self.cfg.max_width
         starts, ends = span_bounds(N, W)
         labels = torch.zeros(len(samples), len(starts), dtype=torch.long)
         labels[ends[None] > batch["n_words"][:, None]] = IGNORE  # spans past a sentence's end
@@ -266,34 +227,29 @@ class ExtractionTask(HFTask):
     # -- loss and metrics -----------------------------------------------------------------------
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         ent_logits, rel_logits = model("train", **batch)
+        ent, rel = self._losses(ent_logits, rel_logits, batch)
+        return ent + rel, {"entity_loss": float(ent.detach()), "relation_loss": float(rel.detach())}
+
+    @staticmethod
+    def _losses(ent_logits: torch.Tensor, rel_logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy over the labelled spans, and binary cross-entropy over the gold pairs."""
         ent = F.cross_entropy(ent_logits.flatten(0, 1).float(), batch["span_labels"].flatten(), ignore_index=IGNORE)
         if len(rel_logits):
-            rel = F.binary_cross_entropy_with_logits(rel_logits.float(), batch["pair_labels"])
-        else:
-            rel = rel_logits.sum()
-        return ent + rel, {"entity_loss": float(ent.detach()), "relation_loss": float(rel.detach())}
+            return ent, F.binary_cross_entropy_with_logits(rel_logits.float(), batch["pair_labels"])
+        return ent, rel_logits.sum()
 
     @torch.no_grad()
     def predict_batch(self, model: nn.Module, batch: Batch) -> list[tuple[list, list]]:
         """Mentions and relations (`kelm.extract.decoding`) of each sentence of the batch."""
+        return self._predict(model, batch)[1]
+
+    def _predict(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, list[tuple[list, list]]]:
+        """One encoder pass: the batch's loss and its decoded mentions and relations."""
         enc, ent_logits = model("spans", **batch)
-        found = []
-        for b in range(len(batch["n_words"])):
-            mentions, flat = decode_mentions(
-                ent_logits[b], enc.starts_S, enc.ends_S, int(batch["n_words"][b]), self.entity_types
-            )
-            found.append((b, mentions, flat))
-        pairs = [(b, flat[i], flat[j]) for b, _, flat in found for i, j in ordered_pairs(len(flat))]
-        probs = model("relations", encoded=enc, pairs=torch.tensor(pairs, dtype=torch.long).view(-1, 3)).sigmoid()
-        out, p = [], 0
-        for _, mentions, _ in found:
-            mpairs = [(mentions[i], mentions[j]) for i, j in ordered_pairs(len(mentions))]
-            rels = decode_relations(
-                probs[p : p + len(mpairs)], mpairs, self.relation_types, self.cfg.relation_threshold
-            )
-            p += len(mpairs)
-            out.append((mentions, rels))
-        return out
+        ent, rel = self._losses(ent_logits, model("relations", encoded=enc, pairs=batch["pairs"]), batch)
+        types = (self.entity_types, self.relation_types)
+        found = decode_batch(model, enc, ent_logits, batch["n_words"].tolist(), types, self.cfg.relation_threshold)
+        return ent + rel, found
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Sequence[Batch]) -> dict[str, float]:
@@ -301,10 +257,9 @@ class ExtractionTask(HFTask):
         gold_e, gold_r, pred_e, pred_r = [], [], [], []
         loss_sum = 0.0
         for b in batches:
-            loss_sum += float(self.loss(model, b)[0]) * self.batch_weight(b)
-            for (mentions, rels), ge, gr in zip(
-                self.predict_batch(model, b), b["gold_entities"], b["gold_relations"], strict=True
-            ):
+            loss, found = self._predict(model, b)
+            loss_sum += float(loss) * self.batch_weight(b)
+            for (mentions, rels), ge, gr in zip(found, b["gold_entities"], b["gold_relations"], strict=True):
                 gold_e.append(ge)
                 gold_r.append(gr)
                 pred_e.append([m.key() for m in mentions])

@@ -67,13 +67,15 @@ class FinetuneConfig(Section):
     num_heads: int = Field(2, ge=1)
 
 
-def split_files(cfg: FinetuneConfig, suffix: str) -> dict[str, Path | None]:
-    """The train/dev/test files: explicit files win over the named data set's ``SPLIT.suffix``."""
+def split_files(cfg: FinetuneConfig, suffix: str, folder: Path | None = None) -> dict[str, Path | None]:
+    """The train/dev/test files: explicit files win over ``SPLIT.suffix`` in ``folder`` (default:
+    the named data set's folder)."""
     files: dict[str, Path | None] = dict.fromkeys(SPLITS)
-    if cfg.dataset:
+    if folder is None and cfg.dataset:
         from kelm.data import resolve
 
         folder = resolve(cfg.dataset, data_dir=cfg.data_dir)
+    if folder is not None:
         for split in SPLITS:
             path = folder / f"{split}.{suffix}"
             files[split] = path if path.is_file() else None
