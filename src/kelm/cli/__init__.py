@@ -11,6 +11,7 @@ from rich.markup import escape
 from kelm import __version__
 from kelm.cli import data as data_cmd
 from kelm.cli import demo as demo_cmd
+from kelm.cli import extract as extract_cmd
 from kelm.cli import finetune as finetune_cmd
 from kelm.cli import fuse as fuse_cmd
 from kelm.cli import kg as kg_cmd
@@ -58,6 +59,7 @@ app.command("finetune")(finetune_cmd.finetune)
 app.command("predict")(predict_cmd.predict)
 app.command("pretrain")(pretrain_cmd.pretrain)
 app.command("link")(link_cmd.link)
+app.command("extract")(extract_cmd.extract)
 
 
 def _version(value: bool) -> None:

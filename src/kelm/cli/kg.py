@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,9 +22,11 @@ from kelm.cli.options import (
     resolve_config,
     store_from_config,
 )
-from kelm.errors import ConfigError
+from kelm.errors import ConfigError, StoreError
 from kelm.kg.importer import import_source, open_source
+from kelm.kg.store import GraphStore
 from kelm.kg.store.base import StoreStats, Subgraph
+from kelm.kg.store.documents import Evidence
 from kelm.progress import progress_bar
 
 app = typer.Typer(help="Knowledge graphs in a graph store.", no_args_is_help=True)
@@ -242,6 +245,9 @@ def neighbors_cmd(
     entity: Annotated[str, typer.Argument(help="Entity id.")],
     direction: Annotated[str, typer.Option(help="out, in or both.")] = "both",
     limit: Annotated[int | None, typer.Option(help="At most this many facts.")] = None,
+    evidence: Annotated[
+        bool, typer.Option("--evidence", help="Show the document and sentence behind each extracted fact.")
+    ] = False,
     store: StoreOpt = None,
     backend: BackendOpt = None,
     uri: UriOpt = None,
@@ -252,14 +258,99 @@ def neighbors_cmd(
     cfg = resolve_config(config, store, backend, uri)
     with store_from_config(cfg, read_only=True) as gs:
         facts = gs.neighbors(entity, direction=direction, limit=limit)
+        support = _support(gs, [(f.head, f.relation, f.tail) for f in facts]) if evidence else {}
     rows = [{"head": f.head, "relation": f.relation, "tail": f.tail, "split": f.split} for f in facts]
+    if evidence:
+        for r in rows:
+            r["evidence"] = support.get((r["head"], r["relation"], r["tail"]), [])
     if as_json:
         typer.echo(json.dumps(rows))
         return
-    table = Table("head", "relation", "tail", "split")
+    table = Table("head", "relation", "tail", "split", *(("evidence",) if evidence else ()))
     for r in rows:
-        table.add_row(r["head"], r["relation"], r["tail"], r["split"] or "")
+        cells = [r["head"], r["relation"], r["tail"], r["split"] or ""]
+        if evidence:
+            cells.append("\n".join(f"{e['document']}: {e['sentence']}" for e in r["evidence"]))
+        table.add_row(*cells)
     out.print(table)
+
+
+def _support(gs: GraphStore, facts: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+    """The evidence rows of each fact, as JSON-ready dicts."""
+    found: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for e in gs.evidence(facts=facts):
+        found.setdefault(e.fact(), []).append(_evidence_json(e))
+    return found
+
+
+def _evidence_json(e: Evidence) -> dict[str, Any]:
+    return {
+        "document": e.document,
+        "head": e.head,
+        "relation": e.relation,
+        "tail": e.tail,
+        "sentence": e.sentence,
+        "span": [e.char_start, e.char_end],
+        "head_span": [e.head_start, e.head_end],
+        "tail_span": [e.tail_start, e.tail_end],
+        "extractor": e.extractor,
+        "score": e.score,
+        "time": e.time,
+    }
+
+
+@app.command("documents")
+def documents_cmd(
+    store: StoreOpt = None,
+    backend: BackendOpt = None,
+    uri: UriOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The documents the store's extracted facts come from."""
+    cfg = resolve_config(config, store, backend, uri)
+    with store_from_config(cfg, read_only=True) as gs:
+        docs = gs.documents()
+        counts: dict[str, int] = {}
+        for e in gs.evidence():
+            counts[e.document] = counts.get(e.document, 0) + 1
+    rows = [dataclasses.asdict(d) | {"evidence": counts.get(d.id, 0)} for d in docs]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    table = Table("document", "source", "chars", "evidence", "extracted")
+    for r in rows:
+        table.add_row(r["id"], r["source"] or "", f"{r['chars']:,}", str(r["evidence"]), r["time"])
+    out.print(table)
+
+
+@app.command("delete")
+def delete_cmd(
+    document: Annotated[list[str], typer.Option("--document", "-d", help="Id of a document to delete (repeatable).")],
+    store: StoreOpt = None,
+    backend: BackendOpt = None,
+    uri: UriOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete documents: facts only they support go; facts others support too lose only their evidence."""
+    cfg = resolve_config(config, store, backend, uri)
+    with store_from_config(cfg) as gs:
+        present = {d.id for d in gs.documents(document)}
+        missing = [d for d in document if d not in present]
+        if missing:
+            raise StoreError(
+                f"no document {', '.join(repr(d) for d in missing)} in the store (see 'kelm kg documents')"
+            )
+        report = gs.apply_documents(deletes=list(dict.fromkeys(document)))
+    if as_json:
+        typer.echo(json.dumps(report.to_dict()))
+        return
+    out.print(
+        f"deleted {report.documents_deleted} document{'s' if report.documents_deleted != 1 else ''}: "
+        f"-{report.facts_removed} facts, -{report.entities_removed} entities, -{report.evidence_removed} evidence",
+        highlight=False,
+    )
 
 
 @app.command("export")

@@ -24,6 +24,8 @@ from typing import Any
 from kelm.errors import ReadOnlyQueryError, StoreError
 from kelm.kg.model import Entity, GraphChunk, KnowledgeGraph, Provenance, Relation, Triple
 from kelm.kg.store import cypher
+from kelm.kg.store import documents as docs
+from kelm.kg.store.documents import ChangeReport, DocumentFacts, DocumentRecord, DocumentTx, Evidence
 
 #: Called after each imported chunk with the number of triples it held.
 ProgressFn = Callable[[int], None]
@@ -214,6 +216,55 @@ class GraphStore(ABC):
     @abstractmethod
     def clear(self) -> None:
         """Remove everything."""
+
+    # -- documents: facts with evidence (see `kelm.kg.store.documents`) ---------------------
+    def apply_documents(
+        self,
+        writes: Sequence[DocumentFacts] = (),
+        deletes: Sequence[str] = (),
+        *,
+        split: str | None = "train",
+    ) -> ChangeReport:
+        """Write the documents in ``writes`` (replacing what they supported before) and delete those
+        in ``deletes``, all or nothing. Facts that extraction creates go to ``split``."""
+        self._require_writable()
+        docs.check_changes(writes, deletes)
+        if not writes and not deletes:
+            return ChangeReport()
+        return self._in_transaction(lambda tx: docs.apply_changes(tx, writes, deletes, split))
+
+    @abstractmethod
+    def _in_transaction(self, work: Callable[[DocumentTx], ChangeReport]) -> ChangeReport:
+        """Run ``work`` atomically: every write it makes lands, or none does."""
+
+    def _has_documents(self) -> bool:
+        """Whether the store has the document labels (a store written before them may not)."""
+        return True
+
+    def documents(self, ids: Sequence[str] | None = None) -> list[DocumentRecord]:
+        """The documents facts were extracted from, by id (all, or those in ``ids``)."""
+        if not self._has_documents():
+            return []
+        if ids is None:
+            rows = self._rows(docs.ALL_DOCUMENTS)
+        else:
+            rows = sorted(self._rows(docs.DOCUMENTS_BY_ID, {"ids": list(ids)}), key=lambda r: r["id"])
+        return [docs.document_from_row(r) for r in rows]
+
+    def evidence(
+        self, documents: Sequence[str] | None = None, facts: Sequence[tuple[str, str, str]] | None = None
+    ) -> list[Evidence]:
+        """Evidence of some documents, of some facts, or all of it, in document order."""
+        if not self._has_documents():
+            return []
+        if documents is not None:
+            rows = self._rows(docs.EVIDENCE_OF_DOCUMENTS, {"docs": list(documents)})
+        elif facts is not None:
+            rows = self._rows(docs.EVIDENCE_OF_FACTS, {"facts": [docs.fact_key(*f) for f in facts]})
+        else:
+            rows = self._rows(docs.ALL_EVIDENCE)
+        found = [docs.evidence_from_row(r) for r in rows]
+        return sorted(found, key=lambda e: (e.document, e.char_start, e.head_start, e.tail_start, e.relation))
 
     # -- reading: the shared Cypher of `cypher`, run through `_rows` -------------------------
     @abstractmethod

@@ -15,7 +15,7 @@ import contextlib
 import math
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Any
 
@@ -27,12 +27,20 @@ from kelm.errors import ReadOnlyQueryError, StoreError
 from kelm.kg.model import Entity, GraphChunk, Triple
 from kelm.kg.store import cypher
 from kelm.kg.store.base import GraphStore, ImportReport, ProgressFn, entity_rows, triple_rows
+from kelm.kg.store.documents import ChangeReport, DocumentTx
 from kelm.kg.store.planning import batches, collapse_entities, collapse_triples, write_chunks
 
 DEFAULT_URI = "redis://127.0.0.1:6379"
 BATCH_SIZE = 10_000
 STAGING = ".__import__."
-INDEXES = ("CREATE INDEX FOR (e:Entity) ON (e.id)", "CREATE INDEX FOR (r:Relation) ON (r.id)")
+INDEXES = (
+    "CREATE INDEX FOR (e:Entity) ON (e.id)",
+    "CREATE INDEX FOR (r:Relation) ON (r.id)",
+    "CREATE INDEX FOR (d:Document) ON (d.id)",
+    "CREATE INDEX FOR (v:Evidence) ON (v.fact)",
+    "CREATE INDEX FOR (v:Evidence) ON (v.document)",
+    "CREATE INDEX FOR (x:ExtractedEntity) ON (x.id)",
+)
 _SCHEMES = {"falkor://": "redis://", "falkors://": "rediss://"}
 
 
@@ -232,10 +240,11 @@ class FalkorDBStore(GraphStore):
         return stale
 
     # -- writing --------------------------------------------------------------------------
-    def _import(
-        self, chunks: Iterable[GraphChunk], replace: bool, report: ImportReport, progress: ProgressFn | None
-    ) -> None:
-        """Copy-on-write: write into a staging copy of the graph, then rename it over the graph."""
+    @contextlib.contextmanager
+    def _staged(self, replace: bool) -> Iterator[tuple[Graph, bool]]:
+        """Copy-on-write: a staging copy of the graph (empty with ``replace``) to write into, renamed
+        over the graph when the block ends without an error and deleted when it raises. Yields
+        the staging graph and whether it holds a copy."""
         owner = self._client_id()
         staging_name = f"{self.name}{STAGING}{owner}.{uuid.uuid4().hex[:12]}"
         staging = self._db.select_graph(staging_name)
@@ -247,17 +256,29 @@ class FalkorDBStore(GraphStore):
                 self._ensure_indexes(staging)
             except RedisError as err:
                 raise StoreError(f"FalkorDB: {err}") from None
-            known_e = self._ids(staging, cypher.ENTITY_IDS) if copied else set()
-            known_r = self._ids(staging, cypher.RELATION_IDS) if copied else set()
-            write_chunks(chunks, known_e, known_r, partial(self._write_batches, staging), report, progress)
+            yield staging, copied
             # A reconnect would give a new id: then a concurrent open may have dropped the staging key.
             if self._client_id() != owner:
-                raise StoreError(f"connection to FalkorDB at {self.uri} was lost during the import")
+                raise StoreError(f"connection to FalkorDB at {self.uri} was lost during the write")
             self._command("RENAME", staging_name, self.name)
         except BaseException:
             self._drop(staging_name)
             raise
         self._graph.schema.clear()
+
+    def _import(
+        self, chunks: Iterable[GraphChunk], replace: bool, report: ImportReport, progress: ProgressFn | None
+    ) -> None:
+        """Write every chunk into a staging copy of the graph (`_staged`)."""
+        with self._staged(replace) as (staging, copied):
+            known_e = self._ids(staging, cypher.ENTITY_IDS) if copied else set()
+            known_r = self._ids(staging, cypher.RELATION_IDS) if copied else set()
+            write_chunks(chunks, known_e, known_r, partial(self._write_batches, staging), report, progress)
+
+    def _in_transaction(self, work: Callable[[DocumentTx], ChangeReport]) -> ChangeReport:
+        """FalkorDB has no multi-statement transactions: the work runs on a staging copy (`_staged`)."""
+        with self._staged(replace=False) as (staging, _):
+            return work(_StagedTx(self, staging))
 
     def _drop(self, key: str) -> None:
         """Best-effort delete; a key left behind is removed by the next open."""
@@ -292,3 +313,21 @@ class FalkorDBStore(GraphStore):
         # Another client may have rebuilt the graph: re-read label and property names.
         self._graph.schema.clear()
         return super().query(cypher_text, params)
+
+
+class _StagedTx:
+    """Reads and writes on a staging graph."""
+
+    def __init__(self, store: FalkorDBStore, graph: Graph):
+        self.store, self.graph = store, graph
+
+    def rows(self, text: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        try:
+            result = self.graph.query(with_params(text, params))
+        except RedisError as err:
+            raise StoreError(f"FalkorDB: {err}") from None
+        names = [col[1] for col in result.header]
+        return [dict(zip(names, row, strict=True)) for row in result.result_set]
+
+    def write(self, text: str, params: dict[str, Any] | None = None) -> None:
+        self.store._write(self.graph, text, params or {})

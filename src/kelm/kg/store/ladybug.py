@@ -8,7 +8,7 @@ back, and a killed process leaves only an uncommitted WAL that the next open dis
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from kelm.errors import StoreError
 from kelm.kg.model import Entity, GraphChunk, Triple
 from kelm.kg.store import cypher
 from kelm.kg.store.base import GraphStore, ImportReport, ProgressFn, entity_rows, relation_rows, triple_rows
+from kelm.kg.store.documents import ChangeReport, DocumentTx
 from kelm.kg.store.planning import Vocabulary, plan_vocabulary
 
 DB_FILE = "graph.lbug"
@@ -28,6 +29,13 @@ SCHEMA = (
     "CREATE NODE TABLE IF NOT EXISTS Relation(id STRING PRIMARY KEY, label STRING, description STRING)",
     "CREATE REL TABLE IF NOT EXISTS FACT("
     "FROM Entity TO Entity, rel STRING, split STRING, source STRING, confidence DOUBLE, time STRING)",
+    "CREATE NODE TABLE IF NOT EXISTS Document("
+    "id STRING PRIMARY KEY, source STRING, sha256 STRING, chars INT64, extractor STRING, time STRING)",
+    "CREATE NODE TABLE IF NOT EXISTS Evidence(id STRING PRIMARY KEY, document STRING, fact STRING, "
+    "head STRING, rel STRING, tail STRING, sentence STRING, char_start INT64, char_end INT64, "
+    "head_start INT64, head_end INT64, tail_start INT64, tail_end INT64, extractor STRING, score DOUBLE, "
+    "time STRING)",
+    "CREATE NODE TABLE IF NOT EXISTS ExtractedEntity(id STRING PRIMARY KEY)",
 )
 
 # A parameter field that is null in every row is typed STRING; cast it for the DOUBLE property.
@@ -197,6 +205,19 @@ class LadybugStore(GraphStore):
         self._require_writable()
         self._write(cypher.DELETE_ALL)
 
+    def _in_transaction(self, work: Callable[[DocumentTx], ChangeReport]) -> ChangeReport:
+        self._write("BEGIN TRANSACTION")
+        try:
+            result = work(_Tx(self))
+            self._write("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        return result
+
+    def _has_documents(self) -> bool:
+        return "Evidence" in {row["name"] for row in self._rows("CALL show_tables() RETURN name")}
+
     def _rollback(self) -> None:
         """Roll back the open transaction; the engine may already have done so after a failed statement."""
         with contextlib.suppress(RuntimeError):
@@ -209,3 +230,11 @@ class LadybugStore(GraphStore):
 
 def _fact_props(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row[k] for k in ("split", "source", "confidence", "time")}
+
+
+class _Tx:
+    """Reads and writes inside the store's open transaction."""
+
+    def __init__(self, store: LadybugStore):
+        self.rows = store._rows
+        self.write = store._write

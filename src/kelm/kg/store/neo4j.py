@@ -21,6 +21,7 @@ from kelm.errors import ReadOnlyQueryError, StoreError
 from kelm.kg.model import Entity, GraphChunk, Triple
 from kelm.kg.store import cypher
 from kelm.kg.store.base import GraphStore, ImportReport, ProgressFn, entity_rows, triple_rows
+from kelm.kg.store.documents import ChangeReport, DocumentTx
 from kelm.kg.store.planning import batches, collapse_entities, collapse_triples, write_chunks
 
 DEFAULT_URI = "bolt://localhost:7687"
@@ -191,3 +192,20 @@ class Neo4jStore(GraphStore):
 
     def clear(self) -> None:
         self._write(lambda tx: tx.run(cypher.DELETE_ALL).consume())
+
+    def _in_transaction(self, work: Callable[[DocumentTx], ChangeReport]) -> ChangeReport:
+        """One write transaction (retried by the driver on transient errors)."""
+        return self._write(lambda tx: work(_Tx(tx)))
+
+
+class _Tx:
+    """Reads and writes inside a Neo4j transaction."""
+
+    def __init__(self, tx: Tx):
+        self.tx = tx
+
+    def rows(self, text: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        return _run(self.tx, text, params)
+
+    def write(self, text: str, params: dict[str, Any] | None = None) -> None:
+        self.tx.run(text, params or {}).consume()
