@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -30,3 +31,35 @@ def falkordb_server():
 
     with FalkorDBServer() as server:
         yield server
+
+
+def subset(src: Path, dst: Path, n: int) -> Path:
+    dst.write_text(json.dumps(json.loads(src.read_text(encoding="utf-8"))[:n]), encoding="utf-8")
+    return dst
+
+
+@pytest.fixture(scope="session")
+def conll04_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A small extractor trained on 240 CoNLL04 sentences (shared by the extraction tests)."""
+    from kelm.app import run_training
+
+    root = tmp_path_factory.mktemp("extract")
+    src = data_dir / "re" / "conll04"
+    task = {
+        "name": "extraction",
+        "train": str(subset(src / "train.json", root / "train.json", 240)),
+        "dev": str(subset(src / "dev.json", root / "dev.json", 60)),
+        "test": str(subset(src / "test.json", root / "test.json", 60)),
+        "model": "minilm",
+    }
+    train = {
+        "strategy": "single",
+        "threads": 1,
+        "lr": 1e-4,
+        "batch_size": 8,
+        "epochs": 5,
+        "log_every": 30,
+        "tensorboard": False,
+    }
+    summary = run_training({"task": task, "train": train}, root / "run")
+    return root / "run", summary

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from kelm.app import run_training
 from kelm.errors import DataError
 from kelm.extract.decoding import decode_mentions, strict_counts
 from kelm.extract.extractor import Extractor
@@ -76,35 +75,6 @@ def test_sentences_and_words_keep_character_offsets() -> None:
         for w in words(s):
             assert text[w.start : w.end] == w.text
     assert [w.text for w in words(sents[0])] == ["Mr", ".", "Smith", "works", "for", "AT&T", "in", "Dallas", "."]
-
-
-def subset(src: Path, dst: Path, n: int) -> Path:
-    dst.write_text(json.dumps(json.loads(src.read_text(encoding="utf-8"))[:n]), encoding="utf-8")
-    return dst
-
-
-@pytest.fixture(scope="module")
-def conll04_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    root = tmp_path_factory.mktemp("extract")
-    src = data_dir / "re" / "conll04"
-    task = {
-        "name": "extraction",
-        "train": str(subset(src / "train.json", root / "train.json", 240)),
-        "dev": str(subset(src / "dev.json", root / "dev.json", 60)),
-        "test": str(subset(src / "test.json", root / "test.json", 60)),
-        "model": "minilm",
-    }
-    train = {
-        "strategy": "single",
-        "threads": 1,
-        "lr": 1e-4,
-        "batch_size": 8,
-        "epochs": 5,
-        "log_every": 30,
-        "tensorboard": False,
-    }
-    summary = run_training({"task": task, "train": train}, root / "run")
-    return root / "run", summary
 
 
 def test_extraction_trains_above_chance_on_conll04(conll04_run: tuple[Path, dict]) -> None:

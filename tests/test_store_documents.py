@@ -7,7 +7,11 @@ compares everything observable after every batch.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -205,3 +209,59 @@ def test_a_failed_batch_leaves_the_store_as_it_was(store: GraphStore, monkeypatc
     with pytest.raises(RuntimeError, match="disk full"):
         store.apply_documents([facts_of("a", [("e6", "r0", "e7", 0.5)]), facts_of("b", [("e1", "r1", "e3", 0.5)])])
     assert observed(store) == before
+
+
+CHILD = """
+import sys
+from kelm.kg.store import open_store
+from kelm.kg.store.documents import DocumentFacts, DocumentRecord, Evidence
+backend, where, uri = sys.argv[1], sys.argv[2], sys.argv[3] or None
+writes = []
+for d in range(10):
+    evs = [Evidence(f"big{d}", f"x{d}_{i}", "r0", f"y{i % 500}", "s", 0, 1, 0, 1, 0, 1, "m", 0.5, "t")
+           for i in range(2000)]
+    writes.append(DocumentFacts(DocumentRecord(f"big{d}", None, "h", 1, "m", "t"), evs))
+with open_store(where, backend, uri=uri) as s:
+    print("writing", flush=True)
+    s.apply_documents(writes, deletes=["a"])
+    print("done", flush=True)
+"""
+
+
+def _wait_for_staging(server: object, name: str, deadline: float) -> None:
+    import redis
+
+    from kelm.kg.store.falkordb import STAGING, redis_url
+
+    client = redis.Redis.from_url(redis_url(server.uri))  # type: ignore[attr-defined]
+    while time.monotonic() < deadline:
+        if list(client.scan_iter(match=f"{name}{STAGING}*")):
+            return
+        time.sleep(0.02)
+    raise AssertionError("the child never started writing")
+
+
+@pytest.mark.parametrize("backend", ["ladybug", "falkordb"])
+def test_a_killed_write_leaves_the_store_as_it_was(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    server = request.getfixturevalue("falkordb_server") if backend == "falkordb" else None
+    where = str(tmp_path / "store") if server is None else f"kill-{uuid.uuid4().hex[:8]}"
+    uri = server.uri if server is not None else None
+    with open_store(where, backend, uri=uri) as store:
+        store.import_graph(base_graph())
+        store.apply_documents([facts_of("a", [("e5", "r0", "e6", 0.9)])])
+        before = observed(store)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, backend, where, uri or ""], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None and child.stdout.readline().strip() == "writing"
+    if server is not None:
+        _wait_for_staging(server, where, time.monotonic() + 30)  # the copy being written exists
+    else:
+        time.sleep(1.0)  # the batch takes about 10 s here
+    child.send_signal(signal.SIGKILL)
+    assert child.wait(timeout=30) == -signal.SIGKILL
+    assert child.stdout.read() == ""  # it never finished
+    with open_store(where, backend, uri=uri) as store:
+        assert observed(store) == before

@@ -279,11 +279,11 @@ def _support(gs: GraphStore, facts: list[tuple[str, str, str]]) -> dict[tuple[st
     """The evidence rows of each fact, as JSON-ready dicts."""
     found: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for e in gs.evidence(facts=facts):
-        found.setdefault(e.fact(), []).append(_evidence_json(e))
+        found.setdefault(e.fact(), []).append(evidence_json(e))
     return found
 
 
-def _evidence_json(e: Evidence) -> dict[str, Any]:
+def evidence_json(e: Evidence) -> dict[str, Any]:
     return {
         "document": e.document,
         "head": e.head,

@@ -12,9 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from kelm.cli.options import (
+    BackendOpt,
     OutDirOpt,
     RunOptions,
     TrainConfigArg,
+    UriOpt,
     overrides_and_flags,
     run_options,
 )
@@ -133,9 +135,20 @@ def predict_cmd(
     head: Annotated[str | None, typer.Option("--head", help="Head entity id or label: rank tails.")] = None,
     tail: Annotated[str | None, typer.Option("--tail", help="Tail entity id or label: rank heads.")] = None,
     top: Annotated[int, typer.Option(help="How many answers.", min=1)] = 10,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store", "-s", help="A store: mark answers it holds as known, with the sentences that support them."
+        ),
+    ] = None,
+    backend: BackendOpt = None,
+    uri: UriOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Rank every entity as the missing tail (--head) or head (--tail) of a triple."""
+    """Rank every entity as the missing tail (--head) or head (--tail) of a triple.
+
+    With ``--store``, an answer that is a fact of the store is marked known and comes with its
+    evidence: the document and sentence each extracted fact was read from."""
     import torch
 
     from kelm.kg.vocab import ENTITIES_FILE, RELATIONS_FILE, read_vocab
@@ -160,6 +173,15 @@ def predict_cmd(
         {"rank": i + 1, "id": ent_ids[k], "label": ent_labels[k], "score": float(v)}
         for i, (k, v) in enumerate(zip(order.tolist(), values.tolist(), strict=True))
     ]
+    if store is not None:
+        triples = [
+            (ent_ids[e], rel_ids[r], a["id"]) if head is not None else (a["id"], rel_ids[r], ent_ids[e])
+            for a in answers
+        ]
+        known, support = _known_facts(store, backend, uri, triples)
+        for a, t in zip(answers, triples, strict=True):
+            a["known"] = t in known
+            a["evidence"] = support.get(t, [])
     if as_json:
         query = {"head": ent_ids[e]} if head is not None else {"tail": ent_ids[e]}
         typer.echo(json.dumps({**query, "relation": rel_ids[r], "answers": answers}))
@@ -168,6 +190,30 @@ def predict_cmd(
     table = Table(title=asked)
     for col, justify in (("rank", "right"), ("label", "left"), ("id", "left"), ("score", "right")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    if store is not None:
+        table.add_column("known")
+        table.add_column("evidence", overflow="fold")
     for a in answers:
-        table.add_row(str(a["rank"]), a["label"], a["id"], f"{a['score']:.4f}")
+        cells = [str(a["rank"]), a["label"], a["id"], f"{a['score']:.4f}"]
+        if store is not None:
+            sources = "\n".join(f"{v['document']}: {v['sentence']}" for v in a["evidence"])
+            cells += ["yes" if a["known"] else "", sources]
+        table.add_row(*cells)
     out.print(table)
+
+
+def _known_facts(
+    store: str, backend: str | None, uri: str | None, triples: list[tuple[str, str, str]]
+) -> tuple[set[tuple[str, str, str]], dict[tuple[str, str, str], list[dict]]]:
+    """Which of ``triples`` the store holds, and the evidence of each."""
+    from kelm.cli.kg import evidence_json
+    from kelm.cli.options import resolve_config, store_from_config
+
+    cfg = resolve_config(None, store, backend, uri)
+    with store_from_config(cfg, read_only=True) as gs:
+        ids = sorted({x for t in triples for x in (t[0], t[2])})
+        known = {(f.head, f.relation, f.tail) for f in gs.incident_facts(ids)} & set(triples)
+        support: dict[tuple[str, str, str], list[dict]] = {}
+        for ev in gs.evidence(facts=triples):
+            support.setdefault(ev.fact(), []).append(evidence_json(ev))
+    return known, support

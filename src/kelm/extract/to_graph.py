@@ -80,7 +80,7 @@ def document_facts(
             continue
         for link, mention in ((head, rel.head), (tail, rel.tail)):
             if link.new and link.entity not in new:
-                new[link.entity] = Entity(link.entity, mention.text, types=(mention.type,))
+                new[link.entity] = Entity(link.entity, _label(mention.text), types=(mention.type,))
         sentence = extraction.sentences[rel.head.sentence]
         out.evidence.append(
             Evidence(
@@ -104,3 +104,11 @@ def document_facts(
     out.entities = list(new.values())
     out.relations = [Relation(r, r.replace("_", " ").lower()) for r in sorted(relations)]
     return out
+
+
+def _label(text: str) -> str:
+    """A mention's text without the punctuation a span may take along at its ends."""
+    return text.strip(_EDGE_PUNCTUATION) or text
+
+
+_EDGE_PUNCTUATION = " \t\n.,;:!?\"'()[]{}“”‘’"

@@ -21,6 +21,7 @@ extracted and the written ones were extracted only in their new version.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -39,6 +40,25 @@ class DocumentTx(Protocol):
     def rows(self, text: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]: ...
 
     def write(self, text: str, params: dict[str, Any] | None = None) -> None: ...
+
+    def create(self, label: str, rows: list[dict[str, Any]]) -> None:
+        """Create nodes of ``label`` (or ``FACT`` edges) that are known to be new, one per row."""
+
+
+class CypherTx(ABC):
+    """A `DocumentTx` that creates through the CREATE statements below, in batches."""
+
+    batch_size = 5_000
+
+    @abstractmethod
+    def rows(self, text: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def write(self, text: str, params: dict[str, Any] | None = None) -> None: ...
+
+    def create(self, label: str, rows: list[dict[str, Any]]) -> None:
+        for start in range(0, len(rows), self.batch_size):
+            self.write(CREATE[label], {"rows": rows[start : start + self.batch_size]})
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +173,7 @@ CREATE_ENTITIES = (
     "UNWIND $rows AS row "
     "CREATE (:Entity {id: row.id, label: row.label, description: row.description, types: row.types})"
 )
-MARK_EXTRACTED = "UNWIND $ids AS id CREATE (:ExtractedEntity {id: id})"
+CREATE_MARKS = "UNWIND $rows AS row CREATE (:ExtractedEntity {id: row.id})"
 MERGE_RELATIONS = (
     "UNWIND $rows AS row MERGE (r:Relation {id: row.id}) "
     "SET r.label = coalesce(r.label, row.label), r.description = coalesce(r.description, row.description)"
@@ -174,6 +194,14 @@ UPDATE_FACTS = (
     "UNWIND $rows AS row MATCH (h:Entity {id: row.h})-[f:FACT]->(t:Entity {id: row.t}) "
     "WHERE f.rel = row.r AND f.source = row.source SET f.confidence = row.confidence, f.time = row.time"
 )
+#: The creating statement of each label that `DocumentTx.create` takes (rows as the statement reads them).
+CREATE = {
+    "Document": CREATE_DOCUMENTS,
+    "Evidence": CREATE_EVIDENCE,
+    "Entity": CREATE_ENTITIES,
+    "ExtractedEntity": CREATE_MARKS,
+    "FACT": CREATE_FACTS,
+}
 EXTRACTED_ENTITIES = "MATCH (x:ExtractedEntity) WHERE x.id IN $ids RETURN x.id AS id"
 FACT_DEGREES = "MATCH (e:Entity)-[f:FACT]-() WHERE e.id IN $ids RETURN e.id AS id, count(f) AS n"
 DELETE_ENTITIES = "MATCH (e:Entity) WHERE e.id IN $ids DETACH DELETE e"
@@ -257,8 +285,8 @@ def apply_changes(
         _add_relations(tx, writes)
         report.facts_added = _add_facts(tx, evidence, split)
         rows = [evidence_row(n, ev) for w in writes for n, ev in enumerate(w.evidence)]
-        _write_all(tx, CREATE_EVIDENCE, rows)
-        _write_all(tx, CREATE_DOCUMENTS, [asdict(w.document) for w in writes])
+        tx.create("Evidence", rows)
+        tx.create("Document", [asdict(w.document) for w in writes])
         report.evidence_added = len(rows)
         affected |= {fact_key(*ev.fact()) for ev in evidence}
 
@@ -285,9 +313,8 @@ def _add_entities(tx: DocumentTx, writes: Sequence[DocumentFacts], evidence: Ite
             given.setdefault(ent.id, ent)
     new = [given.get(e, Entity(e)) for e in needed if e not in present]
     rows = [{"id": e.id, "label": e.label, "description": e.description, "types": list(e.types)} for e in new]
-    _write_all(tx, CREATE_ENTITIES, rows)
-    if new:
-        tx.write(MARK_EXTRACTED, {"ids": [e.id for e in new]})
+    tx.create("Entity", rows)
+    tx.create("ExtractedEntity", [{"id": e.id} for e in new])
     return len(new)
 
 
@@ -310,7 +337,7 @@ def _add_facts(tx: DocumentTx, evidence: Sequence[Evidence], split: str | None) 
     new = [
         {"h": h, "r": r, "t": t, "split": split, "source": EXTRACTED} for h, r, t in keys if (h, r, t) not in present
     ]
-    _write_all(tx, CREATE_FACTS, new)
+    tx.create("FACT", new)
     return len(new)
 
 

@@ -27,7 +27,7 @@ from kelm.errors import ReadOnlyQueryError, StoreError
 from kelm.kg.model import Entity, GraphChunk, Triple
 from kelm.kg.store import cypher
 from kelm.kg.store.base import GraphStore, ImportReport, ProgressFn, entity_rows, triple_rows
-from kelm.kg.store.documents import ChangeReport, DocumentTx
+from kelm.kg.store.documents import ChangeReport, CypherTx, DocumentTx
 from kelm.kg.store.planning import batches, collapse_entities, collapse_triples, write_chunks
 
 DEFAULT_URI = "redis://127.0.0.1:6379"
@@ -315,7 +315,7 @@ class FalkorDBStore(GraphStore):
         return super().query(cypher_text, params)
 
 
-class _StagedTx:
+class _StagedTx(CypherTx):
     """Reads and writes on a staging graph."""
 
     def __init__(self, store: FalkorDBStore, graph: Graph):

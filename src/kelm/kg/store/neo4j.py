@@ -21,7 +21,7 @@ from kelm.errors import ReadOnlyQueryError, StoreError
 from kelm.kg.model import Entity, GraphChunk, Triple
 from kelm.kg.store import cypher
 from kelm.kg.store.base import GraphStore, ImportReport, ProgressFn, entity_rows, triple_rows
-from kelm.kg.store.documents import ChangeReport, DocumentTx
+from kelm.kg.store.documents import ChangeReport, CypherTx, DocumentTx
 from kelm.kg.store.planning import batches, collapse_entities, collapse_triples, write_chunks
 
 DEFAULT_URI = "bolt://localhost:7687"
@@ -198,7 +198,7 @@ class Neo4jStore(GraphStore):
         return self._write(lambda tx: work(_Tx(tx)))
 
 
-class _Tx:
+class _Tx(CypherTx):
     """Reads and writes inside a Neo4j transaction."""
 
     def __init__(self, tx: Tx):
