@@ -40,16 +40,16 @@ def corpus(data_dir: Path, tmp_path: Path) -> Path:
     return docs
 
 
-def extract(source: Path, model: Path, store: Path, *extra: str, capsys: pytest.CaptureFixture[str]) -> dict:
+def extract(source: Path, model: Path, store: Path | str, *extra: str, capsys: pytest.CaptureFixture[str]) -> dict:
     capsys.readouterr()
     args = ["extract", str(source), "-m", str(model), "--store", str(store), "--threshold", THRESHOLD, "--json"]
     assert main([*args, *extra]) == 0
     return json.loads(capsys.readouterr().out)
 
 
-def state(store: Path) -> tuple:
+def state(store: Path | str, backend: str = "ladybug", uri: str | None = None) -> tuple:
     """Facts, entity ids, relations and evidence (without the time of extraction)."""
-    with open_store(store, "ladybug", read_only=True) as gs:
+    with open_store(store, backend, uri=uri, read_only=True) as gs:
         kg = gs.export()
         evidence = [(e.document, e.fact(), e.sentence, e.head_start, e.tail_end, e.score) for e in gs.evidence()]
         facts = sorted((t.head, t.relation, t.tail, s, t.provenance.source) for s in kg.splits for t in kg.splits[s])
@@ -107,6 +107,19 @@ def test_extract_update_and_delete_equal_a_fresh_extraction(
         assert {e.document for e in gs.evidence(facts=sorted(shared))} == {"c.txt"}
 
 
+def test_falkordb_gets_the_same_facts_and_deletes_alike(
+    conll04_run: tuple[Path, dict], corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], falkordb_server
+) -> None:
+    run, _ = conll04_run
+    remote = ["--backend", "falkordb", "--uri", falkordb_server.uri]
+    extract(corpus, run, tmp_path / "store", capsys=capsys)
+    extract(corpus, run, "extracted", *remote, capsys=capsys)
+    assert state(tmp_path / "store") == state("extracted", "falkordb", falkordb_server.uri)
+    for where in (["--store", str(tmp_path / "store")], ["--store", "extracted", *remote]):
+        assert main(["kg", "delete", "-d", "a.txt", *where]) == 0
+    assert state(tmp_path / "store") == state("extracted", "falkordb", falkordb_server.uri)
+
+
 def test_delete_names_unknown_documents(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with open_store(tmp_path / "s", "ladybug") as gs:
         gs.import_graph(KnowledgeGraph("k", splits={"train": [Triple("a", "r", "b")]}, entities={"a": Entity("a")}))
@@ -151,3 +164,22 @@ def test_kge_trains_on_an_extracted_store(
     top = answers[0]
     assert top["known"], answers  # a training fact ranks first after 40 epochs of 1-N
     assert top["evidence"] and all(e["head"] == fact.head for e in top["evidence"])
+
+
+def test_bad_documents_fail_with_file_and_line_or_are_skipped(
+    conll04_run: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run, _ = conll04_run
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "good.txt").write_text("John Smith works for IBM in New York .", encoding="utf-8")
+    (docs / "bad.jsonl").write_text('{"id": "x", "text": "Fine ."}\n{"text": "no id"}\n', encoding="utf-8")
+    store = tmp_path / "store"
+    capsys.readouterr()
+    assert main(["extract", str(docs), "-m", str(run), "--store", str(store)]) == 1
+    err = capsys.readouterr().err
+    assert "bad.jsonl:2" in err and "Traceback" not in err
+    assert not store.exists()  # nothing was written
+    summary = extract(docs, run, store, "--skip-bad", capsys=capsys)
+    assert (summary["documents"], summary["skipped"]) == (2, 1)
+    assert "bad.jsonl:2" in summary["skipped_documents"][0]

@@ -3,6 +3,7 @@ segmentation, training on CoNLL04 through the engine, and the exported `Extracto
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -248,3 +249,32 @@ def test_negative_spans_are_the_same_at_every_world_size(data_dir: Path) -> None
         two = task.collate(samples[rank::2], rng(rank, 2))
         for b, i in enumerate(range(rank, 4, 2)):
             assert kept(two, b) == kept(one, i) and len(kept(one, i)) == 20
+
+
+def test_span_end_features_reach_the_entity_head_and_are_saved(tmp_path: Path) -> None:
+    from transformers import BertConfig, BertModel
+
+    from kelm.extract.extractor import read_settings, write_settings
+    from kelm.extract.model import ExtractorSettings, SpanRelationExtractor
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    settings = ExtractorSettings(("Peop", "Loc"), ("Live_In",), max_width=3, width_dim=4, dropout=0.0, span_ends=True)
+    model = SpanRelationExtractor(BertModel(config), settings).eval()
+    assert model.entity_head.in_features == 4 * 16 + 4
+    batch = {
+        "input_ids": torch.tensor([[1, 5, 6, 7, 2]]),
+        "attention_mask": torch.ones(1, 5, dtype=torch.long),
+        "word_of_token": torch.tensor([[-1, 0, 1, 2, -1]]),
+        "n_words": torch.tensor([3]),
+    }
+    enc, logits = model("spans", **batch)
+    assert logits.shape == (1, 3 + 2 + 1, 3)
+    # the span "words 0..1" changes when only its last word's vector changes, beyond the maximum
+    words = enc.words_BNH.clone()
+    words[0, 1] = words[0, 1] - 100.0  # lowers word 1 below word 0 everywhere: the maximum is word 0's
+    changed = model.entity_logits(dataclasses.replace(enc, words_BNH=words))
+    span = next(k for k in range(6) if (int(enc.starts_S[k]), int(enc.ends_S[k])) == (0, 2))
+    assert not torch.allclose(changed[0, span], logits[0, span])
+    write_settings(tmp_path, settings, 0.4, 128)
+    assert read_settings(tmp_path) == (settings, 0.4, 128)

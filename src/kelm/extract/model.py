@@ -27,6 +27,8 @@ class ExtractorSettings:
     max_width: int = 10
     width_dim: int = 25
     dropout: float = 0.1
+    #: Also classify spans from their first and last word (boundary features, as in PURE).
+    span_ends: bool = False
 
 
 @dataclass
@@ -56,7 +58,8 @@ class SpanRelationExtractor(nn.Module):
         s = settings
         self.width = nn.Embedding(s.max_width + 1, s.width_dim)
         self.dropout = nn.Dropout(s.dropout)
-        self.entity_head = nn.Linear(2 * hidden + s.width_dim, len(s.entity_types) + 1)  # 0 = no entity
+        span_in = (4 if s.span_ends else 2) * hidden + s.width_dim
+        self.entity_head = nn.Linear(span_in, len(s.entity_types) + 1)  # 0 = no entity
         self.relation_head = nn.Linear(3 * hidden + 2 * s.width_dim, len(s.relation_types))
 
     def forward(self, op: str, **batch: Any) -> Any:
@@ -89,7 +92,10 @@ class SpanRelationExtractor(nn.Module):
         B, S, _ = enc.spans_BSH.shape
         width = self.width(enc.ends_S - enc.starts_S)[None].expand(B, S, -1)
         cls = enc.cls_BH[:, None].expand(B, S, -1)
-        return self.entity_head(self.dropout(torch.cat([enc.spans_BSH, width, cls], dim=-1)))
+        parts = [enc.spans_BSH, width, cls]
+        if self.settings.span_ends:
+            parts += [enc.words_BNH[:, enc.starts_S], enc.words_BNH[:, enc.ends_S - 1]]
+        return self.entity_head(self.dropout(torch.cat(parts, dim=-1)))
 
     def relation_logits(self, enc: Encoded, pairs_P3: Tensor) -> Tensor:
         """``(P, relation types)`` for pairs ``(sentence, head span, tail span)`` of flat span indices."""

@@ -45,6 +45,7 @@ class ExtractionConfig(FinetuneConfig):
     )
     max_width: int = Field(10, ge=1, le=32, description="longest candidate entity, in words")
     width_dim: int = Field(25, ge=1)
+    span_ends: bool = Field(False, description="entity head also reads each span's first and last word")
     dropout: float = Field(0.1, ge=0, lt=1)
     relation_threshold: float = Field(0.4, gt=0, lt=1)
     head_lr_scale: float = Field(
@@ -129,7 +130,12 @@ class ExtractionTask(HFTask):
                             f"item {n}: relation type '{r['type']}' does not occur in training", files[split]
                         )
         self.settings = ExtractorSettings(
-            tuple(self.entity_types), tuple(self.relation_types), cfg.max_width, cfg.width_dim, cfg.dropout
+            tuple(self.entity_types),
+            tuple(self.relation_types),
+            cfg.max_width,
+            cfg.width_dim,
+            cfg.dropout,
+            cfg.span_ends,
         )
         truncated = {}
         for split, items in raw.items():
