@@ -20,6 +20,7 @@ from kelm.kg.store import open_store
 from kelm.linking.linker import normalize
 
 THRESHOLD = "0.2"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def sentences_of(data_dir: Path, lo: int, hi: int) -> str:
@@ -141,7 +142,7 @@ def test_mentions_link_to_entities_by_label_or_id_and_new_names_become_entities(
     assert linker.link(m("...")) is None
 
 
-def test_kge_trains_on_an_extracted_store(
+def test_kge_and_kgc_train_on_an_extracted_store(
     conll04_run: tuple[Path, dict], corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run, _ = conll04_run
@@ -164,6 +165,10 @@ def test_kge_trains_on_an_extracted_store(
     top = answers[0]
     assert top["known"], answers  # a training fact ranks first after 40 epochs of 1-N
     assert top["evidence"] and all(e["head"] == fact.head for e in top["evidence"])
+
+    kgc = ["kgc", "train", str(ROOT / "configs/extract/kgc-extracted.toml"), "--dataset", str(store)]
+    assert main([*kgc, "--max-steps", "3", "--out", str(tmp_path / "kgc")]) == 0
+    assert (tmp_path / "kgc" / "model").is_dir()
 
 
 def test_bad_documents_fail_with_file_and_line_or_are_skipped(
