@@ -155,9 +155,14 @@ DOCUMENTS_BY_ID = f"MATCH (d:Document) WHERE d.id IN $ids RETURN {DOCUMENT_COLUM
 ALL_EVIDENCE = f"MATCH (v:Evidence) RETURN {EVIDENCE_COLUMNS} ORDER BY v.id"
 EVIDENCE_OF_DOCUMENTS = f"MATCH (v:Evidence) WHERE v.document IN $docs RETURN {EVIDENCE_COLUMNS} ORDER BY v.id"
 EVIDENCE_OF_FACTS = f"MATCH (v:Evidence) WHERE v.fact IN $facts RETURN {EVIDENCE_COLUMNS} ORDER BY v.id"
-FACTS_OF_DOCUMENTS = "MATCH (v:Evidence) WHERE v.document IN $docs RETURN DISTINCT v.fact AS fact"
+FACTS_OF_DOCUMENTS = "MATCH (v:Evidence) WHERE v.document IN $docs RETURN v.fact AS fact, count(*) AS n"
 SUPPORT_OF_FACTS = (
     "MATCH (v:Evidence) WHERE v.fact IN $facts RETURN v.fact AS fact, max(v.score) AS score, max(v.time) AS time"
+)
+SUPPORT_OF_ALL = "MATCH (v:Evidence) RETURN v.fact AS fact, max(v.score) AS score, max(v.time) AS time"
+FACTS_OF_HEADS = (
+    "UNWIND $ids AS i MATCH (h:Entity {id: i})-[f:FACT]->(t:Entity) "
+    "RETURN h.id AS h, f.rel AS r, t.id AS t, f.source AS source, f.confidence AS confidence, f.time AS time"
 )
 DELETE_EVIDENCE = "MATCH (v:Evidence) WHERE v.document IN $docs DELETE v"
 DELETE_DOCUMENTS = "MATCH (d:Document) WHERE d.id IN $docs DELETE d"
@@ -178,13 +183,10 @@ MERGE_RELATIONS = (
     "UNWIND $rows AS row MERGE (r:Relation {id: row.id}) "
     "SET r.label = coalesce(r.label, row.label), r.description = coalesce(r.description, row.description)"
 )
-EXISTING_FACTS = (
-    "UNWIND $rows AS row MATCH (h:Entity {id: row.h})-[f:FACT]->(t:Entity {id: row.t}) "
-    "WHERE f.rel = row.r RETURN h.id AS h, f.rel AS r, t.id AS t, f.source AS source"
-)
 CREATE_FACTS = (
     "UNWIND $rows AS row MATCH (h:Entity {id: row.h}), (t:Entity {id: row.t}) "
-    "CREATE (h)-[:FACT {rel: row.r, split: row.split, source: row.source}]->(t)"
+    "CREATE (h)-[:FACT {rel: row.r, split: row.split, source: row.source, confidence: row.confidence, "
+    "time: row.time}]->(t)"
 )
 DELETE_FACTS = (
     "UNWIND $rows AS row MATCH (h:Entity {id: row.h})-[f:FACT]->(t:Entity {id: row.t}) "
@@ -274,31 +276,87 @@ def apply_changes(
     touched = [w.document.id for w in writes] + list(deletes)
     old_docs = {r["id"] for r in tx.rows(DOCUMENTS_BY_ID, {"ids": touched})}
     report.documents_deleted = sum(1 for d in deletes if d in old_docs)
-    affected = {r["fact"] for r in tx.rows(FACTS_OF_DOCUMENTS, {"docs": touched})}
-    report.evidence_removed = len(tx.rows(EVIDENCE_OF_DOCUMENTS, {"docs": touched}))
+    old = tx.rows(FACTS_OF_DOCUMENTS, {"docs": touched})
+    report.evidence_removed = sum(int(r["n"]) for r in old)
     tx.write(DELETE_EVIDENCE, {"docs": touched})
     tx.write(DELETE_DOCUMENTS, {"docs": touched})
 
     evidence = [ev for w in writes for ev in w.evidence]
-    if writes:
-        report.entities_added = _add_entities(tx, writes, evidence)
-        _add_relations(tx, writes)
-        report.facts_added = _add_facts(tx, evidence, split)
-        rows = [evidence_row(n, ev) for w in writes for n, ev in enumerate(w.evidence)]
-        tx.create("Evidence", rows)
-        tx.create("Document", [asdict(w.document) for w in writes])
-        report.evidence_added = len(rows)
-        affected |= {fact_key(*ev.fact()) for ev in evidence}
+    affected = sorted({r["fact"] for r in old} | {fact_key(*ev.fact()) for ev in evidence})
+    support = _support(tx, affected)  # what the other documents give
+    for ev in evidence:
+        key = fact_key(*ev.fact())
+        best = support.get(key)
+        support[key] = (max(best[0], ev.score), max(best[1], ev.time)) if best else (ev.score, ev.time)
+    extracted, imported = _stored_facts(tx, affected)
 
-    removed = _settle_facts(tx, sorted(affected))
-    report.facts_removed = len(removed)
-    report.entities_removed = _remove_orphans(tx, sorted({e for h, _, t in removed for e in (h, t)}))
+    report.entities_added = _add_entities(tx, writes, evidence)
+    _add_relations(tx, writes)
+    new = [k for k in affected if k in support and k not in extracted and k not in imported]
+    tx.create("FACT", [_fact_row(k, support[k], split=split) for k in new])
+    report.facts_added = len(new)
+    gone = [k for k in affected if k not in support and k in extracted]
+    _write_all(tx, DELETE_FACTS, [_fact_row(k) for k in gone])
+    report.facts_removed = len(gone)
+    changed = [k for k in affected if k in support and k in extracted and extracted[k] != support[k]]
+    _write_all(tx, UPDATE_FACTS, [_fact_row(k, support[k]) for k in changed])
+
+    rows = [evidence_row(n, ev) for w in writes for n, ev in enumerate(w.evidence)]
+    tx.create("Evidence", rows)
+    tx.create("Document", [asdict(w.document) for w in writes])
+    report.evidence_added = len(rows)
+    report.entities_removed = _remove_orphans(tx, sorted({e for k in gone for e in split_key(k)[::2]}))
     return report
+
+
+def _fact_row(key: str, support: tuple[float, str] | None = None, **extra: Any) -> dict[str, Any]:
+    h, r, t = split_key(key)
+    row = {"h": h, "r": r, "t": t, "source": EXTRACTED} | extra
+    if support is not None:
+        row |= {"confidence": float(support[0]), "time": support[1]}
+    return row
 
 
 def _write_all(tx: DocumentTx, text: str, rows: list[dict[str, Any]], size: int = 5_000) -> None:
     for start in range(0, len(rows), size):
         tx.write(text, {"rows": rows[start : start + size]})
+
+
+#: Above this many facts, `_support` aggregates all evidence in one scan rather than look keys up
+#: (a long ``IN`` list is compared row by row where no index covers it).
+SCAN_ABOVE = 500
+
+
+def _support(tx: DocumentTx, keys: Sequence[str]) -> dict[str, tuple[float, str]]:
+    """Best score and latest time of the evidence the store holds for each of ``keys``."""
+    if not keys:
+        return {}
+    if len(keys) > SCAN_ABOVE:
+        wanted = set(keys)
+        rows = [r for r in tx.rows(SUPPORT_OF_ALL) if r["fact"] in wanted]
+    else:
+        rows = tx.rows(SUPPORT_OF_FACTS, {"facts": list(keys)})
+    return {r["fact"]: (float(r["score"]), r["time"]) for r in rows}
+
+
+def _stored_facts(tx: DocumentTx, keys: Sequence[str]) -> tuple[dict[str, tuple[float, str]], set[str]]:
+    """Which of ``keys`` the store has as extracted facts (with their confidence and time) and as
+    other facts. Looked up from the heads: one index lookup each, then their edges."""
+    wanted = set(keys)
+    heads = sorted({split_key(k)[0] for k in keys})
+    extracted: dict[str, tuple[float, str]] = {}
+    imported: set[str] = set()
+    for start in range(0, len(heads), 5_000):
+        for f in tx.rows(FACTS_OF_HEADS, {"ids": heads[start : start + 5_000]}):
+            key = fact_key(f["h"], f["r"], f["t"])
+            if key not in wanted:
+                continue
+            if f["source"] != EXTRACTED:
+                imported.add(key)
+            else:
+                conf = f["confidence"]
+                extracted[key] = (float(conf) if conf is not None else float("nan"), f["time"])
+    return extracted, imported
 
 
 def _add_entities(tx: DocumentTx, writes: Sequence[DocumentFacts], evidence: Iterable[Evidence]) -> int:
@@ -324,42 +382,6 @@ def _add_relations(tx: DocumentTx, writes: Sequence[DocumentFacts]) -> None:
     rows = [{"id": r, "label": given[r].label if r in given else None, "description": None} for r in sorted(used)]
     if rows:
         tx.write(MERGE_RELATIONS, {"rows": rows})
-
-
-def _add_facts(tx: DocumentTx, evidence: Sequence[Evidence], split: str | None) -> int:
-    """Create the supported facts that the store lacks, as extracted facts."""
-    keys = sorted({ev.fact() for ev in evidence})
-    rows = [{"h": h, "r": r, "t": t} for h, r, t in keys]
-    present: set[tuple[str, str, str]] = set()
-    for start in range(0, len(rows), 5_000):
-        found = tx.rows(EXISTING_FACTS, {"rows": rows[start : start + 5_000]})
-        present |= {(f["h"], f["r"], f["t"]) for f in found}
-    new = [
-        {"h": h, "r": r, "t": t, "split": split, "source": EXTRACTED} for h, r, t in keys if (h, r, t) not in present
-    ]
-    tx.create("FACT", new)
-    return len(new)
-
-
-def _settle_facts(tx: DocumentTx, keys: Sequence[str]) -> list[tuple[str, str, str]]:
-    """Delete the extracted facts among ``keys`` that lost all evidence; give the others the best
-    score and latest time of what supports them. Returns the deleted facts."""
-    support: dict[str, dict[str, Any]] = {}
-    for start in range(0, len(keys), 5_000):
-        for r in tx.rows(SUPPORT_OF_FACTS, {"facts": list(keys[start : start + 5_000])}):
-            support[r["fact"]] = r
-    unsupported = [dict(zip("hrt", split_key(k), strict=True)) for k in keys if k not in support]
-    gone: list[tuple[str, str, str]] = []
-    for start in range(0, len(unsupported), 5_000):
-        found = tx.rows(EXISTING_FACTS, {"rows": unsupported[start : start + 5_000]})
-        gone += sorted({(f["h"], f["r"], f["t"]) for f in found if f["source"] == EXTRACTED})
-    _write_all(tx, DELETE_FACTS, [{"h": h, "r": r, "t": t, "source": EXTRACTED} for h, r, t in gone])
-    kept = []
-    for key, s in support.items():
-        h, r, t = split_key(key)
-        kept.append({"h": h, "r": r, "t": t, "source": EXTRACTED, "confidence": float(s["score"]), "time": s["time"]})
-    _write_all(tx, UPDATE_FACTS, kept)
-    return gone
 
 
 def _remove_orphans(tx: DocumentTx, candidates: Sequence[str]) -> int:

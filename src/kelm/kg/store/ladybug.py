@@ -244,8 +244,11 @@ class LadybugStore(GraphStore):
             raise StoreError(f"store {self.path} is open read-only")
 
 
+_FACT_PROPERTIES = ("split", "source", "confidence", "time")
+
+
 def _fact_props(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: row[k] for k in ("split", "source", "confidence", "time")}
+    return {k: row[k] for k in _FACT_PROPERTIES}
 
 
 class _Tx:
@@ -260,7 +263,7 @@ class _Tx:
     def create(self, label: str, rows: list[dict[str, Any]]) -> None:
         if label == "FACT":
             rows = [
-                {"from": r["h"], "to": r["t"], "rel": r["r"], "split": r["split"], "source": r["source"]} for r in rows
+                {"from": r["h"], "to": r["t"], "rel": r["r"], **{k: r[k] for k in _FACT_PROPERTIES}} for r in rows
             ]
         schema = _CREATE_SCHEMAS[label]
         self.store._copy(label, pa.Table.from_pylist(rows, schema=schema))
