@@ -112,18 +112,7 @@ def _open(cfg: Any, dry_run: bool) -> GraphStore | None:
 def _fact_json(w: DocumentFacts) -> dict[str, Any]:
     return {
         "document": w.document.id,
-        "triples": [
-            {
-                "head": e.head,
-                "relation": e.relation,
-                "tail": e.tail,
-                "score": e.score,
-                "sentence": e.sentence,
-                "head_span": [e.head_start, e.head_end],
-                "tail_span": [e.tail_start, e.tail_end],
-            }
-            for e in w.evidence
-        ],
+        "triples": [e.to_json() for e in w.evidence],
     }
 
 

@@ -26,7 +26,6 @@ from kelm.errors import ConfigError, StoreError
 from kelm.kg.importer import import_source, open_source
 from kelm.kg.store import GraphStore
 from kelm.kg.store.base import StoreStats, Subgraph
-from kelm.kg.store.documents import Evidence
 from kelm.progress import progress_bar
 
 app = typer.Typer(help="Knowledge graphs in a graph store.", no_args_is_help=True)
@@ -258,7 +257,7 @@ def neighbors_cmd(
     cfg = resolve_config(config, store, backend, uri)
     with store_from_config(cfg, read_only=True) as gs:
         facts = gs.neighbors(entity, direction=direction, limit=limit)
-        support = _support(gs, [(f.head, f.relation, f.tail) for f in facts]) if evidence else {}
+        support = evidence_by_fact(gs, [(f.head, f.relation, f.tail) for f in facts]) if evidence else {}
     rows = [{"head": f.head, "relation": f.relation, "tail": f.tail, "split": f.split} for f in facts]
     if evidence:
         for r in rows:
@@ -275,28 +274,14 @@ def neighbors_cmd(
     out.print(table)
 
 
-def _support(gs: GraphStore, facts: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+def evidence_by_fact(
+    gs: GraphStore, facts: list[tuple[str, str, str]]
+) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
     """The evidence rows of each fact, as JSON-ready dicts."""
     found: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for e in gs.evidence(facts=facts):
-        found.setdefault(e.fact(), []).append(evidence_json(e))
+        found.setdefault(e.fact(), []).append(e.to_json())
     return found
-
-
-def evidence_json(e: Evidence) -> dict[str, Any]:
-    return {
-        "document": e.document,
-        "head": e.head,
-        "relation": e.relation,
-        "tail": e.tail,
-        "sentence": e.sentence,
-        "span": [e.char_start, e.char_end],
-        "head_span": [e.head_start, e.head_end],
-        "tail_span": [e.tail_start, e.tail_end],
-        "extractor": e.extractor,
-        "score": e.score,
-        "time": e.time,
-    }
 
 
 @app.command("documents")

@@ -206,14 +206,12 @@ def _known_facts(
     store: str, backend: str | None, uri: str | None, triples: list[tuple[str, str, str]]
 ) -> tuple[set[tuple[str, str, str]], dict[tuple[str, str, str], list[dict]]]:
     """Which of ``triples`` the store holds, and the evidence of each."""
-    from kelm.cli.kg import evidence_json
+    from kelm.cli.kg import evidence_by_fact
     from kelm.cli.options import resolve_config, store_from_config
 
     cfg = resolve_config(None, store, backend, uri)
     with store_from_config(cfg, read_only=True) as gs:
         ids = sorted({x for t in triples for x in (t[0], t[2])})
         known = {(f.head, f.relation, f.tail) for f in gs.incident_facts(ids)} & set(triples)
-        support: dict[tuple[str, str, str], list[dict]] = {}
-        for ev in gs.evidence(facts=triples):
-            support.setdefault(ev.fact(), []).append(evidence_json(ev))
+        support = evidence_by_fact(gs, triples)
     return known, support

@@ -84,6 +84,22 @@ class Evidence:
     def fact(self) -> tuple[str, str, str]:
         return (self.head, self.relation, self.tail)
 
+    def to_json(self) -> dict[str, Any]:
+        """The evidence as the CLI prints it (spans as ``[start, end]`` pairs)."""
+        return {
+            "document": self.document,
+            "head": self.head,
+            "relation": self.relation,
+            "tail": self.tail,
+            "sentence": self.sentence,
+            "span": [self.char_start, self.char_end],
+            "head_span": [self.head_start, self.head_end],
+            "tail_span": [self.tail_start, self.tail_end],
+            "extractor": self.extractor,
+            "score": self.score,
+            "time": self.time,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class DocumentRecord:

@@ -262,8 +262,6 @@ class _Tx:
 
     def create(self, label: str, rows: list[dict[str, Any]]) -> None:
         if label == "FACT":
-            rows = [
-                {"from": r["h"], "to": r["t"], "rel": r["r"], **{k: r[k] for k in _FACT_PROPERTIES}} for r in rows
-            ]
+            rows = [{"from": r["h"], "to": r["t"], "rel": r["r"], **{k: r[k] for k in _FACT_PROPERTIES}} for r in rows]
         schema = _CREATE_SCHEMAS[label]
         self.store._copy(label, pa.Table.from_pylist(rows, schema=schema))
