@@ -51,6 +51,8 @@ def conll04_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
         "dev": str(subset(src / "dev.json", root / "dev.json", 60)),
         "test": str(subset(src / "test.json", root / "test.json", 60)),
         "model": "minilm",
+        "span_ends": True,
+        "shape_dim": 8,
     }
     train = {
         "strategy": "single",

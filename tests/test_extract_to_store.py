@@ -30,13 +30,13 @@ def sentences_of(data_dir: Path, lo: int, hi: int) -> str:
 
 @pytest.fixture
 def corpus(data_dir: Path, tmp_path: Path) -> Path:
-    """Three documents; ``c`` repeats two sentences of ``a``, so they share facts."""
+    """Three documents; ``c`` repeats the sentences of ``a``, so they share facts."""
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "a.txt").write_text(sentences_of(data_dir, 0, 6), encoding="utf-8")
     (docs / "b.txt").write_text(sentences_of(data_dir, 6, 12), encoding="utf-8")
     (docs / "c.txt").write_text(
-        sentences_of(data_dir, 0, 2) + "\n\n" + sentences_of(data_dir, 12, 16), encoding="utf-8"
+        sentences_of(data_dir, 0, 6) + "\n\n" + sentences_of(data_dir, 12, 16), encoding="utf-8"
     )
     return docs
 
@@ -75,7 +75,7 @@ def test_extract_update_and_delete_equal_a_fresh_extraction(
         shared = {e.fact() for e in evidence if e.document == "a.txt"} & {
             e.fact() for e in evidence if e.document == "c.txt"
         }
-    assert shared, "documents a and c repeat two sentences: they must share facts"
+    assert shared, "document c repeats the sentences of a: they must share facts"
     for e in evidence:  # every span points into its document
         text = texts[e.document]
         assert text[e.char_start : e.char_end] == e.sentence
@@ -96,7 +96,7 @@ def test_extract_update_and_delete_equal_a_fresh_extraction(
     assert state(store) == state(tmp_path / "fresh_ac")
 
     # change a: its facts are replaced; the shared ones stay, supported by c
-    (corpus / "a.txt").write_text(sentences_of(data_dir, 2, 6), encoding="utf-8")  # without the shared ones
+    (corpus / "a.txt").write_text(sentences_of(data_dir, 16, 20), encoding="utf-8")  # none shared any more
     (corpus / "b.txt").unlink()
     changed = extract(corpus, run, store, capsys=capsys)
     assert (changed["extracted"], changed["unchanged"]) == (1, 1)

@@ -90,9 +90,8 @@ def test_exported_extractor_predicts_as_the_task_does(conll04_run: tuple[Path, d
     run, _ = conll04_run
     extractor = Extractor.from_pretrained(run)
     items = json.loads((data_dir / "re/conll04/test.json").read_text(encoding="utf-8"))[:12]
-    task = build_task(
-        {"name": "extraction", "train": str(run.parent / "train.json"), "test": str(run.parent / "test.json")}
-    )
+    files = {"train": str(run.parent / "train.json"), "test": str(run.parent / "test.json")}
+    task = build_task({"name": "extraction", **files, "span_ends": True, "shape_dim": 8})  # as conftest trains
     from kelm.train.export import load_weights
 
     model = load_weights(task.build_model(), run / "model").eval()
@@ -251,6 +250,16 @@ def test_negative_spans_are_the_same_at_every_world_size(data_dir: Path) -> None
             assert kept(two, b) == kept(one, i) and len(kept(one, i)) == 20
 
 
+def test_word_shapes_tell_capitalisation_apart() -> None:
+    from kelm.extract.inputs import SHAPES, word_shape
+
+    words = ["The", "U.S.", "sent", "J.", "McDonald", "and", "IBM", "3", ",", "to", "paris"]
+    got = [SHAPES[word_shape(w, k == 0)] for k, w in enumerate(words)]
+    assert got == ["title-first", "upper", "lower", "initial", "mixed", "lower", "upper", "digit", "punct", "lower",
+                   "lower"]  # fmt: skip
+    assert SHAPES[word_shape("Paris", False)] == "title"
+
+
 def test_span_end_features_reach_the_entity_head_and_are_saved(tmp_path: Path) -> None:
     from transformers import BertConfig, BertModel
 
@@ -259,16 +268,21 @@ def test_span_end_features_reach_the_entity_head_and_are_saved(tmp_path: Path) -
 
     torch.manual_seed(0)
     config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
-    settings = ExtractorSettings(("Peop", "Loc"), ("Live_In",), max_width=3, width_dim=4, dropout=0.0, span_ends=True)
+    settings = ExtractorSettings(
+        ("Peop", "Loc"), ("Live_In",), max_width=3, width_dim=4, dropout=0.0, span_ends=True, shape_dim=5
+    )
     model = SpanRelationExtractor(BertModel(config), settings).eval()
-    assert model.entity_head.in_features == 4 * 16 + 4
+    assert model.entity_head.in_features == 3 * (16 + 5) + 16 + 4
+    assert model.relation_head.in_features == 3 * (16 + 5) + 2 * 4
     batch = {
         "input_ids": torch.tensor([[1, 5, 6, 7, 2]]),
         "attention_mask": torch.ones(1, 5, dtype=torch.long),
         "word_of_token": torch.tensor([[-1, 0, 1, 2, -1]]),
         "n_words": torch.tensor([3]),
+        "word_shapes": torch.tensor([[3, 1, 2]]),
     }
     enc, logits = model("spans", **batch)
+    assert torch.equal(enc.words_BNH[0, :, 16:], model.shape.weight[[3, 1, 2]])  # each word's shape joins it
     assert logits.shape == (1, 3 + 2 + 1, 3)
     # the span "words 0..1" changes when only its last word's vector changes, beyond the maximum
     words = enc.words_BNH.clone()

@@ -1,4 +1,5 @@
-"""Sentences of words to the encoder's inputs: sub-word ids and each sub-word's word.
+"""Sentences of words to the encoder's inputs: sub-word ids, each sub-word's word, and each
+word's shape (its capitalisation, which an uncased encoder never sees).
 
 One path for training batches (`kelm.tasks.extraction`) and for inference (`Extractor`), so the
 two can never encode a sentence differently.
@@ -12,6 +13,28 @@ import torch
 
 from kelm.lm.batching import encode_inputs
 
+#: Word shapes: 0 padding, then lower case, Capitalised, Capitalised first word, ALL CAPS, an
+#: initial ("J" or "J."), mixed case ("McDonald", "iPhone"), with digits, punctuation.
+SHAPES = ("pad", "lower", "title", "title-first", "upper", "initial", "mixed", "digit", "punct")
+
+
+def word_shape(word: str, first: bool) -> int:
+    """The `SHAPES` index of ``word`` (``first``: the sentence's first word)."""
+    letters = [c for c in word if c.isalpha()]
+    if any(c.isdigit() for c in word):
+        return 7
+    if not letters:
+        return 8
+    if all(c.islower() for c in letters):
+        return 1
+    if len(letters) == 1:
+        return 5
+    if all(c.isupper() for c in letters):
+        return 4
+    if letters[0].isupper() and all(c.islower() for c in letters[1:]):
+        return 3 if first else 2
+    return 6
+
 
 def encode_sentence(tokenizer: Any, words: list[str], max_length: int) -> tuple[dict[str, Any], bool]:
     """Sub-word ids of one sentence, each token's word (-1 for special tokens) and the word
@@ -21,6 +44,7 @@ def encode_sentence(tokenizer: Any, words: list[str], max_length: int) -> tuple[
     if "token_type_ids" in enc:
         sample["token_type_ids"] = enc["token_type_ids"]
     sample["n_words"] = len(words)
+    sample["word_shapes"] = [word_shape(w, k == 0) for k, w in enumerate(words)]
     return sample, bool(enc.encodings[0].overflowing)
 
 
@@ -30,7 +54,9 @@ def collate_inputs(samples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]
     T = batch["input_ids"].shape[1]
     batch["word_of_token"] = torch.tensor([s["word_of_token"] + [-1] * (T - len(s["word_of_token"])) for s in samples])
     batch["n_words"] = torch.tensor([s["n_words"] for s in samples])
+    N = max((s["n_words"] for s in samples), default=0)
+    batch["word_shapes"] = torch.tensor([s["word_shapes"] + [0] * (N - s["n_words"]) for s in samples]).view(-1, N)
     return batch
 
 
-__all__ = ["collate_inputs", "encode_sentence"]
+__all__ = ["SHAPES", "collate_inputs", "encode_sentence", "word_shape"]

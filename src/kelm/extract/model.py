@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from kelm.extract.inputs import SHAPES
 from kelm.extract.spans import between_maxima, span_bounds, span_maxima, word_maxima
 
 
@@ -29,6 +30,9 @@ class ExtractorSettings:
     dropout: float = 0.1
     #: Also classify spans from their first and last word (boundary features, as in PURE).
     span_ends: bool = False
+    #: Size of a learnt embedding of each word's shape (`kelm.extract.inputs.SHAPES`) joined to
+    #: its vector; 0 leaves it out.
+    shape_dim: int = 0
 
 
 @dataclass
@@ -56,11 +60,13 @@ class SpanRelationExtractor(nn.Module):
         self.encoder, self.settings = encoder, settings
         hidden = int(encoder.config.hidden_size)
         s = settings
+        word = hidden + s.shape_dim  # a word's vector: the encoder's, then its shape's
         self.width = nn.Embedding(s.max_width + 1, s.width_dim)
+        self.shape = nn.Embedding(len(SHAPES), s.shape_dim, padding_idx=0) if s.shape_dim else None
         self.dropout = nn.Dropout(s.dropout)
-        span_in = (4 if s.span_ends else 2) * hidden + s.width_dim
+        span_in = (3 if s.span_ends else 1) * word + hidden + s.width_dim
         self.entity_head = nn.Linear(span_in, len(s.entity_types) + 1)  # 0 = no entity
-        self.relation_head = nn.Linear(3 * hidden + 2 * s.width_dim, len(s.relation_types))
+        self.relation_head = nn.Linear(3 * word + 2 * s.width_dim, len(s.relation_types))
 
     def forward(self, op: str, **batch: Any) -> Any:
         if op == "train":
@@ -78,6 +84,11 @@ class SpanRelationExtractor(nn.Module):
         tokens_BTH = self.encoder(**inputs).last_hidden_state
         n_words = int(batch["n_words"].max()) if len(batch["n_words"]) else 0
         words_BNH = word_maxima(tokens_BTH, batch["word_of_token"], max(n_words, 1))
+        if self.shape is not None:
+            shapes_BN = batch["word_shapes"][:, : words_BNH.shape[1]]
+            if shapes_BN.shape[1] < words_BNH.shape[1]:  # a batch of empty sentences
+                shapes_BN = nn.functional.pad(shapes_BN, (0, words_BNH.shape[1] - shapes_BN.shape[1]))
+            words_BNH = torch.cat([words_BNH, self.shape(shapes_BN)], dim=-1)
         starts, ends = span_bounds(words_BNH.shape[1], self.settings.max_width)
         return Encoded(
             words_BNH,

@@ -46,6 +46,7 @@ class ExtractionConfig(FinetuneConfig):
     max_width: int = Field(10, ge=1, le=32, description="longest candidate entity, in words")
     width_dim: int = Field(25, ge=1)
     span_ends: bool = Field(False, description="entity head also reads each span's first and last word")
+    shape_dim: int = Field(0, ge=0, description="size of the word-shape (capitalisation) embedding; 0: none")
     dropout: float = Field(0.1, ge=0, lt=1)
     relation_threshold: float = Field(0.4, gt=0, lt=1)
     head_lr_scale: float = Field(
@@ -136,6 +137,7 @@ class ExtractionTask(HFTask):
             cfg.width_dim,
             cfg.dropout,
             cfg.span_ends,
+            cfg.shape_dim,
         )
         truncated = {}
         for split, items in raw.items():
