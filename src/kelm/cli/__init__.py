@@ -24,6 +24,7 @@ from kelm.cli import ngram as ngram_cmd
 from kelm.cli import plot as plot_cmd
 from kelm.cli import predict as predict_cmd
 from kelm.cli import pretrain as pretrain_cmd
+from kelm.cli import serve as serve_cmd
 from kelm.cli import train as train_cmd
 from kelm.errors import KelmError
 from kelm.progress import console, install_log_lines
@@ -60,6 +61,7 @@ app.command("predict")(predict_cmd.predict)
 app.command("pretrain")(pretrain_cmd.pretrain)
 app.command("link")(link_cmd.link)
 app.command("extract")(extract_cmd.extract)
+app.command("serve")(serve_cmd.serve)
 
 
 def _version(value: bool) -> None:

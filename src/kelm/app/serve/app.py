@@ -1,0 +1,367 @@
+"""The HTTP API: one typed route per capability, over the loaded services and the store.
+
+Every route but ``/health`` needs ``Authorization: Bearer <token>`` (compared in constant time:
+401 without it, 403 with a wrong one). Bodies over ``max_body_bytes`` get 413, a full model queue
+503 with ``Retry-After``, a malformed body 422 naming the field, an unknown entity or relation 404
+with the nearest names. Prometheus metrics are at ``/metrics``, OpenAPI docs at ``/docs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, Field, field_validator
+
+from kelm import __version__
+from kelm.app.serve.batching import DynamicBatcher, Overloaded
+from kelm.app.serve.services import Service, UnknownName
+from kelm.errors import ConfigError, KelmError, ReadOnlyQueryError, StoreError
+from kelm.kg.store import GraphStore
+
+MAX_INPUTS = 256
+MAX_TEXT = 100_000
+
+
+@dataclass
+class ServeSettings:
+    """Limits and the token; see `kelm serve --help`."""
+
+    token: str
+    max_batch_tokens: int = 16_384
+    max_wait_ms: float = 5.0
+    max_queue: int = 512
+    max_body_bytes: int = 1 << 20
+
+
+# -- request and response bodies ----------------------------------------------------------------
+Texts = str | list[str]
+
+
+class _Body(BaseModel):
+    model_config = {"extra": "forbid"}
+
+
+class TextsRequest(_Body):
+    model: str | None = Field(None, description="Name of a loaded model (optional when one fits).")
+    inputs: Texts = Field(..., description="A text or a list of texts.")
+
+    @field_validator("inputs")
+    @classmethod
+    def _bounded(cls, v: Texts) -> Texts:
+        texts = [v] if isinstance(v, str) else v
+        if not texts or len(texts) > MAX_INPUTS:
+            raise ValueError(f"give 1 to {MAX_INPUTS} texts")
+        if any(len(t) > MAX_TEXT for t in texts):
+            raise ValueError(f"a text is longer than {MAX_TEXT} characters")
+        return v
+
+
+class QARequest(_Body):
+    model: str | None = None
+    question: str = Field(..., min_length=1, max_length=MAX_TEXT)
+    context: str = Field(..., min_length=1, max_length=MAX_TEXT)
+
+
+class EmbeddingsRequest(_Body):
+    """OpenAI-compatible: ``input`` and ``model``."""
+
+    model: str | None = None
+    input: Texts
+    encoding_format: Literal["float"] = "float"
+    user: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _bounded(cls, v: Texts) -> Texts:
+        return TextsRequest._bounded(v)
+
+
+class LinkPredictionRequest(_Body):
+    model: str | None = None
+    head: str | None = Field(None, description="Rank tails of (head, relation, ?).")
+    tail: str | None = Field(None, description="Rank heads of (?, relation, tail).")
+    relation: str = Field(..., min_length=1)
+    k: int = Field(10, ge=1, le=1000)
+
+
+class SubgraphRequest(_Body):
+    seeds: list[str] = Field(..., min_length=1, max_length=100)
+    hops: int = Field(1, ge=0, le=3)
+    max_entities: int = Field(200, ge=1, le=5000)
+
+
+class CypherRequest(_Body):
+    query: str = Field(..., min_length=1, max_length=MAX_TEXT)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+# -- the app ------------------------------------------------------------------------------------
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "kelm_requests", "HTTP requests by route and status.", ["route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "kelm_request_seconds",
+            "Request latency by route.",
+            ["route"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.batch = Histogram(
+            "kelm_batch_size",
+            "Requests per forward pass, by model and capability.",
+            ["model", "capability"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=self.registry,
+        )
+        self.queue = Gauge(
+            "kelm_queue_depth", "Requests waiting, by model and capability.", ["model", "capability"],
+            registry=self.registry,
+        )  # fmt: skip
+
+
+def create_app(services: list[Service], store: GraphStore | None, settings: ServeSettings) -> FastAPI:
+    """The API over ``services`` (and ``store``, read-only, when given)."""
+    metrics = _Metrics()
+    batchers: dict[tuple[str, str], DynamicBatcher] = {}
+    store_lock = threading.Lock()  # a store connection serves one query at a time
+    by_name = {s.name: s for s in services}
+    if len(by_name) != len(services):
+        raise ConfigError(f"two models have the same name: {', '.join(sorted(s.name for s in services))}")
+
+    def batcher(service: Service, capability: str) -> DynamicBatcher:
+        key = (service.name, capability)
+        if key not in batchers:
+
+            def on_batch(size: int, depth: int, key: tuple[str, str] = key) -> None:
+                metrics.batch.labels(*key).observe(size)
+                metrics.queue.labels(*key).set(depth)
+
+            batchers[key] = DynamicBatcher(
+                f"{service.name}/{capability}",
+                lambda items, s=service, c=capability: s.run(c, items),
+                max_batch_tokens=settings.max_batch_tokens,
+                max_wait_ms=settings.max_wait_ms,
+                max_queue=settings.max_queue,
+                on_batch=on_batch,
+            )
+        return batchers[key]
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        app.state.ready = True
+        yield
+        app.state.ready = False
+        for b in batchers.values():
+            await b.close()
+
+    app = FastAPI(
+        title="kelm",
+        version=__version__,
+        description="Trained kelm models and the knowledge graph over HTTP.",
+        lifespan=lifespan,
+    )
+    app.state.ready = False
+    bearer = HTTPBearer(auto_error=False)
+
+    def authorized(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if creds is None or creds.scheme.lower() != "bearer":
+            raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(creds.credentials.encode(), settings.token.encode()):
+            raise HTTPException(403, "wrong token")
+
+    auth = [Depends(authorized)]
+
+    def pick(name: str | None, capability: str) -> Service:
+        if name is not None:
+            if name not in by_name:
+                raise UnknownName("model", name, [s.name for s in services])
+            service = by_name[name]
+            if capability not in service.capabilities:
+                can = ", ".join(service.capabilities)
+                raise HTTPException(400, f"model '{name}' cannot {capability} (it can: {can})")
+            return service
+        fits = [s for s in services if capability in s.capabilities]
+        if len(fits) == 1:
+            return fits[0]
+        if not fits:
+            raise HTTPException(404, f"no loaded model can {capability}")
+        raise HTTPException(400, f"several models can {capability}: name one ({', '.join(s.name for s in fits)})")
+
+    async def run(service: Service, capability: str, items: list[Any]) -> list[Any]:
+        b = batcher(service, capability)
+        return list(await asyncio.gather(*(b.submit(it, service.tokens(capability, it)) for it in items)))
+
+    def the_store() -> GraphStore:
+        if store is None:
+            raise HTTPException(404, "no store loaded (start the server with --store)")
+        return store
+
+    # -- middleware and errors --------------------------------------------------------------------
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
+            return JSONResponse({"detail": f"body larger than {settings.max_body_bytes} bytes"}, status_code=413)
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.requests.labels(path, str(response.status_code)).inc()
+        metrics.latency.labels(path).observe(time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(UnknownName)
+    async def unknown(_: Request, err: UnknownName) -> JSONResponse:
+        return JSONResponse({"detail": str(err), "suggestions": err.suggestions}, status_code=404)
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(_: Request, err: Overloaded) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=503, headers={"Retry-After": str(int(err.retry_after))})
+
+    @app.exception_handler(ReadOnlyQueryError)
+    async def read_only(_: Request, err: ReadOnlyQueryError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=403)
+
+    @app.exception_handler(KelmError)
+    async def kelm_error(_: Request, err: KelmError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=400)
+
+    # -- routes -----------------------------------------------------------------------------------
+    @app.get("/health", tags=["service"])
+    def health() -> dict[str, str]:
+        """Liveness: the process answers (no token needed)."""
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["service"], dependencies=auth)
+    def ready() -> JSONResponse:
+        """Readiness: every model is loaded and the server takes requests."""
+        ok = bool(app.state.ready)
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["service"], dependencies=auth)
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models", tags=["service"], dependencies=auth)
+    def models() -> dict[str, Any]:
+        """The loaded models and what each can do."""
+        return {
+            "models": [{"name": s.name, "kind": s.kind, "capabilities": list(s.capabilities)} for s in services],
+            "store": None if store is None else {"backend": store.backend},
+        }
+
+    @app.post("/v1/classify", tags=["language models"], dependencies=auth)
+    async def classify(body: TextsRequest) -> dict[str, Any]:
+        """The label and its probability for each text."""
+        service = pick(body.model, "classify")
+        texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+        found = await run(service, "classify", texts)
+        return {"model": service.name, "results": [{"label": lab, "probability": p} for lab, p in found]}
+
+    @app.post("/v1/ner", tags=["language models"], dependencies=auth)
+    async def ner(body: TextsRequest) -> dict[str, Any]:
+        """Entities in each text (words split on white space), with a tag per word."""
+        service = pick(body.model, "ner")
+        texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+        found = await run(service, "ner", [t.split() or ["."] for t in texts])
+        results = [{"tags": tags, "entities": [{"type": t, "text": s} for t, s in ents]} for tags, ents in found]
+        return {"model": service.name, "results": results}
+
+    @app.post("/v1/qa", tags=["language models"], dependencies=auth)
+    async def qa(body: QARequest) -> dict[str, Any]:
+        """The answer span of the question in the context."""
+        service = pick(body.model, "qa")
+        (answer,) = await run(service, "qa", [(body.question, body.context)])
+        return {"model": service.name, "answer": answer}
+
+    @app.post("/v1/embeddings", tags=["language models"], dependencies=auth)
+    async def embeddings(body: EmbeddingsRequest) -> dict[str, Any]:
+        """Text embeddings, in the OpenAI API's request and response format."""
+        service = pick(body.model, "embeddings")
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        vectors = await run(service, "embeddings", texts)
+        used = sum(service.tokens("embeddings", t) for t in texts)
+        return {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+            "model": service.name,
+            "usage": {"prompt_tokens": used, "total_tokens": used},
+        }
+
+    @app.post("/v1/link-prediction", tags=["knowledge graph"], dependencies=auth)
+    async def link_prediction(body: LinkPredictionRequest) -> dict[str, Any]:
+        """The top-k tails of (head, relation, ?) or heads of (?, relation, tail), each with whether it
+        is a known fact and the fact paths (from the store) linking it to the query's entity."""
+        if (body.head is None) == (body.tail is None):
+            raise HTTPException(422, "give exactly one of head (rank tails) and tail (rank heads)")
+        service = pick(body.model, "link-prediction")
+        entity = service.entity(body.head if body.head is not None else body.tail)  # type: ignore[attr-defined]
+        relation = service.relation(body.relation)  # type: ignore[attr-defined]
+        direction = "tail" if body.head is not None else "head"
+        (ranked,) = await run(service, "link-prediction", [(entity, relation, direction, body.k)])
+        answers = [
+            {
+                "rank": a.rank,
+                "id": a.id,
+                "label": a.label,
+                "score": a.score,
+                "known": a.known,
+                "paths": [[{"head": h, "relation": r, "tail": t} for h, r, t in p] for p in a.paths],
+            }
+            for a in ranked
+        ]
+        query = {"head": body.head} if body.head is not None else {"tail": body.tail}
+        return {"model": service.name, **query, "relation": body.relation, "answers": answers}
+
+    @app.post("/v1/subgraph", tags=["knowledge graph"], dependencies=auth)
+    def subgraph(body: SubgraphRequest) -> dict[str, Any]:
+        """Entities within ``hops`` of the seeds and the facts among them."""
+        gs = the_store()
+        with store_lock:
+            found = gs.get_entities(body.seeds)
+            missing = [s for s in body.seeds if s not in found]
+            if missing:
+                which = ", ".join(missing[:5])
+                raise HTTPException(404, f"unknown entit{'y' if len(missing) == 1 else 'ies'}: {which}")
+            sg = gs.subgraph(body.seeds, hops=body.hops, max_entities=body.max_entities)
+        return {
+            "seeds": sg.seeds,
+            "truncated": sg.truncated,
+            "entities": [
+                {"id": e.id, "label": e.label, "hop": sg.hops[e.id], "types": list(e.types)}
+                for e in sorted(sg.entities.values(), key=lambda e: (sg.hops[e.id], e.id))
+            ],
+            "facts": [{"head": f.head, "relation": f.relation, "tail": f.tail, "split": f.split} for f in sg.facts],
+        }
+
+    @app.post("/v1/cypher", tags=["knowledge graph"], dependencies=auth)
+    def cypher(body: CypherRequest) -> dict[str, Any]:
+        """Read-only Cypher against the store: a write clause is refused with 403."""
+        gs = the_store()
+        try:
+            with store_lock:
+                rows = gs.query(body.query, body.params)
+        except ReadOnlyQueryError:
+            raise
+        except StoreError as err:
+            raise HTTPException(400, str(err)) from None
+        return {"rows": rows}
+
+    return app
+
+
+__all__ = ["ServeSettings", "create_app"]
