@@ -292,3 +292,21 @@ def test_span_end_features_reach_the_entity_head_and_are_saved(tmp_path: Path) -
     assert not torch.allclose(changed[0, span], logits[0, span])
     write_settings(tmp_path, settings, 0.4, 128)
     assert read_settings(tmp_path) == (settings, 0.4, 128)
+
+
+def test_served_extraction_equals_the_offline_one(conll04_run: tuple[Path, dict]) -> None:
+    from serving import TOKEN, Server
+
+    from kelm.app.serve import ServeSettings, create_app, load_service
+
+    run, _ = conll04_run
+    text = "John Smith works for IBM in New York. Mary Jones lives in Paris."
+    want = Extractor.from_pretrained(run).extract(text)
+    with Server(create_app([load_service(run)], None, ServeSettings(TOKEN))) as server:
+        status, body, _ = server.call("POST", "/v1/extract", {"text": text})
+    assert status == 200
+    assert [(m["start"], m["end"], m["type"]) for m in body["mentions"]] == [
+        (m.start, m.end, m.type) for m in want.mentions
+    ]
+    got = [(r["head"]["start"], r["tail"]["start"], r["relation"]) for r in body["relations"]]
+    assert got == [(r.head.start, r.tail.start, r.type) for r in want.relations]

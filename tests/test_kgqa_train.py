@@ -124,3 +124,20 @@ def test_two_process_training_through_the_launcher(runs) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["steps"] == 3
     assert 0 <= metrics["test"]["hits@1_2hop"] <= 1
+
+
+def test_served_answers_equal_the_offline_ones(runs) -> None:
+    from serving import TOKEN, Server
+
+    from kelm.app.serve import ServeSettings, create_app, load_service
+
+    root, _ = runs
+    qa = QAModel(root / "kg")
+    question = read_questions(root / "data" / "test_2hop.txt")[0].text
+    app = create_app([load_service(root / "kg")], None, ServeSettings(TOKEN))
+    with Server(app) as server:
+        status, body, _ = server.call("POST", "/v1/ask", {"question": question, "top": 5})
+        assert status == 200
+        assert {k: v for k, v in body.items() if k != "model"} == json.loads(json.dumps(qa.ask(question, 5).as_dict()))
+        status, body, _ = server.call("POST", "/v1/ask", {"question": "who is [Nobody At All]"})
+        assert status == 200 and body["answers"] == [] and body["message"].startswith(NO_ENTITY)

@@ -3,76 +3,24 @@ dynamic batching, and bad input and overload as HTTP errors (never a 5xx)."""
 
 from __future__ import annotations
 
-import json
 import random
-import socket
-import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
+from serving import TOKEN, Server
 
 from kelm.app import run_training
 from kelm.app.serve import ServeSettings, Service, create_app, load_service
-from kelm.app.serve.services import EvidenceGraph
+from kelm.app.serve.services import EvidenceGraph, LinkerService
 from kelm.kg.datasets import load_graph
 from kelm.kg.store import open_store
 
-TOKEN = "test-token-0123456789"
 WORDS = {"pos": ["glad", "bright", "joy"], "neg": ["dark", "grief", "cold"]}
 FILLER = ["the", "river", "hill", "sky", "night", "of", "and", "stone"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A uvicorn server in a thread, stopped on exit."""
-
-    def __init__(self, app: Any):
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-    def call(
-        self, method: str, path: str, body: Any = None, token: str | None = TOKEN, raw: bytes | None = None
-    ) -> tuple[int, Any, dict[str, str]]:
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method)
-        req.add_header("Content-Type", "application/json")
-        if token is not None:
-            req.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                payload = resp.read()
-                status, headers = resp.status, dict(resp.headers)
-        except urllib.error.HTTPError as err:
-            payload, status, headers = err.read(), err.code, dict(err.headers)
-        try:
-            return status, json.loads(payload), headers
-        except json.JSONDecodeError:
-            return status, payload.decode(), headers
 
 
 def texts(n: int, seed: int) -> list[tuple[str, str]]:
@@ -122,8 +70,8 @@ def kge_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
 def server(classifier_run: Path, kge_run: tuple[Path, Path]) -> Iterator[Server]:
     run, store_path = kge_run
     store = open_store(store_path, "ladybug", read_only=True)
-    graph = EvidenceGraph.from_store(store)
-    services = [load_service(classifier_run), load_service(run, graph)]
+    kg = store.export()
+    services = [load_service(classifier_run), load_service(run, EvidenceGraph.from_graph(kg)), LinkerService(kg)]
     app = create_app(services, store, ServeSettings(TOKEN, max_wait_ms=30, max_body_bytes=64 * 1024))
     with Server(app) as s:
         yield s
@@ -137,7 +85,7 @@ def test_every_route_but_health_needs_the_token(server: Server) -> None:
     assert server.call("GET", "/v1/models", token="wrong-token-0123456789")[0] == 403
     assert server.call("POST", "/v1/classify", {"inputs": "x"}, token=None)[0] == 401
     status, body, _ = server.call("GET", "/v1/models")
-    assert status == 200 and {m["kind"] for m in body["models"]} == {"hf", "kge"}
+    assert status == 200 and {m["kind"] for m in body["models"]} == {"hf", "kge", "linker"}
     assert server.call("GET", "/ready")[0] == 200
 
 
@@ -248,3 +196,13 @@ def test_a_full_queue_answers_503_with_retry_after() -> None:
     statuses = sorted(r[0] for r in replies)
     assert 200 in statuses and 503 in statuses and set(statuses) <= {200, 503}
     assert all(int(r[2]["retry-after"]) >= 1 for r in replies if r[0] == 503)
+
+
+def test_link_finds_store_entities_by_label(server: Server, kge_run: tuple[Path, Path]) -> None:
+    _, store_path = kge_run
+    with open_store(store_path, "ladybug", read_only=True) as gs:
+        entity = next(e for e in gs.iter_entities() if e.label and " " in e.label)
+    text = f"We studied {entity.label} last year."
+    status, body, _ = server.call("POST", "/v1/link", {"text": text})
+    assert status == 200
+    assert any(m["entity"] == entity.id and m["text"].lower() == entity.label.lower() for m in body["mentions"])

@@ -58,15 +58,18 @@ def serve(
     import uvicorn
 
     from kelm.app.serve import ServeSettings, create_app, load_service
-    from kelm.app.serve.services import EvidenceGraph
+    from kelm.app.serve.services import EvidenceGraph, LinkerService
 
     token, generated = read_token(token_file)
     if threads is not None:
         torch.set_num_threads(threads)
     cfg = resolve_config(config, store, backend, uri)
     gs = store_from_config(cfg, read_only=True) if cfg.store.path else None
-    graph = EvidenceGraph.from_store(gs) if gs is not None else None
+    kg = gs.export() if gs is not None else None
+    graph = EvidenceGraph.from_graph(kg) if kg is not None else None
     services = [load_service(run, graph) for run in runs]
+    if kg is not None:
+        services.append(LinkerService(kg))
     if host not in LOOPBACK:
         console.print(f"[bold yellow]warning:[/] listening on {host}, not loopback: reachable from other machines")
     if generated:

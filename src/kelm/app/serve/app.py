@@ -95,6 +95,18 @@ class LinkPredictionRequest(_Body):
     k: int = Field(10, ge=1, le=1000)
 
 
+class AskRequest(_Body):
+    model: str | None = None
+    question: str = Field(..., min_length=1, max_length=MAX_TEXT, description="With the topic in [brackets].")
+    top: int = Field(10, ge=1, le=100)
+    paths: int = Field(3, ge=0, le=20)
+
+
+class TextRequest(_Body):
+    model: str | None = None
+    text: str = Field(..., min_length=1, max_length=MAX_TEXT)
+
+
 class SubgraphRequest(_Body):
     seeds: list[str] = Field(..., min_length=1, max_length=100)
     hops: int = Field(1, ge=0, le=3)
@@ -326,6 +338,42 @@ def create_app(services: list[Service], store: GraphStore | None, settings: Serv
         ]
         query = {"head": body.head} if body.head is not None else {"tail": body.tail}
         return {"model": service.name, **query, "relation": body.relation, "answers": answers}
+
+    @app.post("/v1/ask", tags=["knowledge graph"], dependencies=auth)
+    async def ask(body: AskRequest) -> dict[str, Any]:
+        """KGQA: answers to a question about a [bracketed] entity, each with its evidence paths."""
+        service = pick(body.model, "ask")
+        (response,) = await run(service, "ask", [(body.question, body.top, body.paths)])
+        return {"model": service.name, **response.as_dict()}
+
+    @app.post("/v1/extract", tags=["knowledge graph"], dependencies=auth)
+    async def extract(body: TextRequest) -> dict[str, Any]:
+        """Mentions and relations in a text, with character spans."""
+        service = pick(body.model, "extract")
+        (found,) = await run(service, "extract", [body.text])
+        mentions = [
+            {"text": m.text, "type": m.type, "start": m.start, "end": m.end, "score": m.score} for m in found.mentions
+        ]
+        relations = [
+            {"head": mentions[found.mentions.index(r.head)], "relation": r.type,
+             "tail": mentions[found.mentions.index(r.tail)], "score": r.score}
+            for r in found.relations
+        ]  # fmt: skip
+        return {"model": service.name, "mentions": mentions, "relations": relations}
+
+    @app.post("/v1/link", tags=["knowledge graph"], dependencies=auth)
+    async def link(body: TextRequest) -> dict[str, Any]:
+        """Entities of the store mentioned in a text (by label or id), with character spans."""
+        service = pick(body.model, "link")
+        (found,) = await run(service, "link", [body.text])
+        labels = service.labels  # type: ignore[attr-defined]
+        return {
+            "mentions": [
+                {"start": m.start, "end": m.end, "text": body.text[m.start : m.end], "entity": m.entity,
+                 "label": labels.get(m.entity), "method": m.method, "score": m.score}
+                for m in found
+            ]
+        }  # fmt: skip
 
     @app.post("/v1/subgraph", tags=["knowledge graph"], dependencies=auth)
     def subgraph(body: SubgraphRequest) -> dict[str, Any]:

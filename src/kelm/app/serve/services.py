@@ -28,7 +28,7 @@ class UnknownName(KelmError):
 
 
 #: Capabilities a service can offer, each served by one route.
-CAPABILITIES = ("classify", "ner", "qa", "embeddings", "link-prediction", "extract")
+CAPABILITIES = ("classify", "ner", "qa", "embeddings", "link-prediction", "extract", "ask", "link")
 
 
 class Service:
@@ -188,10 +188,10 @@ class EvidenceGraph:
         self.rel_id_of = dict(zip(qa.rel_names, qa.rel_ids, strict=True))
 
     @classmethod
-    def from_store(cls, store: Any) -> EvidenceGraph:
+    def from_graph(cls, kg: Any) -> EvidenceGraph:
         from kelm.kgqa.graph import QAGraph
 
-        return cls(QAGraph.from_kg(store.export()))
+        return cls(QAGraph.from_kg(kg))
 
 
 def _index(ids: Sequence[str], labels: Sequence[str]) -> dict[str, int]:
@@ -226,6 +226,39 @@ class ExtractorService(Service):
         return [self.extractor.extract(text) for text in items]
 
 
+class KGQAService(Service):
+    """A trained KGQA run: answers to a question about a ``[bracketed]`` entity, with evidence paths."""
+
+    capabilities = ("ask",)
+
+    def __init__(self, name: str, folder: Path):
+        from kelm.kgqa.answer import QAModel
+
+        super().__init__(name, "kgqa")
+        self.model = QAModel(folder)
+
+    def run(self, capability: str, items: list[Any]) -> list[Any]:
+        """Items are ``(question, top, paths)``."""
+        return [self.model.ask(q, top=top, paths=paths) for q, top, paths in items]
+
+
+class LinkerService(Service):
+    """Entity linking against the store: the dictionary stage of `kelm.linking.EntityLinker`
+    (labels, and ids read with ``_`` as spaces)."""
+
+    capabilities = ("link",)
+
+    def __init__(self, kg: Any):
+        from kelm.linking.linker import EntityLinker
+
+        super().__init__("store-linker", "linker")
+        self.linker = EntityLinker.from_kg(kg)
+        self.labels = {e.id: e.label for e in kg.entities.values()}
+
+    def run(self, capability: str, items: list[Any]) -> list[Any]:
+        return self.linker.link_many(items)
+
+
 def load_service(path: str | Path, graph: Any | None = None) -> Service:
     """The service of a run folder, by the kind its ``[model]`` table names."""
     from kelm.app.models import model_kind
@@ -239,4 +272,6 @@ def load_service(path: str | Path, graph: Any | None = None) -> Service:
         return KGEService(name, folder, graph)
     if kind == "extractor":
         return ExtractorService(name, folder)
-    raise DataError(f"model kind '{kind}' cannot be served yet (served: hf, moe-hf, kge, extractor)", folder)
+    if kind == "kgqa":
+        return KGQAService(name, folder)
+    raise DataError(f"model kind '{kind}' cannot be served yet (served: hf, moe-hf, kge, kgqa, extractor)", folder)
