@@ -29,6 +29,13 @@ class Server:
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
+    @classmethod
+    def client(cls, port: int) -> Server:
+        """A client of a server already listening on ``port`` (in another process)."""
+        out = cls.__new__(cls)
+        out.port = port
+        return out
+
     def __enter__(self) -> Server:
         self.thread.start()
         deadline = time.monotonic() + 30

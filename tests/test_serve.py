@@ -4,6 +4,9 @@ dynamic batching, and bad input and overload as HTTP errors (never a 5xx)."""
 from __future__ import annotations
 
 import random
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serving import TOKEN, Server
+from serving import TOKEN, Server, free_port
 
 from kelm.app import run_training
 from kelm.app.serve import ServeSettings, Service, create_app, load_service
@@ -206,3 +209,38 @@ def test_link_finds_store_entities_by_label(server: Server, kge_run: tuple[Path,
     status, body, _ = server.call("POST", "/v1/link", {"text": text})
     assert status == 200
     assert any(m["entity"] == entity.id and m["text"].lower() == entity.label.lower() for m in body["mentions"])
+
+
+def test_kelm_serve_drains_on_sigterm(classifier_run: Path, tmp_path: Path) -> None:
+    """In-flight requests finish, new ones get 503, then the process exits cleanly."""
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n", encoding="utf-8")
+    port = free_port()
+    cmd = [sys.executable, "-m", "kelm.cli", "serve", str(classifier_run), "--port", str(port)]
+    # each request waits 1.5 s for company: long enough to be in flight when the signal comes
+    cmd += ["--token-file", str(token_file), "--max-wait-ms", "1500", "--threads", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        client = Server.client(port)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if client.call("GET", "/health", token=None)[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.1)
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(client.call, "POST", "/v1/classify", {"inputs": "glad sky"})
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+            status, body, headers = client.call("POST", "/v1/classify", {"inputs": "dark river"})
+            assert status == 503 and headers["retry-after"] == "5"
+            status, body, _ = in_flight.result(timeout=30)
+            assert status == 200 and body["results"][0]["label"] in ("pos", "neg")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -55,9 +55,9 @@ def serve(
     """Serve models and the graph over HTTP: /v1/classify, /v1/ner, /v1/qa, /v1/embeddings,
     /v1/link-prediction, /v1/subgraph, /v1/cypher; /health, /ready, /metrics; docs at /docs."""
     import torch
-    import uvicorn
 
     from kelm.app.serve import ServeSettings, create_app, load_service
+    from kelm.app.serve.server import run_server
     from kelm.app.serve.services import EvidenceGraph, LinkerService
 
     token, generated = read_token(token_file)
@@ -79,7 +79,7 @@ def serve(
     for s in services:
         console.print(f"serving {s.name} ({s.kind}): {', '.join(s.capabilities)}", highlight=False)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+        run_server(app, host, port)
     finally:
         if gs is not None:
             gs.close()

@@ -187,6 +187,8 @@ def create_app(services: list[Service], store: GraphStore | None, settings: Serv
         lifespan=lifespan,
     )
     app.state.ready = False
+    app.state.draining = False  # set by `kelm.app.serve.server.DrainingServer` on SIGTERM
+    app.state.in_flight = 0
     bearer = HTTPBearer(auto_error=False)
 
     def authorized(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
@@ -228,8 +230,15 @@ def create_app(services: list[Service], store: GraphStore | None, settings: Serv
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
             return JSONResponse({"detail": f"body larger than {settings.max_body_bytes} bytes"}, status_code=413)
+        if app.state.draining:
+            busy = {"detail": "the server is shutting down"}
+            return JSONResponse(busy, status_code=503, headers={"Retry-After": "5"})
         start = time.perf_counter()
-        response = await call_next(request)
+        app.state.in_flight += 1
+        try:
+            response = await call_next(request)
+        finally:
+            app.state.in_flight -= 1
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
         metrics.requests.labels(path, str(response.status_code)).inc()
