@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from serving import TOKEN, Server, texts
+
+from kelm.app import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("KELM_DATA_DIR", str(ROOT.parent / "shared" / "data"))
@@ -41,8 +45,6 @@ def subset(src: Path, dst: Path, n: int) -> Path:
 @pytest.fixture(scope="session")
 def conll04_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """A small extractor trained on 240 CoNLL04 sentences (shared by the extraction tests)."""
-    from kelm.app import run_training
-
     root = tmp_path_factory.mktemp("extract")
     src = data_dir / "re" / "conll04"
     task = {
@@ -65,3 +67,56 @@ def conll04_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     }
     summary = run_training({"task": task, "train": train}, root / "run")
     return root / "run", summary
+
+
+@pytest.fixture(scope="session")
+def classifier_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("serve-cls")
+    for split, n, seed in (("train", 240, 0), ("dev", 40, 1)):
+        rows = [f"{i}\t{t}\t{lab}" for i, (t, lab) in enumerate(texts(n, seed))]
+        (root / f"{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    task = {
+        "name": "classification",
+        "train": str(root / "train.tsv"),
+        "dev": str(root / "dev.tsv"),
+        "model": "tiny-bert",
+        "hidden_size": 32,
+        "num_layers": 1,
+        "num_heads": 2,
+        "max_length": 32,
+    }
+    train = {"strategy": "single", "threads": 1, "lr": 3e-3, "batch_size": 16, "epochs": 4, "tensorboard": False}
+    run_training({"task": task, "train": train}, root / "classifier")
+    return root / "classifier"
+
+
+@pytest.fixture(scope="session")
+def kge_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small DistMult run on UMLS and UMLS in a LadybugDB store."""
+    from kelm.kg.datasets import load_graph
+    from kelm.kg.store import open_store
+
+    root = tmp_path_factory.mktemp("serve-kge")
+    task = {"name": "link-prediction", "dataset": "umls", "model": "distmult", "dim": 16, "training": "1-n"}
+    train = {"strategy": "single", "threads": 1, "lr": 0.05, "batch_size": 256, "epochs": 3, "tensorboard": False}
+    run_training({"task": task, "train": train}, root / "kge")
+    with open_store(root / "store", "ladybug") as gs:
+        gs.import_graph(load_graph("umls", data_dir))
+    return root / "kge", root / "store"
+
+
+@pytest.fixture(scope="session")
+def server(classifier_run: Path, kge_run: tuple[Path, Path]) -> Iterator[Server]:
+    """`kelm serve`'s app over the classifier, the KGE run and its store, on a real uvicorn."""
+    from kelm.app.serve import ServeSettings, create_app, load_service
+    from kelm.app.serve.services import EvidenceGraph, LinkerService
+    from kelm.kg.store import open_store
+
+    run, store_path = kge_run
+    store = open_store(store_path, "ladybug", read_only=True)
+    kg = store.export()
+    services = [load_service(classifier_run), load_service(run, EvidenceGraph.from_graph(kg)), LinkerService(kg)]
+    app = create_app(services, store, ServeSettings(TOKEN, max_wait_ms=30, max_body_bytes=64 * 1024))
+    with Server(app) as s:
+        yield s
+    store.close()

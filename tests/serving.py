@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import socket
 import threading
 import time
@@ -13,6 +14,20 @@ from typing import Any
 import uvicorn
 
 TOKEN = "test-token-0123456789"
+
+WORDS = {"pos": ["glad", "bright", "joy"], "neg": ["dark", "grief", "cold"]}
+FILLER = ["the", "river", "hill", "sky", "night", "of", "and", "stone"]
+
+
+def texts(n: int, seed: int) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        label = rng.choice(["pos", "neg"])
+        words = rng.choices(FILLER, k=rng.randint(2, 10)) + [rng.choice(WORDS[label])]
+        rng.shuffle(words)
+        out.append((" ".join(words), label))
+    return out
 
 
 def free_port() -> int:

@@ -3,82 +3,19 @@ dynamic batching, and bad input and overload as HTTP errors (never a 5xx)."""
 
 from __future__ import annotations
 
-import random
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from serving import TOKEN, Server, free_port
+from serving import TOKEN, Server, free_port, texts
 
-from kelm.app import run_training
-from kelm.app.serve import ServeSettings, Service, create_app, load_service
-from kelm.app.serve.services import EvidenceGraph, LinkerService
-from kelm.kg.datasets import load_graph
+from kelm.app.serve import ServeSettings, Service, create_app
 from kelm.kg.store import open_store
-
-WORDS = {"pos": ["glad", "bright", "joy"], "neg": ["dark", "grief", "cold"]}
-FILLER = ["the", "river", "hill", "sky", "night", "of", "and", "stone"]
-
-
-def texts(n: int, seed: int) -> list[tuple[str, str]]:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        label = rng.choice(["pos", "neg"])
-        words = rng.choices(FILLER, k=rng.randint(2, 10)) + [rng.choice(WORDS[label])]
-        rng.shuffle(words)
-        out.append((" ".join(words), label))
-    return out
-
-
-@pytest.fixture(scope="module")
-def classifier_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("serve-cls")
-    for split, n, seed in (("train", 240, 0), ("dev", 40, 1)):
-        rows = [f"{i}\t{t}\t{lab}" for i, (t, lab) in enumerate(texts(n, seed))]
-        (root / f"{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    task = {
-        "name": "classification",
-        "train": str(root / "train.tsv"),
-        "dev": str(root / "dev.tsv"),
-        "model": "tiny-bert",
-        "hidden_size": 32,
-        "num_layers": 1,
-        "num_heads": 2,
-        "max_length": 32,
-    }
-    train = {"strategy": "single", "threads": 1, "lr": 3e-3, "batch_size": 16, "epochs": 4, "tensorboard": False}
-    run_training({"task": task, "train": train}, root / "classifier")
-    return root / "classifier"
-
-
-@pytest.fixture(scope="module")
-def kge_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("serve-kge")
-    task = {"name": "link-prediction", "dataset": "umls", "model": "distmult", "dim": 16, "training": "1-n"}
-    train = {"strategy": "single", "threads": 1, "lr": 0.05, "batch_size": 256, "epochs": 3, "tensorboard": False}
-    run_training({"task": task, "train": train}, root / "kge")
-    with open_store(root / "store", "ladybug") as gs:
-        gs.import_graph(load_graph("umls", data_dir))
-    return root / "kge", root / "store"
-
-
-@pytest.fixture(scope="module")
-def server(classifier_run: Path, kge_run: tuple[Path, Path]) -> Iterator[Server]:
-    run, store_path = kge_run
-    store = open_store(store_path, "ladybug", read_only=True)
-    kg = store.export()
-    services = [load_service(classifier_run), load_service(run, EvidenceGraph.from_graph(kg)), LinkerService(kg)]
-    app = create_app(services, store, ServeSettings(TOKEN, max_wait_ms=30, max_body_bytes=64 * 1024))
-    with Server(app) as s:
-        yield s
-    store.close()
 
 
 def test_every_route_but_health_needs_the_token(server: Server) -> None:

@@ -119,7 +119,7 @@ class LadybugStore(GraphStore):
     def _rows(self, cypher_text: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         try:
             result = self._conn.execute(cypher_text, params or {})
-        except RuntimeError as err:
+        except (RuntimeError, ValueError, TypeError) as err:  # the driver raises all three for bad input
             raise StoreError(f"LadybugDB: {err}") from None
         names = result.get_column_names()
         return [dict(zip(names, row, strict=True)) for row in result.get_all()]
