@@ -171,18 +171,6 @@ def query_cmd(
     out.print(f"{len(rows)} row{'s' if len(rows) != 1 else ''}", style="dim")
 
 
-def _subgraph_json(sg: Subgraph) -> dict[str, Any]:
-    return {
-        "seeds": sg.seeds,
-        "truncated": sg.truncated,
-        "entities": [
-            {"id": e.id, "label": e.label, "hop": sg.hops[e.id], "types": list(e.types)}
-            for e in sorted(sg.entities.values(), key=lambda e: (sg.hops[e.id], e.id))
-        ],
-        "triples": [{"head": f.head, "relation": f.relation, "tail": f.tail, "split": f.split} for f in sg.facts],
-    }
-
-
 def render_subgraph(sg: Subgraph, max_children: int = 6) -> Tree:
     """A breadth-first tree: each reached entity hangs under one fact linking it to the previous hop."""
     label = {eid: (e.label or eid) for eid, e in sg.entities.items()}
@@ -234,7 +222,7 @@ def subgraph_cmd(
     with store_from_config(cfg, read_only=True) as gs:
         sg = gs.subgraph(entities, hops=hops, max_entities=max_entities, fanout=fanout, seed=seed)
     if as_json:
-        typer.echo(json.dumps(_subgraph_json(sg)))
+        typer.echo(json.dumps(sg.to_json()))
     else:
         out.print(render_subgraph(sg))
 

@@ -395,15 +395,7 @@ def create_app(services: list[Service], store: GraphStore | None, settings: Serv
                 which = ", ".join(missing[:5])
                 raise HTTPException(404, f"unknown entit{'y' if len(missing) == 1 else 'ies'}: {which}")
             sg = gs.subgraph(body.seeds, hops=body.hops, max_entities=body.max_entities)
-        return {
-            "seeds": sg.seeds,
-            "truncated": sg.truncated,
-            "entities": [
-                {"id": e.id, "label": e.label, "hop": sg.hops[e.id], "types": list(e.types)}
-                for e in sorted(sg.entities.values(), key=lambda e: (sg.hops[e.id], e.id))
-            ],
-            "facts": [{"head": f.head, "relation": f.relation, "tail": f.tail, "split": f.split} for f in sg.facts],
-        }
+        return sg.to_json(facts_key="facts")
 
     @app.post("/v1/cypher", tags=["knowledge graph"], dependencies=auth)
     def cypher(body: CypherRequest) -> dict[str, Any]:

@@ -103,6 +103,18 @@ class Subgraph:
     hops: dict[str, int]
     truncated: bool = False
 
+    def to_json(self, facts_key: str = "triples") -> dict[str, Any]:
+        """Seeds, entities by hop distance (with label and types), and the facts under ``facts_key``."""
+        return {
+            "seeds": self.seeds,
+            "truncated": self.truncated,
+            "entities": [
+                {"id": e.id, "label": e.label, "hop": self.hops[e.id], "types": list(e.types)}
+                for e in sorted(self.entities.values(), key=lambda e: (self.hops[e.id], e.id))
+            ],
+            facts_key: [{"head": f.head, "relation": f.relation, "tail": f.tail, "split": f.split} for f in self.facts],
+        }
+
 
 _WRITE_CLAUSE = re.compile(
     r"\b(CREATE|MERGE|SET|DELETE|DETACH|REMOVE|DROP|ALTER|COPY|LOAD|INSTALL|ATTACH|IMPORT|EXPORT|"
