@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import tomli_w
 from serving import TOKEN, Server, texts
 
 from kelm.app import run_training
@@ -109,14 +111,71 @@ def kge_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
 def server(classifier_run: Path, kge_run: tuple[Path, Path]) -> Iterator[Server]:
     """`kelm serve`'s app over the classifier, the KGE run and its store, on a real uvicorn."""
     from kelm.app.serve import ServeSettings, create_app, load_service
-    from kelm.app.serve.services import EvidenceGraph, LinkerService
     from kelm.kg.store import open_store
 
     run, store_path = kge_run
     store = open_store(store_path, "ladybug", read_only=True)
-    kg = store.export()
-    services = [load_service(classifier_run), load_service(run, EvidenceGraph.from_graph(kg)), LinkerService(kg)]
+    services = [load_service(classifier_run), load_service(run)]  # the store adds its linker
     app = create_app(services, store, ServeSettings(TOKEN, max_wait_ms=30, max_body_bytes=64 * 1024))
     with Server(app) as s:
         yield s
     store.close()
+
+
+def tiny_config() -> str:
+    """configs/kgqa/tiny.toml on 2-hop questions, one thread."""
+    cfg = tomllib.loads((ROOT / "configs" / "kgqa" / "tiny.toml").read_text(encoding="utf-8"))
+    cfg["task"]["hops"] = [2]
+    cfg["train"]["threads"] = 1
+    return tomli_w.dumps(cfg)
+
+
+@pytest.fixture(scope="session")
+def kgqa_runs(tmp_path_factory):
+    """A tiny graph in a store, 2-hop questions over it, and an LM-only and a KG model trained on them."""
+    from test_kgqa import tiny_kg
+
+    from kelm.cli import main
+    from kelm.kg.store import open_store
+
+    root = tmp_path_factory.mktemp("kgqa")
+    with open_store(root / "store") as store:
+        store.import_graph(tiny_kg(n_people=60), replace=True)
+    assert (
+        main(
+            [
+                "kgqa",
+                "generate",
+                "--store",
+                str(root / "store"),
+                "--hops",
+                "2",
+                "--per-entity",
+                "3",
+                "--out",
+                str(root / "data"),
+            ]
+        )
+        == 0
+    )
+    (root / "qa.toml").write_text(tiny_config(), encoding="utf-8")
+    metrics = {}
+    for model in ("lm", "kg"):
+        rc = main(
+            [
+                "kgqa",
+                "train",
+                str(root / "qa.toml"),
+                "--data",
+                str(root / "data"),
+                "--store",
+                str(root / "store"),
+                "--model",
+                model,
+                "--out",
+                str(root / model),
+            ]
+        )
+        assert rc == 0
+        metrics[model] = json.loads((root / model / "metrics.json").read_text())
+    return root, metrics

@@ -3,75 +3,22 @@
 from __future__ import annotations
 
 import json
-import tomllib
-from pathlib import Path
 
 import pytest
-import tomli_w
 import torch
-from test_kgqa import tiny_kg
 
 from kelm.cli import main
-from kelm.kg.store import open_store
 from kelm.kgqa.answer import NO_ENTITY, QAModel
 from kelm.kgqa.questions import read_questions
 
 torch.set_num_threads(1)
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_config() -> str:
-    """configs/kgqa/tiny.toml on 2-hop questions, one thread."""
-    cfg = tomllib.loads((ROOT / "configs" / "kgqa" / "tiny.toml").read_text(encoding="utf-8"))
-    cfg["task"]["hops"] = [2]
-    cfg["train"]["threads"] = 1
-    return tomli_w.dumps(cfg)
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("kgqa")
-    with open_store(root / "store") as store:
-        store.import_graph(tiny_kg(n_people=60), replace=True)
-    assert (
-        main(
-            [
-                "kgqa",
-                "generate",
-                "--store",
-                str(root / "store"),
-                "--hops",
-                "2",
-                "--per-entity",
-                "3",
-                "--out",
-                str(root / "data"),
-            ]
-        )
-        == 0
-    )
-    (root / "qa.toml").write_text(tiny_config(), encoding="utf-8")
-    metrics = {}
-    for model in ("lm", "kg"):
-        rc = main(
-            [
-                "kgqa",
-                "train",
-                str(root / "qa.toml"),
-                "--data",
-                str(root / "data"),
-                "--store",
-                str(root / "store"),
-                "--model",
-                model,
-                "--out",
-                str(root / model),
-            ]
-        )
-        assert rc == 0
-        metrics[model] = json.loads((root / model / "metrics.json").read_text())
-    return root, metrics
+def runs(kgqa_runs):
+    """configs/kgqa/tiny.toml on 2-hop questions, LM-only and KG models (see conftest)."""
+    return kgqa_runs
 
 
 def test_kg_model_beats_lm_only_on_two_hops(runs) -> None:
@@ -138,6 +85,19 @@ def test_served_answers_equal_the_offline_ones(runs) -> None:
     with Server(app) as server:
         status, body, _ = server.call("POST", "/v1/ask", {"question": question, "top": 5})
         assert status == 200
-        assert {k: v for k, v in body.items() if k != "model"} == json.loads(json.dumps(qa.ask(question, 5).as_dict()))
+        offline = json.loads(json.dumps(qa.ask(question, 5).as_dict()))
+        assert {k: body[k] for k in offline if k != "answers"} == {k: v for k, v in offline.items() if k != "answers"}
+        assert [{k: a[k] for k in b} for a, b in zip(body["answers"], offline["answers"], strict=True)] == offline[
+            "answers"
+        ]
+        graph = qa.graph
+        facts = {(graph.ids[h], graph.rel_ids[r], graph.ids[t]) for h, r, t in graph.triples}
+        for answer in body["answers"]:  # the id paths are the name paths, fact by fact, and facts of the graph
+            assert len(answer["paths"]) == len(answer["evidence"])
+            for ids, names in zip(answer["paths"], answer["evidence"], strict=True):
+                assert [(f["head"], f["relation"], f["tail"]) for f in ids] and all(
+                    (f["head"], f["relation"], f["tail"]) in facts for f in ids
+                )
+                assert [graph.names[graph.by_id[f["head"]]] for f in ids] == [n[0] for n in names]
         status, body, _ = server.call("POST", "/v1/ask", {"question": "who is [Nobody At All]"})
         assert status == 200 and body["answers"] == [] and body["message"].startswith(NO_ENTITY)

@@ -34,7 +34,12 @@ MODEL_KINDS: Registry[Any] = Registry(
 
 
 def model_kind(path: str | Path) -> str:
-    """The kind of the model folder of ``path`` (a run or model folder)."""
+    """The kind of the model folder of ``path`` (a run or model folder; a hybrid's folder holds only
+    its ``hybrid.json``)."""
+    from kelm.kgc.hybrid_fit import HYBRID_FILE
+
+    if (Path(path) / HYBRID_FILE).is_file():
+        return "hybrid"
     folder, spec = read_model_spec(path)
     kind = spec.get("kind")
     if not isinstance(kind, str):

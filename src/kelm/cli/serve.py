@@ -51,33 +51,44 @@ def serve(
     max_wait_ms: Annotated[float, typer.Option(help="Longest wait for a batch to fill, in ms.", min=0)] = 5.0,
     max_queue: Annotated[int, typer.Option(help="Requests waiting per model before 503.", min=1)] = 512,
     threads: Annotated[int | None, typer.Option(help="Torch threads (default: torch's choice).", min=1)] = None,
+    allow_writes: Annotated[
+        bool, typer.Option("--allow-writes", help="Let token holders write documents to the store (/v1/documents).")
+    ] = False,
 ) -> None:
-    """Serve models and the graph over HTTP: /v1/classify, /v1/ner, /v1/qa, /v1/embeddings,
-    /v1/link-prediction, /v1/subgraph, /v1/cypher; /health, /ready, /metrics; docs at /docs."""
+    """Serve models and the graph over HTTP, with a page to explore it at /.
+
+    Routes: /v1/classify, /v1/ner, /v1/qa, /v1/embeddings, /v1/link-prediction, /v1/ask,
+    /v1/extract, /v1/link, /v1/entities, /v1/subgraph, /v1/evidence, /v1/cypher (read-only);
+    /v1/documents with --allow-writes; /health, /ready, /metrics; API docs at /docs."""
     import torch
 
     from kelm.app.serve import ServeSettings, create_app, load_service
     from kelm.app.serve.server import run_server
-    from kelm.app.serve.services import EvidenceGraph, LinkerService
+    from kelm.app.serve.services import model_names
 
     token, generated = read_token(token_file)
     if threads is not None:
         torch.set_num_threads(threads)
     cfg = resolve_config(config, store, backend, uri)
-    gs = store_from_config(cfg, read_only=True) if cfg.store.path else None
-    kg = gs.export() if gs is not None else None
-    graph = EvidenceGraph.from_graph(kg) if kg is not None else None
-    services = [load_service(run, graph) for run in runs]
-    if kg is not None:
-        services.append(LinkerService(kg))
+    if allow_writes and not cfg.store.path:
+        raise ConfigError("--allow-writes needs a store (--store)")
+    services = [load_service(run, name=name) for run, name in zip(runs, model_names(runs), strict=True)]
+    gs = store_from_config(cfg, read_only=not allow_writes) if cfg.store.path else None
     if host not in LOOPBACK:
         console.print(f"[bold yellow]warning:[/] listening on {host}, not loopback: reachable from other machines")
     if generated:
         console.print(f"bearer token (pass --token-file or ${TOKEN_ENV} to choose one): {token}", highlight=False)
-    settings = ServeSettings(token, max_batch_tokens, max_wait_ms, max_queue)
-    app = create_app(services, gs, settings)
-    for s in services:
+    settings = ServeSettings(token, max_batch_tokens, max_wait_ms, max_queue, allow_writes=allow_writes)
+    try:
+        app = create_app(services, gs, settings)
+    except BaseException:
+        if gs is not None:
+            gs.close()
+        raise
+    for s in app.state.services:
         console.print(f"serving {s.name} ({s.kind}): {', '.join(s.capabilities)}", highlight=False)
+    page = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
+    console.print(f"page: {page}#token={token}" if generated else f"page: {page} (give it the token)", highlight=False)
     try:
         run_server(app, host, port)
     finally:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -25,7 +24,9 @@ from pydantic import BaseModel, Field, field_validator
 
 from kelm import __version__
 from kelm.app.serve.batching import DynamicBatcher, Overloaded
+from kelm.app.serve.page import mount_page
 from kelm.app.serve.services import Service, UnknownName
+from kelm.app.serve.store_view import StoreView
 from kelm.errors import ConfigError, KelmError, ReadOnlyQueryError, StoreError
 from kelm.kg.store import GraphStore
 
@@ -42,6 +43,7 @@ class ServeSettings:
     max_wait_ms: float = 5.0
     max_queue: int = 512
     max_body_bytes: int = 1 << 20
+    allow_writes: bool = False
 
 
 # -- request and response bodies ----------------------------------------------------------------
@@ -113,6 +115,23 @@ class SubgraphRequest(_Body):
     max_entities: int = Field(200, ge=1, le=5000)
 
 
+class FactRef(_Body):
+    head: str = Field(..., min_length=1)
+    relation: str = Field(..., min_length=1)
+    tail: str = Field(..., min_length=1)
+
+
+class EvidenceRequest(_Body):
+    facts: list[FactRef] = Field(..., min_length=1, max_length=100)
+
+
+class DocumentRequest(_Body):
+    id: str = Field(..., min_length=1, max_length=500, description="The document's id (replaced if it exists).")
+    text: str = Field(..., min_length=1, max_length=MAX_TEXT)
+    model: str | None = Field(None, description="The extractor (optional when one is loaded).")
+    threshold: float | None = Field(None, ge=0.0, le=1.0, description="Keep relations scoring at least this.")
+
+
 class CypherRequest(_Body):
     query: str = Field(..., min_length=1, max_length=MAX_TEXT)
     params: dict[str, Any] = Field(default_factory=dict)
@@ -149,7 +168,8 @@ def create_app(services: list[Service], store: GraphStore | None, settings: Serv
     """The API over ``services`` (and ``store``, read-only, when given)."""
     metrics = _Metrics()
     batchers: dict[tuple[str, str], DynamicBatcher] = {}
-    store_lock = threading.Lock()  # a store connection serves one query at a time
+    services = list(services)
+    view = StoreView(store, services) if store is not None else None  # adds the store's linker
     by_name = {s.name: s for s in services}
     if len(by_name) != len(services):
         raise ConfigError(f"two models have the same name: {', '.join(sorted(s.name for s in services))}")
@@ -187,6 +207,7 @@ def create_app(services: list[Service], store: GraphStore | None, settings: Serv
         lifespan=lifespan,
     )
     app.state.ready = False
+    app.state.services = services
     app.state.draining = False  # set by `kelm.app.serve.server.DrainingServer` on SIGTERM
     app.state.in_flight = 0
     bearer = HTTPBearer(auto_error=False)
@@ -219,10 +240,15 @@ def create_app(services: list[Service], store: GraphStore | None, settings: Serv
         b = batcher(service, capability)
         return list(await asyncio.gather(*(b.submit(it, service.tokens(capability, it)) for it in items)))
 
-    def the_store() -> GraphStore:
-        if store is None:
+    def the_store() -> StoreView:
+        if view is None:
             raise HTTPException(404, "no store loaded (start the server with --store)")
-        return store
+        return view
+
+    def writable() -> StoreView:
+        if not settings.allow_writes:
+            raise HTTPException(403, "this server is read-only: start it with --allow-writes to change the store")
+        return the_store()
 
     # -- middleware and errors --------------------------------------------------------------------
     @app.middleware("http")
@@ -281,17 +307,19 @@ def create_app(services: list[Service], store: GraphStore | None, settings: Serv
     def models() -> dict[str, Any]:
         """The loaded models and what each can do."""
         return {
-            "models": [{"name": s.name, "kind": s.kind, "capabilities": list(s.capabilities)} for s in services],
-            "store": None if store is None else {"backend": store.backend},
+            "models": [
+                {"name": s.name, "kind": s.kind, "capabilities": list(s.capabilities), **s.describe()} for s in services
+            ],
+            "store": None if store is None else {"backend": store.backend, "writable": settings.allow_writes},
         }
 
     @app.post("/v1/classify", tags=["language models"], dependencies=auth)
     async def classify(body: TextsRequest) -> dict[str, Any]:
-        """The label and its probability for each text."""
+        """The label and its probability for each text (and, for a KG-enhanced classifier, the
+        graph entities it linked)."""
         service = pick(body.model, "classify")
         texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
-        found = await run(service, "classify", texts)
-        return {"model": service.name, "results": [{"label": lab, "probability": p} for lab, p in found]}
+        return {"model": service.name, "results": await run(service, "classify", texts)}
 
     @app.post("/v1/ner", tags=["language models"], dependencies=auth)
     async def ner(body: TextsRequest) -> dict[str, Any]:
@@ -353,7 +381,7 @@ def create_app(services: list[Service], store: GraphStore | None, settings: Serv
         """KGQA: answers to a question about a [bracketed] entity, each with its evidence paths."""
         service = pick(body.model, "ask")
         (response,) = await run(service, "ask", [(body.question, body.top, body.paths)])
-        return {"model": service.name, **response.as_dict()}
+        return {"model": service.name, **response}
 
     @app.post("/v1/extract", tags=["knowledge graph"], dependencies=auth)
     async def extract(body: TextRequest) -> dict[str, Any]:
@@ -384,32 +412,53 @@ def create_app(services: list[Service], store: GraphStore | None, settings: Serv
             ]
         }  # fmt: skip
 
+    @app.get("/v1/entities", tags=["knowledge graph"], dependencies=auth)
+    def entities(
+        q: str = Query(..., min_length=1, max_length=200, description="Part of a label or id."),
+        limit: int = Query(20, ge=1, le=200),
+    ) -> dict[str, Any]:
+        """Store entities whose label or id matches ``q``: exact matches first, then prefixes."""
+        return {"entities": the_store().search(q, limit)}
+
     @app.post("/v1/subgraph", tags=["knowledge graph"], dependencies=auth)
     def subgraph(body: SubgraphRequest) -> dict[str, Any]:
-        """Entities within ``hops`` of the seeds and the facts among them."""
-        gs = the_store()
-        with store_lock:
-            found = gs.get_entities(body.seeds)
-            missing = [s for s in body.seeds if s not in found]
-            if missing:
-                which = ", ".join(missing[:5])
-                raise HTTPException(404, f"unknown entit{'y' if len(missing) == 1 else 'ies'}: {which}")
-            sg = gs.subgraph(body.seeds, hops=body.hops, max_entities=body.max_entities)
-        return sg.to_json(facts_key="facts")
+        """Entities within ``hops`` of the seeds and the facts among them, with their provenance."""
+        return the_store().subgraph(body.seeds, body.hops, body.max_entities)
+
+    @app.post("/v1/evidence", tags=["knowledge graph"], dependencies=auth)
+    def evidence(body: EvidenceRequest) -> dict[str, Any]:
+        """The source sentences of extracted facts: document, sentence, and character spans."""
+        return {"evidence": the_store().evidence([(f.head, f.relation, f.tail) for f in body.facts])}
 
     @app.post("/v1/cypher", tags=["knowledge graph"], dependencies=auth)
     def cypher(body: CypherRequest) -> dict[str, Any]:
         """Read-only Cypher against the store: a write clause is refused with 403."""
         gs = the_store()
         try:
-            with store_lock:
-                rows = gs.query(body.query, body.params)
+            rows = gs.query(body.query, body.params)
         except ReadOnlyQueryError:
             raise
         except StoreError as err:
             raise HTTPException(400, str(err)) from None
         return {"rows": rows}
 
+    @app.post("/v1/documents", tags=["store writes"], dependencies=auth)
+    async def write_document(body: DocumentRequest) -> dict[str, Any]:
+        """Extract a document's facts and write them to the store with their evidence, replacing
+        what the document supported before (only with ``--allow-writes``)."""
+        gs = writable()
+        service = pick(body.model, "extract")
+        (found,) = await run(service, "extract", [body.text])
+        extractor = service.extractor  # type: ignore[attr-defined]
+        threshold = extractor.threshold if body.threshold is None else body.threshold
+        return await asyncio.to_thread(gs.write_document, body.id, body.text, found, extractor.name, threshold)
+
+    @app.delete("/v1/documents/{doc_id:path}", tags=["store writes"], dependencies=auth)
+    async def delete_document(doc_id: str) -> dict[str, Any]:
+        """Remove a document and the facts only it supported (only with ``--allow-writes``)."""
+        return await asyncio.to_thread(writable().delete_document, doc_id)
+
+    mount_page(app)
     return app
 
 

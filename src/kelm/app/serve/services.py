@@ -42,6 +42,10 @@ class Service:
     def tokens(self, capability: str, item: Any) -> int:
         return 1
 
+    def describe(self) -> dict[str, Any]:
+        """More about the model for `/v1/models` (a link predictor lists its relations)."""
+        return {}
+
     def run(self, capability: str, items: list[Any]) -> list[Any]:
         raise NotImplementedError
 
@@ -70,7 +74,8 @@ class HFService(Service):
         if capability == "classify":
             from kelm.tasks.classification import classify
 
-            return classify(self.model, self.tokenizer, items, self.max_length, batch_size=len(items))
+            found = classify(self.model, self.tokenizer, items, self.max_length, batch_size=len(items))
+            return [{"label": label, "probability": p} for label, p in found]
         if capability == "ner":
             from kelm.tasks.ner import entities, tag_sentences
 
@@ -109,24 +114,24 @@ class Ranked:
     paths: list[list[tuple[str, str, str]]]
 
 
-class KGEService(Service):
-    """A link-prediction model: the top-k tails of (head, relation, ?) or heads of (?, relation,
-    tail); with a store, each answer says whether it is a known fact and the shortest fact paths
-    (at most 3 hops) linking it to the query's entity."""
+class LinkPredictionService(Service):
+    """A link-prediction model (KGE, text KGC, frozen-text KGC or their hybrid): the top-k tails of
+    (head, relation, ?) or heads of (?, relation, tail); with a store, each answer says whether it
+    is a known fact and the shortest fact paths (at most 3 hops) linking it to the query's entity."""
 
     capabilities = ("link-prediction",)
 
-    def __init__(self, name: str, folder: Path, graph: Any | None = None):
-        from kelm.kg.vocab import ENTITIES_FILE, RELATIONS_FILE, read_vocab
-        from kelm.kge.folder import load_kge
-
-        super().__init__(name, "kge")
-        model_dir = folder / "model" if (folder / "model").is_dir() else folder
-        self.model, _ = load_kge(model_dir)
-        self.ent_ids, self.ent_labels = read_vocab(model_dir / ENTITIES_FILE)
-        self.rel_ids, self.rel_labels = read_vocab(model_dir / RELATIONS_FILE)
+    def __init__(self, name: str, kind: str, model: LinkPredictor, graph: EvidenceGraph | None = None):
+        super().__init__(name, kind)
+        self.scoring = model.scoring
+        self.ent_ids, self.ent_labels = model.entity_ids, model.entity_labels
+        self.rel_ids, self.rel_labels = model.relation_ids, model.relation_labels
         self.ent_index = _index(self.ent_ids, self.ent_labels)
         self.rel_index = _index(self.rel_ids, self.rel_labels)
+        self.graph = graph
+
+    def attach(self, kg: Any, graph: EvidenceGraph) -> None:
+        """Draw evidence (known facts, paths) from ``graph``: the store's, now and after each write."""
         self.graph = graph
 
     def entity(self, name: str) -> int:
@@ -135,22 +140,26 @@ class KGEService(Service):
     def relation(self, name: str) -> int:
         return _find(name, self.rel_index, "relation")
 
+    def describe(self) -> dict[str, Any]:
+        """The relations it ranks for (id and label), for clients that offer a choice."""
+        return {"relations": [{"id": i, "label": lab} for i, lab in zip(self.rel_ids, self.rel_labels, strict=True)]}
+
     @torch.no_grad()
     def run(self, capability: str, items: list[Any]) -> list[Any]:
         """Items are ``(entity index, relation index, "tail" | "head", k)``."""
-        out: list[list[Ranked]] = []
+        out: list[tuple[int, list[Ranked]]] = []
         for direction in ("tail", "head"):
             rows = [i for i, it in enumerate(items) if it[2] == direction]
             if not rows:
                 continue
             e = torch.tensor([items[i][0] for i in rows])
             r = torch.tensor([items[i][1] for i in rows])
-            scores = self.model("score_t", e, r) if direction == "tail" else self.model("score_h", r, e)
+            scores = self.scoring.score_t(e, r) if direction == "tail" else self.scoring.score_h(r, e)
             for row, s in zip(rows, scores.float(), strict=True):
                 k = min(items[row][3], len(self.ent_ids))
                 values, order = s.topk(k)
-                out.append((row, self._ranked(items[row], order.tolist(), values.tolist())))  # type: ignore[arg-type]
-        return [answers for _, answers in sorted(out, key=lambda x: x[0])]  # type: ignore[index]
+                out.append((row, self._ranked(items[row], order.tolist(), values.tolist())))
+        return [answers for _, answers in sorted(out, key=lambda x: x[0])]
 
     def _ranked(self, item: tuple[int, int, str, int], order: list[int], values: list[float]) -> list[Ranked]:
         e, r, direction, _ = item
@@ -174,7 +183,48 @@ class KGEService(Service):
         h, r, t = triple
         known = r in g.rel_index and (g.by_id[h], g.rel_index[r], g.by_id[t]) in g.triple_set
         paths = evidence_paths(g.qa, g.by_id[query], g.by_id[answer], limit=3)
-        return known, [[(g.id_of[a], g.rel_id_of[b], g.id_of[c]) for a, b, c in p] for p in paths]
+        return known, [g.path_ids(p) for p in paths]
+
+
+@dataclass(frozen=True)
+class LinkPredictor:
+    """What a link-prediction service needs of a run folder: its scoring and vocabularies."""
+
+    scoring: Any
+    entity_ids: list[str]
+    entity_labels: list[str]
+    relation_ids: list[str]
+    relation_labels: list[str]
+
+    @classmethod
+    def load(cls, folder: Path, kind: str) -> LinkPredictor:
+        """The scoring of a ``kge``, ``text-kgc``, ``frozen-text-kgc`` or ``hybrid`` folder."""
+        if kind == "kge":
+            from kelm.kg.vocab import ENTITIES_FILE, RELATIONS_FILE, read_vocab
+            from kelm.kge.folder import load_kge
+            from kelm.kge.scorer import Scoring
+
+            model_dir = folder / "model" if (folder / "model").is_dir() else folder
+            model, spec = load_kge(model_dir)
+            ent_ids, ent_labels = read_vocab(model_dir / ENTITIES_FILE)
+            rel_ids, rel_labels = read_vocab(model_dir / RELATIONS_FILE)
+            scoring = Scoring(model, len(ent_ids), len(rel_ids), int(spec.get("dim", 0)))
+            return cls(scoring, ent_ids, ent_labels, rel_ids, rel_labels)
+        if kind == "hybrid":
+            from kelm.kgc.hybrid_fit import load_hybrid
+
+            scoring, text = load_hybrid(folder)
+        elif kind == "frozen-text-kgc":
+            from kelm.kgc.frozen_text import load_frozen_text
+
+            text = load_frozen_text(folder)
+            scoring = text.scoring()
+        else:
+            from kelm.kgc.text_kgc import load_text_kgc
+
+            text = load_text_kgc(folder)
+            scoring = text.scoring()
+        return cls(scoring, text.entity_ids, text.entity_labels, text.relation_ids, text.relation_labels)
 
 
 class EvidenceGraph:
@@ -185,8 +235,20 @@ class EvidenceGraph:
         self.by_id = qa.by_id
         self.rel_index = {r: i for i, r in enumerate(qa.rel_ids)}
         self.triple_set = set(qa.triples)
-        self.id_of = dict(zip(qa.names, qa.ids, strict=True))
-        self.rel_id_of = dict(zip(qa.rel_names, qa.rel_ids, strict=True))
+        self.by_name = qa.by_name
+        self.rels_named: dict[str, list[int]] = {}
+        for i, name in enumerate(qa.rel_names):
+            self.rels_named.setdefault(name, []).append(i)
+
+    def path_ids(self, path: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+        """A path of name triples (`kelm.kgqa.evidence`) as id triples; of two relations with one
+        name, the one whose fact it is."""
+        out = []
+        for h, r, t in path:
+            hi, ti = self.by_name[h], self.by_name[t]
+            ri = next((i for i in self.rels_named[r] if (hi, i, ti) in self.triple_set), self.rels_named[r][0])
+            out.append((self.qa.ids[hi], self.qa.rel_ids[ri], self.qa.ids[ti]))
+        return out
 
     @classmethod
     def from_graph(cls, kg: Any) -> EvidenceGraph:
@@ -228,7 +290,8 @@ class ExtractorService(Service):
 
 
 class KGQAService(Service):
-    """A trained KGQA run: answers to a question about a ``[bracketed]`` entity, with evidence paths."""
+    """A trained KGQA run: answers to a question about a ``[bracketed]`` entity, with evidence
+    paths both as the names the model prints and as entity and relation ids."""
 
     capabilities = ("ask",)
 
@@ -237,10 +300,49 @@ class KGQAService(Service):
 
         super().__init__(name, "kgqa")
         self.model = QAModel(folder)
+        self.graph = EvidenceGraph(self.model.graph)
 
     def run(self, capability: str, items: list[Any]) -> list[Any]:
-        """Items are ``(question, top, paths)``."""
-        return [self.model.ask(q, top=top, paths=paths) for q, top, paths in items]
+        """Items are ``(question, top, paths)``; answers are `Response.as_dict` with ``topic_id`` and,
+        per answer, ``paths`` of ``{head, relation, tail}`` ids."""
+        out = []
+        for q, top, paths in items:
+            response = self.model.ask(q, top=top, paths=paths)
+            found = response.as_dict()
+            topic = self.graph.by_name.get(response.topic or "")
+            found["topic_id"] = None if topic is None else self.model.graph.ids[topic]
+            for answer, given in zip(found["answers"], response.answers, strict=True):
+                answer["paths"] = [_fact_dicts(self.graph.path_ids(p)) for p in given.evidence]
+            out.append(found)
+        return out
+
+
+class FusedService(Service):
+    """A KG-enhanced classifier (`kelm fuse train`): the label of each text and the graph entities
+    it linked."""
+
+    capabilities = ("classify",)
+
+    def __init__(self, name: str, folder: Path):
+        from kelm.app.fused import FusedClassifier
+
+        super().__init__(name, "kg-fusion")
+        self.classifier = FusedClassifier(folder)
+
+    def tokens(self, capability: str, item: Any) -> int:
+        return min(int(len(item.split()) * 1.3) + 2, self.classifier.max_length)
+
+    def run(self, capability: str, items: list[Any]) -> list[Any]:
+        return [
+            {"label": p.label, "probability": p.probability,
+             "entities": [{"start": m.start, "end": m.end, "text": p.text[m.start : m.end], "entity": m.entity,
+                           "method": m.method} for m in p.mentions]}
+            for p in self.classifier.predict(items)
+        ]  # fmt: skip
+
+
+def _fact_dicts(path: Sequence[tuple[str, str, str]]) -> list[dict[str, str]]:
+    return [{"head": h, "relation": r, "tail": t} for h, r, t in path]
 
 
 class LinkerService(Service):
@@ -250,9 +352,13 @@ class LinkerService(Service):
     capabilities = ("link",)
 
     def __init__(self, kg: Any):
+        super().__init__("store-linker", "linker")
+        self.attach(kg)
+
+    def attach(self, kg: Any, graph: EvidenceGraph | None = None) -> None:
+        """Link against the entities of ``kg``: the store's, now and after each write."""
         from kelm.linking.linker import EntityLinker
 
-        super().__init__("store-linker", "linker")
         self.linker = EntityLinker.from_kg(kg)
         self.labels = {e.id: e.label for e in kg.entities.values()}
 
@@ -260,19 +366,43 @@ class LinkerService(Service):
         return self.linker.link_many(items)
 
 
-def load_service(path: str | Path, graph: Any | None = None) -> Service:
-    """The service of a run folder, by the kind its ``[model]`` table names."""
+LINK_PREDICTION_KINDS = ("kge", "text-kgc", "frozen-text-kgc", "hybrid")
+SERVED_KINDS = ("hf", "moe-hf", *LINK_PREDICTION_KINDS, "kgqa", "kg-fusion", "extractor")
+
+
+def model_names(paths: Sequence[str | Path]) -> list[str]:
+    """A name per run folder: its own name, with as many parent folders as it takes to tell apart
+    folders of one name (``transductive/hybrid`` and ``inductive/hybrid``)."""
+    parts = [_run_folder(Path(p)).parts for p in paths]
+    depth = 1
+    while True:
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names) or depth >= max(len(p) for p in parts):
+            return names
+        depth += 1
+
+
+def _run_folder(path: Path) -> Path:
+    folder = path.resolve()
+    return folder.parent if folder.name == "model" else folder
+
+
+def load_service(path: str | Path, graph: EvidenceGraph | None = None, name: str | None = None) -> Service:
+    """The service of a run folder, by the kind its ``[model]`` table names (``name``: the folder's)."""
     from kelm.app.models import model_kind
 
     folder = Path(path)
     kind = model_kind(folder)
-    name = folder.resolve().name if folder.name != "model" else folder.resolve().parent.name
+    name = name or _run_folder(folder).name
     if kind in ("hf", "moe-hf"):
         return HFService(name, folder)
-    if kind == "kge":
-        return KGEService(name, folder, graph)
+    if kind in LINK_PREDICTION_KINDS:
+        return LinkPredictionService(name, kind, LinkPredictor.load(folder, kind), graph)
     if kind == "extractor":
         return ExtractorService(name, folder)
     if kind == "kgqa":
         return KGQAService(name, folder)
-    raise DataError(f"model kind '{kind}' cannot be served yet (served: hf, moe-hf, kge, kgqa, extractor)", folder)
+    if kind == "kg-fusion":
+        return FusedService(name, folder)
+    served = ", ".join(SERVED_KINDS)
+    raise DataError(f"model kind '{kind}' cannot be served (served: {served})", folder)
