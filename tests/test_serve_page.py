@@ -54,7 +54,8 @@ def _document(store_path: Path) -> None:
 def qa_server(kgqa_runs: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root, _ = kgqa_runs
     store_path = tmp_path_factory.mktemp("page") / "store"
-    shutil.copytree(root / "store", store_path) if (root / "store").is_dir() else shutil.copy(root / "store", store_path)
+    copy = shutil.copytree if (root / "store").is_dir() else shutil.copy
+    copy(root / "store", store_path)
     _document(store_path)
     store = open_store(store_path, read_only=True)
     app = create_app([load_service(root / "kg")], store, ServeSettings(TOKEN))
