@@ -51,6 +51,19 @@ class Server:
         out.port = port
         return out
 
+    def wait_until_up(self, proc: Any, seconds: float = 120) -> None:
+        """Poll ``/health`` until the server in ``proc`` answers (failing if it exits first)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                if self.call("GET", "/health", token=None)[0] == 200:
+                    return
+            except OSError:
+                pass
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else "the server exited"
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.1)
+
     def __enter__(self) -> Server:
         self.thread.start()
         deadline = time.monotonic() + 30

@@ -108,3 +108,38 @@ def test_queries_with_evidence(demo: tuple[subprocess.CompletedProcess[str], Pat
 def test_bad_threads_is_one_line() -> None:
     res = kelm("demo", "--threads", "0")
     assert res.returncode != 0 and "--threads" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_kelm_serve_serves_the_demo_run_folders(
+    demo: tuple[subprocess.CompletedProcess[str], Path], tmp_path: Path
+) -> None:
+    """Every model the demo saves behind `kelm serve`, named by setting, ranking as it does offline."""
+    from serving import TOKEN, Server, free_port
+
+    _, out = demo
+    folders = [out / setting / model for setting in SETTINGS for model in MODELS]
+    (tmp_path / "token").write_text(TOKEN, encoding="utf-8")
+    port = free_port()
+    cmd = [sys.executable, "-m", "kelm.cli", "serve", *map(str, folders), "--store", str(out / "store")]
+    cmd += ["--port", str(port), "--token-file", str(tmp_path / "token"), "--threads", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        client = Server.client(port)
+        client.wait_until_up(proc)
+        _, models, _ = client.call("GET", "/v1/models")
+        served = {m["name"]: m["kind"] for m in models["models"]}
+        kinds = {"structure": "kge", "text": "frozen-text-kgc", "hybrid": "hybrid"}
+        assert served == {f"{s}/{m}": kinds[m] for s in SETTINGS for m in MODELS} | {"store-linker": "linker"}
+        hybrid, text = load_hybrid(out / "transductive" / "hybrid")
+        h, r = text.entity_ids.index("virus"), text.relation_ids.index("causes")
+        with torch.no_grad():
+            want = [text.entity_ids[i] for i in hybrid.score_t(torch.tensor([h]), torch.tensor([r]))[0].topk(5)[1]]
+        query = {"model": "transductive/hybrid", "head": "virus", "relation": "causes", "k": 5}
+        status, body, _ = client.call("POST", "/v1/link-prediction", query)
+        assert status == 200 and [a["id"] for a in body["answers"]] == want
+        assert all(a["paths"] for a in body["answers"] if a["known"])  # a known fact is its own evidence
+        status, page, headers = client.call("GET", "/", token=None)
+        assert status == 200 and "<svg id=\"graph\"" in page and "script-src 'self'" in headers["content-security-policy"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

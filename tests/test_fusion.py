@@ -222,3 +222,23 @@ def test_fuse_train_flags_override_the_config(synthetic, tmp_path):
     assert (run["task"]["mode"], run["task"]["fusion"], run["train"]["seed"]) == ("joint", "greaselm", 3)
     assert json.loads((out / "metrics.json").read_text())["steps"] == 2
     assert main(["fuse", "train", str(cfg), "--mode", "both", "--out", str(tmp_path / "bad")]) != 0
+
+
+def test_served_fused_classifier_equals_kelm_predict(synthetic, trained):
+    """`/v1/classify` on a joint model: the same labels, probabilities and linked entities."""
+    from serving import TOKEN, Server
+
+    from kelm.app.fused import FusedClassifier
+    from kelm.app.serve import ServeSettings, create_app, load_service
+
+    root, _ = trained
+    texts = [line.split("\t")[1] for line in (synthetic / "test.tsv").read_text(encoding="utf-8").splitlines()][:12]
+    want = FusedClassifier(root / "joint").predict(texts)
+    with Server(create_app([load_service(root / "joint")], None, ServeSettings(TOKEN))) as server:
+        _, models, _ = server.call("GET", "/v1/models")
+        assert [(m["kind"], m["capabilities"]) for m in models["models"]] == [("kg-fusion", ["classify"])]
+        status, body, _ = server.call("POST", "/v1/classify", {"inputs": texts})
+    assert status == 200
+    for got, p in zip(body["results"], want, strict=True):
+        assert got["label"] == p.label and abs(got["probability"] - p.probability) < 1e-5
+        assert [e["entity"] for e in got["entities"]] == [m.entity for m in p.mentions]

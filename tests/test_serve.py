@@ -159,15 +159,7 @@ def test_kelm_serve_drains_on_sigterm(classifier_run: Path, tmp_path: Path) -> N
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         client = Server.client(port)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if client.call("GET", "/health", token=None)[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
-            time.sleep(0.1)
+        client.wait_until_up(proc)
         with ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(client.call, "POST", "/v1/classify", {"inputs": "glad sky"})
             time.sleep(0.5)

@@ -91,9 +91,11 @@ class Extractor:
     # -- words to mentions and relations ----------------------------------------------------------
     @torch.no_grad()
     def predict_words(
-        self, word_lists: list[list[str]], batch_size: int = 16
+        self, word_lists: list[list[str]], batch_size: int = 16, threshold: float | None = None
     ) -> list[tuple[list[Mention], list[Relation]]]:
-        """Mentions and relations (word offsets) of each list of words."""
+        """Mentions and relations (word offsets) of each list of words; relations scoring at least
+        ``threshold`` (default: the extractor's own)."""
+        threshold = self.threshold if threshold is None else threshold
         out: list[tuple[list[Mention], list[Relation]]] = []
         s = self.settings
         for lo in range(0, len(word_lists), batch_size):
@@ -101,7 +103,7 @@ class Extractor:
             samples = [encode_sentence(self.tokenizer, ws, self.max_length)[0] for ws in chunk]
             enc, logits = self.model("spans", **collate_inputs(samples, self.tokenizer.pad_token_id))
             types = (s.entity_types, s.relation_types)
-            out += decode_batch(self.model, enc, logits, [len(ws) for ws in chunk], types, self.threshold)
+            out += decode_batch(self.model, enc, logits, [len(ws) for ws in chunk], types, threshold)
         return out
 
     def windows(self, n_words: int, word_tokens: list[int]) -> list[tuple[int, int]]:
@@ -120,8 +122,9 @@ class Extractor:
             lo = max(lo + 1, lo + (hi - lo) // 2)
 
     # -- text -------------------------------------------------------------------------------------
-    def extract(self, text: str, batch_size: int = 16) -> Extraction:
-        """Mentions and relations of ``text``, with character spans."""
+    def extract(self, text: str, batch_size: int = 16, threshold: float | None = None) -> Extraction:
+        """Mentions and relations of ``text``, with character spans; relations scoring at least
+        ``threshold`` (default: the extractor's own)."""
         sents = sentences(text)
         jobs: list[tuple[int, int, int, list[Piece]]] = []  # (sentence, lo, hi, words of the window)
         sent_words = [words(s) for s in sents]
@@ -131,7 +134,7 @@ class Extractor:
             lengths = [max(len(self.tokenizer.tokenize(w.text)), 1) for w in ws]
             for lo, hi in self.windows(len(ws), lengths):
                 jobs.append((k, lo, hi, ws[lo:hi]))
-        results = self.predict_words([[w.text for w in job[3]] for job in jobs], batch_size)
+        results = self.predict_words([[w.text for w in job[3]] for job in jobs], batch_size, threshold)
         best: dict[tuple[int, int, int], tuple[int, TextMention]] = {}  # (sentence, start, end) → margin, mention
         rels: dict[tuple, TextRelation] = {}
         for (k, lo, hi, ws), (mentions, relations) in zip(jobs, results, strict=True):

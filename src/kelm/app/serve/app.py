@@ -109,6 +109,10 @@ class TextRequest(_Body):
     text: str = Field(..., min_length=1, max_length=MAX_TEXT)
 
 
+class ExtractRequest(TextRequest):
+    threshold: float | None = Field(None, ge=0.0, le=1.0, description="Keep relations scoring at least this.")
+
+
 class SubgraphRequest(_Body):
     seeds: list[str] = Field(..., min_length=1, max_length=100)
     hops: int = Field(1, ge=0, le=3)
@@ -384,10 +388,11 @@ def create_app(services: list[Service], store: GraphStore | None, settings: Serv
         return {"model": service.name, **response}
 
     @app.post("/v1/extract", tags=["knowledge graph"], dependencies=auth)
-    async def extract(body: TextRequest) -> dict[str, Any]:
-        """Mentions and relations in a text, with character spans."""
+    async def extract(body: ExtractRequest) -> dict[str, Any]:
+        """Mentions and relations in a text, with character spans (relations scoring at least
+        ``threshold``, by default the extractor's own)."""
         service = pick(body.model, "extract")
-        (found,) = await run(service, "extract", [body.text])
+        (found,) = await run(service, "extract", [(body.text, body.threshold)])
         mentions = [
             {"text": m.text, "type": m.type, "start": m.start, "end": m.end, "score": m.score} for m in found.mentions
         ]
@@ -448,10 +453,9 @@ def create_app(services: list[Service], store: GraphStore | None, settings: Serv
         what the document supported before (only with ``--allow-writes``)."""
         gs = writable()
         service = pick(body.model, "extract")
-        (found,) = await run(service, "extract", [body.text])
-        extractor = service.extractor  # type: ignore[attr-defined]
-        threshold = extractor.threshold if body.threshold is None else body.threshold
-        return await asyncio.to_thread(gs.write_document, body.id, body.text, found, extractor.name, threshold)
+        (found,) = await run(service, "extract", [(body.text, body.threshold)])
+        name = service.extractor.name  # type: ignore[attr-defined]
+        return await asyncio.to_thread(gs.write_document, body.id, body.text, found, name)
 
     @app.delete("/v1/documents/{doc_id:path}", tags=["store writes"], dependencies=auth)
     async def delete_document(doc_id: str) -> dict[str, Any]:

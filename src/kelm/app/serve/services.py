@@ -283,10 +283,11 @@ class ExtractorService(Service):
         self.extractor = Extractor.from_pretrained(folder)
 
     def tokens(self, capability: str, item: Any) -> int:
-        return max(1, len(item) // 4)
+        return max(1, len(item[0]) // 4)
 
     def run(self, capability: str, items: list[Any]) -> list[Any]:
-        return [self.extractor.extract(text) for text in items]
+        """Items are ``(text, threshold or None for the extractor's own)``."""
+        return [self.extractor.extract(text, threshold=threshold) for text, threshold in items]
 
 
 class KGQAService(Service):

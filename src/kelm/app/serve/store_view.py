@@ -79,7 +79,7 @@ class StoreView:
             return self.store.query(cypher, params)
 
     # -- writing (``--allow-writes``) ---------------------------------------------------------------
-    def write_document(self, doc_id: str, text: str, extraction: Any, extractor: str, threshold: float) -> dict:
+    def write_document(self, doc_id: str, text: str, extraction: Any, extractor: str) -> dict:
         """Replace document ``doc_id`` by the facts of ``extraction``, atomically; rebuild the views."""
         from kelm.extract.documents import Document
         from kelm.extract.to_graph import MentionLinker, document_facts
@@ -87,7 +87,7 @@ class StoreView:
         with self.lock:
             linker = MentionLinker(self.store.iter_entities())
             doc = Document(doc_id, text, Path(f"api:{doc_id}"))
-            facts = document_facts(doc, extraction, linker, extractor, threshold)
+            facts = document_facts(doc, extraction, linker, extractor)
             report = self.store.apply_documents([facts])
             self._reload()
         return {"document": doc_id, "triples": len(facts.evidence), **report.to_dict()}
