@@ -14,7 +14,6 @@ from kelm.kgqa.questions import read_questions
 torch.set_num_threads(1)
 
 
-
 @pytest.fixture(scope="module")
 def runs(kgqa_runs):
     """configs/kgqa/tiny.toml on 2-hop questions, LM-only and KG models (see conftest)."""

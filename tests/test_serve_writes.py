@@ -38,7 +38,9 @@ def state(path: Path) -> tuple:
         kg = gs.export()
         evidence = sorted((e.document, e.fact(), e.sentence, e.head_start, e.tail_end, e.score) for e in gs.evidence())
         facts = sorted(
-            (t.head, t.relation, t.tail, s, t.provenance and t.provenance.source) for s in kg.splits for t in kg.splits[s]
+            (t.head, t.relation, t.tail, split, t.provenance and t.provenance.source)
+            for split in kg.splits
+            for t in kg.splits[split]
         )
         return facts, sorted(kg.entities), evidence
 
