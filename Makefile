@@ -7,16 +7,24 @@ export KELM_DATA_DIR ?= $(abspath ../shared/data)
 # The import-linter layers contract of pyproject.toml (docs/architecture.md).
 LINT_IMPORTS = $(PYTHON) -c "from importlinter.cli import lint_imports_command; lint_imports_command(['--no-cache'])"
 
-.PHONY: install demo test lint bench
+.PHONY: install browser demo test lint bench
 
 install:
 	$(PIP) install --quiet "$(TORCH)"
 	$(PIP) install --quiet -e ".[test]"
 
+# Debian's Chromium for the page's browser test (tests/test_serve_page.py), installed when this
+# runs as root on Debian; elsewhere that test is skipped unless KELM_REQUIRE_BROWSER is set.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }; \
+	  else echo "no chromium: the browser test is skipped (install Debian's chromium package)"; fi; }
+
 demo: install
 	kelm demo
 
-test: install
+test: install browser
 	$(LINT_IMPORTS)
 	$(PYTHON) -m pytest -q
 

@@ -59,7 +59,9 @@ async function connect() {
   state.models = info.models;
   state.store = info.store;
   const names = info.models.filter((m) => m.kind !== "linker").map((m) => `${m.name} (${m.kind})`);
-  setStatus(`${names.join(", ") || "no models"}${info.store ? ` · store: ${info.store.backend}` : ""}`);
+  const models = names.length > 3 ? `${names.length} models` : names.join(", ") || "no models";
+  setStatus(`${models}${info.store ? ` · store: ${info.store.backend}` : ""}`);
+  $("status").title = names.join("\n");
   $("search-section").hidden = !info.store;
   fillModels("ask", "ask-model", "ask-section");
   fillModels("link-prediction", "lp-model", "predict-section");
@@ -180,7 +182,7 @@ async function selectAnswer(i) {
       const sg = await api("POST", "/v1/subgraph", { seeds: [...ids], hops: 0, max_entities: ids.size });
       entities = sg.entities;
       const onPath = new Set(facts.map(key));
-      drawn = sg.facts.filter((f) => onPath.has(key(f)) || f.head === a.id || f.tail === a.id);
+      drawn = sg.facts.filter((f) => onPath.has(key(f)));
     } catch (err) {
       if (err.status !== 404) throw err; // entities of a model's own graph that the store lacks
     }
@@ -386,7 +388,7 @@ function layout(nodes, facts, seeds) {
   const xs = nodes.map((v) => v.x), ys = nodes.map((v) => v.y);
   const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
   const pad = 70, sx = (W - 2 * pad - 120) / Math.max(x1 - x0, 1), sy = (H - 2 * pad) / Math.max(y1 - y0, 1);
-  const s = Math.min(sx, sy, 1.5);
+  const s = Math.min(sx, sy, 4);
   const ox = (W - 120 - s * (x1 - x0)) / 2, oy = (H - s * (y1 - y0)) / 2;
   for (const v of nodes) { v.x = ox + (v.x - x0) * s; v.y = oy + (v.y - y0) * s; }
 }
