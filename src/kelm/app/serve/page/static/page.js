@@ -302,7 +302,7 @@ function edge(f, a, b, n, classes, labelled, entities) {
   // pair's id order so that facts in opposite directions do not overlap
   const [p, q] = a.id < b.id ? [a, b] : [b, a];
   const dx = q.x - p.x, dy = q.y - p.y, len = Math.hypot(dx, dy) || 1;
-  const bend = (n % 2 ? 1 : -1) * Math.ceil(n / 2) * 40;
+  const bend = (n % 2 ? 1 : -1) * Math.ceil(n / 2) * Math.max(40, 0.15 * len);
   const cx = (a.x + b.x) / 2 - (dy / len) * bend, cy = (a.y + b.y) / 2 + (dx / len) * bend;
   const end = shorten(cx, cy, b.x, b.y, 10);
   const d = `M${a.x.toFixed(1)},${a.y.toFixed(1)} Q${cx.toFixed(1)},${cy.toFixed(1)} ${end[0].toFixed(1)},${end[1].toFixed(1)}`;
@@ -311,7 +311,10 @@ function edge(f, a, b, n, classes, labelled, entities) {
   title.textContent = `${labelOf(entities, f.head)} —${f.relation}→ ${labelOf(entities, f.tail)}`;
   g.append(title, node("path", { class: "hit", d }), node("path", { class: "line", d, "marker-end": marker }));
   if (labelled) {
-    const t = node("text", { x: ((a.x + 2 * cx + b.x) / 4).toFixed(1), y: ((a.y + 2 * cy + b.y) / 4).toFixed(1), "text-anchor": "middle" });
+    // labels of parallel facts sit at staggered points of their curves, so they do not overlap
+    const s = [0.5, 0.35, 0.65, 0.25, 0.75][n % 5], u = 1 - s;
+    const x = u * u * a.x + 2 * s * u * cx + s * s * b.x, y = u * u * a.y + 2 * s * u * cy + s * s * b.y;
+    const t = node("text", { x: x.toFixed(1), y: y.toFixed(1), "text-anchor": "middle" });
     t.textContent = f.relation.length > 24 ? `${f.relation.slice(0, 23)}…` : f.relation;
     g.append(t);
   }
