@@ -12,7 +12,9 @@ it learnt) is served three ways, each on loopback, one at a time:
 
 ``--clients`` threads of a separate client process each send one sentence per request in a closed
 loop for ``--seconds``; the run reports requests per second and latency percentiles. Server and
-clients share the machine's cores.
+clients share the machine's cores. Before the servers, the forward pass alone is timed at batch
+size 1 and at batch size ``--clients`` (the largest batch a closed loop of that many clients can
+form): the ratio of the two bounds what batching can gain on this machine.
 """
 
 from __future__ import annotations
@@ -97,6 +99,27 @@ def naive_app(run: Path) -> Any:
     return app
 
 
+def forward_ceiling(run: Path, batch_sizes: tuple[int, ...], seconds: float = 5.0) -> dict[str, float]:
+    """Sentences per second of the forward pass alone (tokenize, encode, softmax), no server."""
+    from kelm.lm.hf import load_finetuned
+    from kelm.tasks.classification import classify
+
+    model, tokenizer, spec = load_finetuned(run)
+    rng = random.Random(1)
+    texts = [sentence(rng) for _ in range(256)]
+    out = {}
+    with torch.inference_mode():
+        for size in batch_sizes:
+            classify(model, tokenizer, texts[:size], int(spec["max_length"]))  # warm-up
+            done, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                lo = done % (len(texts) - size)
+                classify(model, tokenizer, texts[lo : lo + size], int(spec["max_length"]))
+                done += size
+            out[f"batch_{size}"] = done / (time.perf_counter() - start)
+    return out
+
+
 def load(port: int, token: str, clients: int, seconds: float) -> dict[str, Any]:
     """Closed-loop load: each client thread keeps one HTTP/1.1 connection open, as load generators do."""
     stop = time.monotonic() + seconds
@@ -163,6 +186,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as root:
         run = train_classifier(Path(root))
+        ceiling = forward_ceiling(run, (1, args.clients))
         variants = {
             "kelm": lambda: create_app(
                 [load_service(run)], None, ServeSettings(TOKEN, args.max_batch_tokens, args.max_wait_ms)
@@ -177,9 +201,15 @@ def main() -> None:
     base = results["kelm, batch 1"]["requests_per_second"]
     for r in results.values():
         r["speedup_vs_batch_1"] = r["requests_per_second"] / base
+    ceiling["speedup"] = ceiling[f"batch_{args.clients}"] / ceiling["batch_1"]
     if args.json:
-        print(json.dumps({"clients": args.clients, "seconds": args.seconds, "results": results}, indent=1))
+        report = {"clients": args.clients, "seconds": args.seconds, "forward_only": ceiling, "results": results}
+        print(json.dumps(report, indent=1))
         return
+    print(
+        f"forward pass alone: {ceiling['batch_1']:.1f} sentences/s one at a time, "
+        f"{ceiling[f'batch_{args.clients}']:.1f}/s in batches of {args.clients} ({ceiling['speedup']:.2f}x)"
+    )
     for name, r in results.items():
         print(
             f"{name:16s} {r['requests_per_second']:7.1f} req/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms"

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import time
-from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -24,6 +22,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from kelm import __version__
 from kelm.app.serve.batching import DynamicBatcher, Overloaded
+from kelm.app.serve.observe import ObserveRequests
 from kelm.app.serve.page import mount_page
 from kelm.app.serve.services import Service, UnknownName
 from kelm.app.serve.store_view import StoreView
@@ -255,25 +254,13 @@ def create_app(services: list[Service], store: GraphStore | None, settings: Serv
         return the_store()
 
     # -- middleware and errors --------------------------------------------------------------------
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
-            return JSONResponse({"detail": f"body larger than {settings.max_body_bytes} bytes"}, status_code=413)
-        if app.state.draining:
-            busy = {"detail": "the server is shutting down"}
-            return JSONResponse(busy, status_code=503, headers={"Retry-After": "5"})
-        start = time.perf_counter()
-        app.state.in_flight += 1
-        try:
-            response = await call_next(request)
-        finally:
-            app.state.in_flight -= 1
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        metrics.latency.labels(path).observe(time.perf_counter() - start)
-        return response
+    app.add_middleware(
+        ObserveRequests,
+        state=app.state,
+        max_body_bytes=settings.max_body_bytes,
+        requests=metrics.requests,
+        latency=metrics.latency,
+    )
 
     @app.exception_handler(UnknownName)
     async def unknown(_: Request, err: UnknownName) -> JSONResponse:
