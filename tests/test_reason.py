@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +180,35 @@ def test_rules_rank_umls_test_facts_far_above_chance(data_dir: Path) -> None:
     test = tt.triples["test"][:300]
     metrics = FilteredRankEvaluator(known, tt.num_entities).evaluate(RuleScorer(graph, rules), test)
     assert metrics["mrr"] > 0.8 and metrics["hits@10"] > 0.95  # chance: MRR about 0.04
+
+
+def kelm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kelm.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_cli_mines_evaluates_and_explains_kinship(tmp_path: Path, data_dir: Path) -> None:
+    rules = tmp_path / "rules"
+    done = kelm("reason", "mine", "--dataset", "kinship", "--seconds", "6", "--workers", "2", "--out", str(rules))
+    assert done.returncode == 0, done.stderr
+    assert (rules / "rules.tsv").is_file() and json.loads((rules / "mining.json").read_text())["rules"] > 1000
+    done = kelm("reason", "evaluate", str(rules), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["mrr"] > 0.4  # chance on 104 entities: about 0.05
+    done = kelm("reason", "predict", str(rules), "-r", "term7", "--head", "person0", "--top", "3", "--json")
+    answers = json.loads(done.stdout)["answers"]
+    assert answers and all(a["rules"] and all(r["path"] for r in a["rules"]) for a in answers)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["mine", "--dataset", "kinship", "--seconds", "0", "--out", "x"], "time budget must be positive"),
+        (["mine", "--out", "x"], "exactly one of --dataset and --store"),
+        (["evaluate", "no-such-folder"], "not a rules folder"),
+    ],
+)
+def test_cli_bad_input_is_one_line(args: list[str], message: str, tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "kelm.cli", "reason", *args], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)  # fmt: skip
+    assert done.returncode != 0
+    assert message in done.stderr and "Traceback" not in done.stderr

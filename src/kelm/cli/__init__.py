@@ -24,6 +24,7 @@ from kelm.cli import ngram as ngram_cmd
 from kelm.cli import plot as plot_cmd
 from kelm.cli import predict as predict_cmd
 from kelm.cli import pretrain as pretrain_cmd
+from kelm.cli import reason as reason_cmd
 from kelm.cli import serve as serve_cmd
 from kelm.cli import train as train_cmd
 from kelm.errors import KelmError
@@ -53,6 +54,7 @@ app.add_typer(kgc_cmd.app, name="kgc")
 app.add_typer(kgqa_cmd.app, name="kgqa")
 app.add_typer(ngram_cmd.app, name="ngram")
 app.add_typer(fuse_cmd.app, name="fuse")
+app.add_typer(reason_cmd.app, name="reason")
 app.command("demo")(demo_cmd.demo)
 app.command("train")(train_cmd.train)
 app.command("plot")(plot_cmd.plot)

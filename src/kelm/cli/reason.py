@@ -1,0 +1,121 @@
+"""`kelm reason`: mine Horn rules from a graph, evaluate them, answer queries with explanations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Rules mined from the graph, applied with the facts behind each answer.", no_args_is_help=True)
+out = Console(highlight=False, soft_wrap=True, markup=False)
+
+DatasetOpt = Annotated[str | None, typer.Option("--dataset", "-d", help="A registered data set or triple files.")]
+GraphStoreOpt = Annotated[str | None, typer.Option("--store", "-s", help="An embedded store folder.")]
+RulesArg = Annotated[Path, typer.Argument(help="A rules folder written by `kelm reason mine`.")]
+AggregationOpt = Annotated[str, typer.Option("--aggregation", help="max (best rule first) or noisy-or.")]
+
+
+def _graph(folder: Path | None, dataset: str | None, store: str | None):
+    from kelm.reason.folder import folder_source, graph_source
+
+    if folder is not None and dataset is None and store is None:
+        source = folder_source(folder)
+        dataset, store = source.get("dataset"), source.get("store")
+    return graph_source(dataset, store)
+
+
+@app.command("mine")
+def mine_cmd(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for rules.tsv and mining.json.")],
+    dataset: DatasetOpt = None,
+    store: GraphStoreOpt = None,
+    seconds: Annotated[float, typer.Option(help="Time budget of each worker, in seconds.")] = 60.0,
+    workers: Annotated[int, typer.Option(help="Processes; relations are shared among them.")] = 1,
+    max_length: Annotated[int, typer.Option("--max-length", help="Longest cyclic rule body (1-3).")] = 3,
+    min_support: Annotated[
+        int, typer.Option("--min-support", help="Keep rules with this many correct predictions.")
+    ] = 2,
+    seed: Annotated[int, typer.Option(help="Seed of the sampled paths.")] = 0,
+) -> None:
+    """Sample paths from the training facts and keep the rules they generalise to (AnyBURL style)."""
+    from kelm.reason.folder import mine_folder
+    from kelm.reason.mining import MiningConfig
+
+    config = MiningConfig(seconds=seconds, workers=workers, max_cyclic_length=max_length, min_support=min_support,
+                          seed=seed)  # fmt: skip
+    config.check()
+    source = {"dataset": dataset} if dataset is not None else {"store": str(Path(store).resolve())} if store else {}
+    kg = _graph(None, dataset, store)
+    info = mine_folder(kg, out_dir, config, source)
+    kinds = ", ".join(f"{n} {k}" for k, n in info["by_kind"].items())
+    out.print(f"{info['rules']} rules ({kinds}) for {info['relations_with_rules']} relations in {info['seconds']} s")
+    out.print(f"wrote {out_dir / 'rules.tsv'}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    rules: RulesArg,
+    dataset: DatasetOpt = None,
+    store: GraphStoreOpt = None,
+    split: Annotated[str, typer.Option(help="The split to rank.")] = "test",
+    aggregation: AggregationOpt = "max",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Filtered MRR and Hits@k of a split's facts, ranked by the rules (the graph they were mined on
+    unless --dataset or --store is given)."""
+    from kelm.reason.folder import evaluate, open_folder
+
+    metrics = evaluate(open_folder(rules, _graph(rules, dataset, store)), split, aggregation)  # type: ignore[arg-type]
+    if as_json:
+        typer.echo(json.dumps(metrics))
+        return
+    table = Table(title=f"{rules} on {split} ({aggregation})")
+    for key in ("mrr", "hits@1", "hits@3", "hits@10", "mr"):
+        table.add_column(key, justify="right")
+    table.add_row(
+        *(
+            f"{metrics[k]:.4f}" if k != "mr" else f"{metrics[k]:.1f}"
+            for k in ("mrr", "hits@1", "hits@3", "hits@10", "mr")
+        )
+    )
+    out.print(table)
+
+
+@app.command("predict")
+def predict_cmd(
+    rules: RulesArg,
+    relation: Annotated[str, typer.Option("--relation", "-r", help="Relation id.")],
+    head: Annotated[str | None, typer.Option("--head", help="Head entity id: rank tails.")] = None,
+    tail: Annotated[str | None, typer.Option("--tail", help="Tail entity id: rank heads.")] = None,
+    top: Annotated[int, typer.Option(help="How many answers.", min=1)] = 10,
+    dataset: DatasetOpt = None,
+    store: GraphStoreOpt = None,
+    aggregation: AggregationOpt = "max",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The best answers of (--head, --relation, ?) or (?, --relation, --tail), each with the rules
+    that predict it and one path of facts that makes each rule fire."""
+    from kelm.reason.folder import open_folder, predict
+
+    result = predict(open_folder(rules, _graph(rules, dataset, store)), relation, head, tail, top, aggregation)  # type: ignore[arg-type]
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    asked = f"({head}, {relation}, ?)" if head is not None else f"(?, {relation}, {tail})"
+    if not result["answers"]:
+        out.print(f"{asked}: no rule fires")
+        return
+    table = Table(title=asked)
+    for col in ("rank", "answer", "score", "why"):
+        table.add_column(col, overflow="fold")
+    for a in result["answers"]:
+        why = "\n".join(
+            f"{r['rule']}  [{r['confidence']:.3f}]\n  " + "; ".join(f"{h} {rel} {t}" for h, rel, t in r["path"])
+            for r in a["rules"]
+        )
+        table.add_row(str(a["rank"]), a["id"], f"{a['score']:.4f}", why)
+    out.print(table)

@@ -1,0 +1,127 @@
+"""A rules folder: ``rules.tsv`` plus ``mining.json`` (where the graph came from, settings, counts).
+
+`mine_folder` mines a graph's training facts into one; `open_folder` reads it back against the
+same graph, for `evaluate` (filtered ranks, the evaluator KGE runs use) and `predict`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kelm.atomic import write_text_atomic
+from kelm.errors import ConfigError, DataError
+from kelm.kg.datasets import is_store_folder, load_graph, store_graph
+from kelm.kg.model import KnowledgeGraph
+from kelm.kg.tensors import TripleTensors
+from kelm.reason.apply import Aggregation, RuleScorer
+from kelm.reason.graph import RuleGraph
+from kelm.reason.mining import MiningConfig, mine
+from kelm.reason.rules import ScoredRule, load_rules, save_rules
+
+RULES_FILE, MINING_FILE = "rules.tsv", "mining.json"
+
+
+def graph_source(dataset: str | None, store: str | Path | None) -> KnowledgeGraph:
+    """The graph a command names: ``--dataset`` (a registered set or triple files) or ``--store``."""
+    if (dataset is None) == (store is None):
+        raise ConfigError("give exactly one of --dataset and --store")
+    if store is not None:
+        path = Path(store)
+        if not is_store_folder(path):
+            raise DataError("not an embedded store folder", path)
+        return store_graph(path)
+    return load_graph(dataset)  # type: ignore[arg-type]
+
+
+@dataclass
+class RuleSet:
+    """Mined rules over one graph's training facts."""
+
+    graph: RuleGraph
+    tensors: TripleTensors
+    rules: list[ScoredRule]
+
+
+def index_graph(kg: KnowledgeGraph) -> tuple[RuleGraph, TripleTensors]:
+    tt = TripleTensors.from_graph(kg)
+    if "train" not in tt.triples or not len(tt.triples["train"]):
+        raise DataError(f"graph '{kg.name}' has no training facts to mine rules from")
+    return RuleGraph(tt.triples["train"].numpy(), tt.entity_ids, tt.relation_ids), tt
+
+
+def mine_folder(kg: KnowledgeGraph, out: Path, config: MiningConfig, source: dict[str, str]) -> dict[str, Any]:
+    """Mine ``kg``'s training facts into ``out``; returns what ``mining.json`` records."""
+    config.check()
+    graph, _ = index_graph(kg)
+    start = time.monotonic()
+    rules = mine(graph, config)
+    seconds = time.monotonic() - start
+    kinds = Counter(s.rule.kind for s in rules)
+    info = {"source": source, "config": asdict(config), "seconds": round(seconds, 2), "rules": len(rules)}
+    info |= {"by_kind": dict(sorted(kinds.items())), "relations_with_rules": len({s.rule.head for s in rules})}
+    save_rules(out / RULES_FILE, rules, graph, {"source": source})
+    write_text_atomic(out / MINING_FILE, json.dumps(info, indent=1) + "\n")
+    return info
+
+
+def folder_source(folder: Path) -> dict[str, str]:
+    """The graph a rules folder was mined from, as recorded in its ``mining.json``."""
+    path = folder / MINING_FILE
+    if not path.is_file():
+        raise DataError(f"not a rules folder (no {MINING_FILE}; make one with `kelm reason mine`)", folder)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["source"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise DataError("corrupt mining record", path) from None
+
+
+def open_folder(folder: Path, kg: KnowledgeGraph) -> RuleSet:
+    graph, tt = index_graph(kg)
+    return RuleSet(graph, tt, load_rules(folder / RULES_FILE, graph))
+
+
+def evaluate(rule_set: RuleSet, split: str = "test", aggregation: Aggregation = "max") -> dict[str, float]:
+    """Filtered MRR, MR and Hits@k of ``split``'s facts, tail and head queries."""
+    from kelm.kge.evaluation import FilteredRankEvaluator
+
+    tt = rule_set.tensors
+    if split not in tt.triples:
+        raise ConfigError(f"the graph has no '{split}' split (it has: {', '.join(sorted(tt.triples))})")
+    known = torch.cat(list(tt.triples.values()))
+    triples = tt.triples[split]
+    triples = triples[torch.argsort(triples[:, 1], stable=True)]  # one relation's queries together
+    scorer = RuleScorer(rule_set.graph, rule_set.rules, aggregation)
+    return FilteredRankEvaluator(known, tt.num_entities).evaluate(scorer, triples)
+
+
+def predict(
+    rule_set: RuleSet, relation: str, head: str | None = None, tail: str | None = None, k: int = 10,
+    aggregation: Aggregation = "max",
+) -> dict[str, Any]:  # fmt: skip
+    """Top-``k`` answers of ``(head, relation, ?)`` or ``(?, relation, tail)`` with rules and paths."""
+    if (head is None) == (tail is None):
+        raise ConfigError("give exactly one of --head (rank tails) and --tail (rank heads)")
+    g = rule_set.graph
+    given = head if head is not None else tail
+    if given not in g.entity_ids:
+        raise ConfigError(f"unknown entity '{given}'")
+    if relation not in g.relation_ids:
+        raise ConfigError(f"unknown relation '{relation}'")
+    side = "tail" if head is not None else "head"
+    scorer = RuleScorer(g, rule_set.rules, aggregation)
+    found = scorer.explain(g.entity_ids.index(given), g.relation_ids.index(relation), side, k)
+    answers = []
+    for rank, ex in enumerate(found, start=1):
+        rules = [
+            {"rule": s.rule.text(g), "confidence": round(c, 6), "path": [list(g.fact_ids(f)) for f in facts]}
+            for s, c, facts in ex.rules
+        ]
+        answers.append({"rank": rank, "id": g.entity_ids[ex.entity], "score": ex.score, "rules": rules})
+    return {"head": head, "relation": relation, "tail": tail, "answers": answers}
