@@ -2,7 +2,7 @@
 
     KELM_DATA_DIR=../shared/data python bench/rules.py --datasets umls kinship --seconds 60 --workers 2 --json
 
-Each data set's training facts are mined for ``--seconds`` per worker (mining stops earlier when a
+Each data set's training facts are mined for ``--seconds`` of wall time (mining stops earlier when a
 window of samples finds no new rule), then the test facts are ranked against every entity with
 the filtered setting, by max and by noisy-or aggregation.
 """

@@ -33,7 +33,7 @@ def mine_cmd(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for rules.tsv and mining.json.")],
     dataset: DatasetOpt = None,
     store: GraphStoreOpt = None,
-    seconds: Annotated[float, typer.Option(help="Time budget of each worker, in seconds.")] = 60.0,
+    seconds: Annotated[float, typer.Option(help="Time budget of mining, in wall-clock seconds (all workers together).")] = 60.0,
     workers: Annotated[int, typer.Option(help="Processes; relations are shared among them.")] = 1,
     max_length: Annotated[int, typer.Option("--max-length", help="Longest cyclic rule body (1-3).")] = 3,
     min_support: Annotated[
