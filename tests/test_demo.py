@@ -17,10 +17,10 @@ from kelm.data import bundled_path
 from kelm.kg.datasets import load_graph
 from kelm.kg.tensors import TripleTensors
 from kelm.kgc.frozen_text import load_frozen_text
-from kelm.kgc.hybrid import load_structural
 from kelm.kgc.hybrid_fit import load_hybrid
 from kelm.kgc.inductive import inductive_split
 from kelm.kge.evaluation import FilteredRankEvaluator
+from kelm.kge.mixing import load_structural
 from kelm.kgqa.graph import QAGraph
 
 

@@ -212,3 +212,21 @@ def test_cli_bad_input_is_one_line(args: list[str], message: str, tmp_path: Path
                           cwd=tmp_path, timeout=120)  # fmt: skip
     assert done.returncode != 0
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_rules_and_complex_hybrid_beats_both_on_umls(tmp_path: Path, data_dir: Path) -> None:
+    """The α chosen on validation gives a test MRR above the rules alone and ComplEx alone."""
+    from kelm.app import run_training
+    from kelm.config import read_toml
+    from kelm.kg.datasets import load_graph
+    from kelm.reason.folder import mine_folder, open_folder
+    from kelm.reason.hybrid import evaluate_with_kge
+
+    config = read_toml(Path(__file__).parents[1] / "configs" / "kge" / "umls-complex.toml")
+    config["train"] |= {"tensorboard": False}
+    run_training(config, tmp_path / "complex")
+    kg = load_graph("umls", data_dir)
+    mine_folder(kg, tmp_path / "rules", MiningConfig(seconds=8, workers=2), {"dataset": "umls"})
+    result = evaluate_with_kge(open_folder(tmp_path / "rules", kg), tmp_path / "complex")
+    assert 0 < result["alpha"] < 1
+    assert result["hybrid"]["mrr"] > max(result["rules"]["mrr"], result["kge"]["mrr"]) + 0.01

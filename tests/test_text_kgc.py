@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from test_text_kgc_helpers import FixedScorer, tiny_cfg, toy_kg
 
-from kelm.kgc.hybrid import HybridScoring, standardize
 from kelm.kgc.inductive import REMOVED, inductive_split
 from kelm.kgc.infonce import PreBatchQueue, contrastive_loss, known_answer_mask, triple_keys
 from kelm.kgc.text_kgc import DescriptionWarning, entity_texts, transe_loss
 from kelm.kge.evaluation import FilteredRankEvaluator
+from kelm.kge.mixing import HybridScoring, standardize
 from kelm.tasks.text_kgc import TextKGCTask
 from kelm.train.config import TrainConfig
 from kelm.train.distributed import shutdown
@@ -217,8 +217,8 @@ def test_hybrid_with_a_trained_kge_model(
     toy_run: tuple[Path, dict, float, float], toy_kge: tuple[Path, object]
 ) -> None:
     """alpha = 0 ranks exactly as the KGE model; alpha = 1 exactly as the text model alone."""
-    from kelm.kgc.hybrid import load_structural
     from kelm.kgc.text_kgc import load_text_kgc
+    from kelm.kge.mixing import load_structural
 
     kge_dir, lp = toy_kge
     kg = toy_kg()
@@ -241,8 +241,8 @@ def test_hybrid_alpha_is_chosen_on_valid_and_applied_to_test(
     toy_run: tuple[Path, dict, float, float], toy_kge: tuple[Path, object]
 ) -> None:
     """Valid: the α of the best valid MRR; test: that α again, whatever test's own best is."""
-    from kelm.kgc.hybrid import HybridScoring, best_alpha
     from kelm.kgc.text_kgc import load_text_kgc
+    from kelm.kge.mixing import HybridScoring, best_alpha
 
     kge_dir, _ = toy_kge
     text_model = load_text_kgc(toy_run[0]).model

@@ -11,9 +11,9 @@ import torch
 from test_text_kgc_helpers import FixedScorer, tiny_cfg, toy_kg
 
 from kelm.kg.model import Entity, KnowledgeGraph
-from kelm.kgc.hybrid import HybridScoring, best_alpha, rank_alphas
 from kelm.kgc.text_kgc import TypeTextWarning, type_texts
 from kelm.kge.evaluation import FilteredRankEvaluator
+from kelm.kge.mixing import HybridScoring, best_alpha, rank_alphas
 
 
 class _Counting(FixedScorer):

@@ -232,9 +232,9 @@ def _train_setting(
 ) -> _Setting:
     """Structure, text and hybrid models of one setting, trained and saved under ``out/setting``."""
     from kelm.kgc.frozen_text import load_frozen_text
-    from kelm.kgc.hybrid import HybridScoring, load_structural
     from kelm.kgc.hybrid_fit import choose_alpha, save_hybrid
     from kelm.kge.evaluation import FilteredRankEvaluator
+    from kelm.kge.mixing import HybridScoring, load_structural
 
     base = out / setting
     base.mkdir(parents=True, exist_ok=True)

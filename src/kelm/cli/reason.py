@@ -33,7 +33,7 @@ def mine_cmd(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for rules.tsv and mining.json.")],
     dataset: DatasetOpt = None,
     store: GraphStoreOpt = None,
-    seconds: Annotated[float, typer.Option(help="Time budget of mining, in wall-clock seconds (all workers together).")] = 60.0,
+    seconds: Annotated[float, typer.Option(help="Wall-clock budget of mining (all workers).")] = 60.0,
     workers: Annotated[int, typer.Option(help="Processes; relations are shared among them.")] = 1,
     max_length: Annotated[int, typer.Option("--max-length", help="Longest cyclic rule body (1-3).")] = 3,
     min_support: Annotated[
@@ -61,27 +61,36 @@ def evaluate_cmd(
     rules: RulesArg,
     dataset: DatasetOpt = None,
     store: GraphStoreOpt = None,
+    kge: Annotated[
+        Path | None, typer.Option("--kge", help="A `kelm kge train` run: also rank with it and with the hybrid.")
+    ] = None,
     split: Annotated[str, typer.Option(help="The split to rank.")] = "test",
     aggregation: AggregationOpt = "max",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Filtered MRR and Hits@k of a split's facts, ranked by the rules (the graph they were mined on
-    unless --dataset or --store is given)."""
+    """Filtered MRR and Hits@k of a split's facts, ranked by the rules (on the graph they were mined
+    from unless --dataset or --store is given). With --kge, also by the KGE run alone and by the
+    rules + KGE hybrid whose weight is chosen on the validation split."""
     from kelm.reason.folder import evaluate, open_folder
+    from kelm.reason.hybrid import evaluate_with_kge
 
-    metrics = evaluate(open_folder(rules, _graph(rules, dataset, store)), split, aggregation)  # type: ignore[arg-type]
+    rule_set = open_folder(rules, _graph(rules, dataset, store))
+    if kge is not None:
+        result = evaluate_with_kge(rule_set, kge, aggregation, test=split)  # type: ignore[arg-type]
+        rows = {"rules": result["rules"], "kge": result["kge"], f"hybrid (α={result['alpha']})": result["hybrid"]}
+    else:
+        result = evaluate(rule_set, split, aggregation)  # type: ignore[arg-type]
+        rows = {"rules": result}
     if as_json:
-        typer.echo(json.dumps(metrics))
+        typer.echo(json.dumps(result))
         return
+    keys = ("mrr", "hits@1", "hits@3", "hits@10", "mr")
     table = Table(title=f"{rules} on {split} ({aggregation})")
-    for key in ("mrr", "hits@1", "hits@3", "hits@10", "mr"):
+    table.add_column("ranked by")
+    for key in keys:
         table.add_column(key, justify="right")
-    table.add_row(
-        *(
-            f"{metrics[k]:.4f}" if k != "mr" else f"{metrics[k]:.1f}"
-            for k in ("mrr", "hits@1", "hits@3", "hits@10", "mr")
-        )
-    )
+    for name, m in rows.items():
+        table.add_row(name, *(f"{m[k]:.4f}" if k != "mr" else f"{m[k]:.1f}" for k in keys))
     out.print(table)
 
 

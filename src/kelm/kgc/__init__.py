@@ -5,9 +5,9 @@ The task that trains it is `kelm.tasks.text_kgc` (``text-kgc``); this package ho
 that know nothing of the engine.
 """
 
-from kelm.kgc.hybrid import HybridScoring, StructuralScorer, load_structural
 from kelm.kgc.inductive import InductiveSplit, inductive_split
 from kelm.kgc.infonce import PreBatchQueue, contrastive_loss, known_answer_mask, triple_keys
+from kelm.kge.mixing import HybridScoring, StructuralScorer, load_structural
 
 __all__ = [
     "HybridScoring",

@@ -20,7 +20,7 @@ import torch
 
 from kelm.atomic import write_text_atomic
 from kelm.errors import DataError
-from kelm.kgc.hybrid import ALPHA_GRID, HybridScoring, Scorer, best_alpha, rank_alphas
+from kelm.kge.mixing import ALPHA_GRID, HybridScoring, Scorer, best_alpha, rank_alphas
 
 HYBRID_FILE = "hybrid.json"
 
@@ -59,7 +59,7 @@ def save_hybrid(folder: Path, text_model: Path, struct_model: Path, choice: Alph
 def load_hybrid(folder: str | Path) -> tuple[HybridScoring, Any]:
     """The hybrid scoring saved in ``folder`` and its text model (vocabularies, spec)."""
     from kelm.kgc.frozen_text import load_frozen_text
-    from kelm.kgc.hybrid import load_structural
+    from kelm.kge.mixing import load_structural
 
     path = Path(folder) / HYBRID_FILE
     try:

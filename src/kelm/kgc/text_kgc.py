@@ -203,7 +203,7 @@ class TextKGCModel:
         text = TextScoring(self.model.encode, self.texts, len(self.relation_ids), batch_size=batch_size)
         hybrid = self.spec.get("hybrid_kge")
         if hybrid:
-            from kelm.kgc.hybrid import HybridScoring, load_structural
+            from kelm.kge.mixing import HybridScoring, load_structural
 
             struct = load_structural(hybrid, self.entity_ids, self.relation_ids)
             return HybridScoring(text, struct, float(self.spec.get("alpha", 0.5)))

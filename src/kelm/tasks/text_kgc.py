@@ -12,7 +12,7 @@ Evaluation embeds every entity from its text once and ranks with the same filter
 link prediction, so entities never seen in training (``inductive``) are ranked like any other.
 Optional: ``kepler`` adds a TransE loss over the text-derived embeddings and an MLM loss on the
 descriptions (weight ``kepler_weight``); ``hybrid_kge`` mixes in a trained KGE model's scores
-(`kelm.kgc.hybrid`). Its text weight ``alpha``, unless given, is chosen on the validation split
+(`kelm.kge.mixing`). Its text weight ``alpha``, unless given, is chosen on the validation split
 from ``alpha_grid`` at every validation and applied to the test split; the metrics then also hold
 ``alpha``, ``structure/*`` (α = 0) and ``text/*`` (α = 1) for the same queries.
 
@@ -199,7 +199,7 @@ class TextKGCTask(Task):
         if cfg.hybrid_kge and cfg.alpha is None and not cfg.valid_split:
             raise ConfigError("task.alpha: with hybrid_kge and no valid_split, alpha cannot be chosen; give it")
         if cfg.hybrid_kge:
-            from kelm.kgc.hybrid import load_structural
+            from kelm.kge.mixing import load_structural
 
             self.structural = load_structural(cfg.hybrid_kge, self.tensors.entity_ids, self.tensors.relation_ids)
         self._special = torch.zeros(len(self.tokenizer), dtype=torch.bool)
@@ -354,7 +354,7 @@ class TextKGCTask(Task):
         text = self._text_scoring(model)
         if self.structural is None:
             return text
-        from kelm.kgc.hybrid import HybridScoring
+        from kelm.kge.mixing import HybridScoring
 
         return HybridScoring(text, self.structural, 0.5 if self.alpha is None else self.alpha)
 
@@ -385,7 +385,7 @@ class TextKGCTask(Task):
             if self.structural is None:
                 result = self.ranking.rank(self._text_scoring(model), triples)
             else:
-                from kelm.kgc.hybrid import rank_alphas
+                from kelm.kge.mixing import rank_alphas
 
                 text = self._text_scoring(model)
                 by_alpha = rank_alphas(self.ranking.evaluator, text, self.structural, triples, alphas, self.sides)
@@ -407,7 +407,7 @@ class TextKGCTask(Task):
         that α's metrics, ``alpha``, and the ``structure/*`` (α = 0) and ``text/*`` (α = 1) rows."""
         if self.structural is None:
             return metrics
-        from kelm.kgc.hybrid import best_alpha
+        from kelm.kge.mixing import best_alpha
 
         if self.cfg.alpha is None and self._last_split != "test":
             self.alpha = best_alpha({a: metrics[_alpha_key(a, "mrr")] for a in self.cfg.alpha_grid})

@@ -1,4 +1,4 @@
-"""Hybrid scoring: a text score and a structural KGE score, each standardised per query, mixed.
+"""Hybrid scoring: a text (or rule) score and a structural KGE score, each standardised per query, mixed.
 
 ``score = α · z(text) + (1 − α) · z(struct)`` where ``z`` subtracts each query's mean over all
 candidate entities and divides by its standard deviation, so the two scales (cosines vs. KGE
@@ -90,8 +90,11 @@ class StructuralScorer:
         return _pick(self._scores("score_h", t, r), candidates)
 
 
-def load_structural(path: str | Path, entity_ids: list[str], relation_ids: list[str]) -> StructuralScorer:
-    """The link-prediction model of a run folder (or its ``model/``), indexed by these ids."""
+def load_structural(
+    path: str | Path, entity_ids: list[str], relation_ids: list[str], field: str = "task.hybrid_kge"
+) -> StructuralScorer:
+    """The link-prediction model of a run folder (or its ``model/``), indexed by these ids; errors
+    name ``field``, the setting that gave the folder."""
     from kelm.artifacts import read_model_spec
     from kelm.kg.vocab import ENTITIES_FILE, RELATIONS_FILE, read_vocab
     from kelm.kge.scorer import build_scorer
@@ -100,7 +103,7 @@ def load_structural(path: str | Path, entity_ids: list[str], relation_ids: list[
     try:
         folder, spec = read_model_spec(path, "kge")
     except DataError as err:
-        raise ConfigError(f"task.hybrid_kge: {err}") from None
+        raise ConfigError(f"{field}: {err}") from None
     spec["dropout"] = 0.0
     model = load_weights(build_scorer(spec), folder).eval()
     kge_ents, _ = read_vocab(folder / ENTITIES_FILE)
@@ -110,7 +113,7 @@ def load_structural(path: str | Path, entity_ids: list[str], relation_ids: list[
     ent_map = torch.tensor([e_idx.get(e, -1) for e in entity_ids], dtype=torch.int64)
     rel_map = torch.tensor([r_idx.get(r, -1) for r in relation_ids], dtype=torch.int64)
     if not bool((rel_map >= 0).any()):
-        raise ConfigError(f"task.hybrid_kge: {folder} shares no relation with this data set")
+        raise ConfigError(f"{field}: {folder} shares no relation with this data set")
     return StructuralScorer(model, ent_map, rel_map)
 
 
