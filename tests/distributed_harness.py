@@ -9,6 +9,7 @@ that rank's traceback; a run past ``timeout`` kills every process it started.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 import warnings
@@ -48,7 +49,8 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any, timeout
 
     ``fn`` must be importable by name (a module-level function). A rank killed by a signal before
     it raised anything (a native abort in the transport, seen rarely on a loaded machine) gets one
-    fresh start of every rank on a new port; a Python exception in any rank fails at once.
+    fresh start of every rank on a new port, its folder arguments emptied first; a Python
+    exception in any rank fails at once.
     """
     try:
         return _run_once(fn, world_size, args, timeout)
@@ -56,7 +58,17 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any, timeout
         if not err.signal_name:
             raise
         warnings.warn(f"{fn.__name__}: rank {err.error_index} died by {err.signal_name}; starting again", stacklevel=2)
-        return _run_once(fn, world_size, args, timeout)
+        return _run_once(fn, world_size, _fresh_folders(args), timeout)
+
+
+def _fresh_folders(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``args`` after emptying each folder among them, so that a second start does not find the
+    first one's half-written runs (training refuses a folder that holds checkpoints)."""
+    for a in args:
+        if isinstance(a, str) and os.path.isdir(a):
+            for child in Path(a).iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    return args
 
 
 def _run_once(fn: Callable[..., Any], world_size: int, args: tuple[Any, ...], timeout: float) -> list[Any]:

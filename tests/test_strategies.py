@@ -434,7 +434,8 @@ def _trainer_worker(rank: int, world: int, root: str, runs: dict[str, dict[str, 
 def trainer_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]], dict[str, Any]]:
     root = tmp_path_factory.mktemp("trainer")
     multi = run_distributed(_trainer_worker, WORLD, str(root), TRAINER_RUNS)
-    (single,) = run_distributed(_trainer_worker, 1, str(root), {"single": {"strategy": "single"}})
+    (single_root := root / "single-process").mkdir()  # its own folder: a retry empties only it
+    (single,) = run_distributed(_trainer_worker, 1, str(single_root), {"single": {"strategy": "single"}})
     return root, multi, single
 
 
