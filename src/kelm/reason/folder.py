@@ -87,16 +87,21 @@ def open_folder(folder: Path, kg: KnowledgeGraph) -> RuleSet:
     return RuleSet(graph, tt, load_rules(folder / RULES_FILE, graph))
 
 
+def split_by_relation(tt: TripleTensors, split: str) -> torch.Tensor:
+    """A split's facts ordered by relation, so that each relation's queries share the rules' work."""
+    if split not in tt.triples:
+        raise ConfigError(f"the graph has no '{split}' split (it has: {', '.join(sorted(tt.triples))})")
+    triples = tt.triples[split]
+    return triples[torch.argsort(triples[:, 1], stable=True)]
+
+
 def evaluate(rule_set: RuleSet, split: str = "test", aggregation: Aggregation = "max") -> dict[str, float]:
     """Filtered MRR, MR and Hits@k of ``split``'s facts, tail and head queries."""
     from kelm.kge.evaluation import FilteredRankEvaluator
 
     tt = rule_set.tensors
-    if split not in tt.triples:
-        raise ConfigError(f"the graph has no '{split}' split (it has: {', '.join(sorted(tt.triples))})")
     known = torch.cat(list(tt.triples.values()))
-    triples = tt.triples[split]
-    triples = triples[torch.argsort(triples[:, 1], stable=True)]  # one relation's queries together
+    triples = split_by_relation(tt, split)
     scorer = RuleScorer(rule_set.graph, rule_set.rules, aggregation)
     return FilteredRankEvaluator(known, tt.num_entities).evaluate(scorer, triples)
 

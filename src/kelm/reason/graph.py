@@ -91,6 +91,12 @@ class RuleGraph:
         """Positions of ``entity``'s incident edges (see `edge`)."""
         return range(int(self._inc_offsets[entity]), int(self._inc_offsets[entity + 1]))
 
+    def edges_to(self, entity: int, other: int, not_fact: int) -> np.ndarray:
+        """Positions of ``entity``'s edges that lead to ``other``, except those of fact ``not_fact``."""
+        lo, hi = int(self._inc_offsets[entity]), int(self._inc_offsets[entity + 1])
+        ok = (self._inc_other[lo:hi] == other) & (self._inc_fact[lo:hi] != not_fact)
+        return lo + np.flatnonzero(ok)
+
     def degree(self, entity: int) -> int:
         return int(self._inc_offsets[entity + 1] - self._inc_offsets[entity])
 

@@ -12,15 +12,10 @@ from typing import Any
 
 import torch
 
-from kelm.errors import ConfigError
 from kelm.kge.evaluation import FilteredRankEvaluator
 from kelm.kge.mixing import ALPHA_GRID, best_alpha, load_structural, rank_alphas
 from kelm.reason.apply import Aggregation, RuleScorer
-from kelm.reason.folder import RuleSet
-
-
-def _by_relation(triples: torch.Tensor) -> torch.Tensor:
-    return triples[torch.argsort(triples[:, 1], stable=True)]  # a relation's queries share rule work
+from kelm.reason.folder import RuleSet, split_by_relation
 
 
 def evaluate_with_kge(
@@ -29,17 +24,15 @@ def evaluate_with_kge(
 ) -> dict[str, Any]:  # fmt: skip
     """Test metrics of the rules alone, the KGE run alone and their hybrid, with the chosen ``α``."""
     tt = rule_set.tensors
-    for split in (valid, test):
-        if split not in tt.triples:
-            raise ConfigError(f"the graph has no '{split}' split (it has: {', '.join(sorted(tt.triples))})")
+    valid_facts, test_facts = split_by_relation(tt, valid), split_by_relation(tt, test)
     kge = load_structural(kge_run, tt.entity_ids, tt.relation_ids, field="--kge")
     rules = RuleScorer(rule_set.graph, rule_set.rules, aggregation)
     evaluator = FilteredRankEvaluator(torch.cat(list(tt.triples.values())), tt.num_entities)
     with torch.no_grad():
-        on_valid = rank_alphas(evaluator, rules, kge, _by_relation(tt.triples[valid]), ALPHA_GRID)
+        on_valid = rank_alphas(evaluator, rules, kge, valid_facts, ALPHA_GRID)
         valid_mrr = {a: float(r.metrics()["mrr"]) for a, r in on_valid.items()}
         alpha = best_alpha(valid_mrr)
-        on_test = rank_alphas(evaluator, rules, kge, _by_relation(tt.triples[test]), (0.0, alpha, 1.0))
+        on_test = rank_alphas(evaluator, rules, kge, test_facts, (0.0, alpha, 1.0))
     return {
         "alpha": alpha,
         "valid_mrr": valid_mrr,

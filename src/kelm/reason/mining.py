@@ -57,9 +57,9 @@ def candidate_rules(graph: RuleGraph, fact: int, rng: np.random.Generator, confi
     steps = _walk(graph, a, length - 1, fact, rng, avoid={a, b})
     if steps is not None:
         path, end = steps
-        closing = [p for p in graph.edges(end) if graph.edge(p).other == b and graph.edge(p).fact != fact]
-        if closing and (end != a or length == 1):
-            e = graph.edge(closing[int(rng.integers(len(closing)))])
+        closing = graph.edges_to(end, b, fact)
+        if len(closing):
+            e = graph.edge(int(closing[int(rng.integers(len(closing)))]))
             out.append(Rule(r, (*path, (e.relation, e.inverse))))
     if config.max_acyclic_length:
         anchor, start, constant = ("head", a, b) if rng.random() < 0.5 else ("tail", b, a)
