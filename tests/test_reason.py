@@ -30,11 +30,12 @@ def holds(graph: RuleGraph, u: int, step: tuple[int, bool], v: int) -> bool:
     return graph.has_fact(v, rel, u) if inverse else graph.has_fact(u, rel, v)
 
 
-def path_exists(graph: RuleGraph, start: int, body, end: int | None) -> bool:
-    """Brute force over every binding of the intermediate variables."""
+def path_exists(graph: RuleGraph, start: int, body, end: int | None, avoid: int | None = None) -> bool:
+    """Brute force over every binding of the intermediate variables (and the end, when None)
+    except ``avoid``."""
     n = graph.num_entities
-    for middle in itertools.product(range(n), repeat=len(body) - 1):
-        ends = range(n) if end is None else [end]
+    for middle in itertools.product([v for v in range(n) if v != avoid], repeat=len(body) - 1):
+        ends = [v for v in range(n) if v != avoid] if end is None else [end]
         for last in ends:
             nodes = [start, *middle, last]
             if all(holds(graph, nodes[i], body[i], nodes[i + 1]) for i in range(len(body))):
@@ -55,7 +56,7 @@ def brute_force(graph: RuleGraph, rule: Rule) -> tuple[int, int, int]:
         return support, body, pca
     c = rule.head_constant
     for v in range(n):
-        if v == c or not path_exists(graph, v, rule.body, rule.body_constant):
+        if v == c or not path_exists(graph, v, rule.body, rule.body_constant, avoid=c):
             continue
         body += 1
         if rule.anchor == "head":
@@ -205,6 +206,8 @@ def test_cli_mines_evaluates_and_explains_kinship(tmp_path: Path, data_dir: Path
         (["mine", "--dataset", "kinship", "--seconds", "0", "--out", "x"], "time budget must be positive"),
         (["mine", "--out", "x"], "exactly one of --dataset and --store"),
         (["evaluate", "no-such-folder"], "not a rules folder"),
+        (["evaluate", ".", "--save"], "give the KGE run with --kge"),
+        (["mine", "--dataset", "kinship", "--max-acyclic-length", "4", "--out", "x"], "rule lengths"),
     ],
 )
 def test_cli_bad_input_is_one_line(args: list[str], message: str, tmp_path: Path) -> None:
@@ -219,14 +222,29 @@ def test_rules_and_complex_hybrid_beats_both_on_umls(tmp_path: Path, data_dir: P
     from kelm.app import run_training
     from kelm.config import read_toml
     from kelm.kg.datasets import load_graph
-    from kelm.reason.folder import mine_folder, open_folder
+    from kelm.kge.evaluation import FilteredRankEvaluator
+    from kelm.reason.folder import mine_folder, open_folder, predict, split_by_relation
     from kelm.reason.hybrid import evaluate_with_kge
+    from kelm.reason.model import load_reasoner, save_kge_choice
 
     config = read_toml(Path(__file__).parents[1] / "configs" / "kge" / "umls-complex.toml")
     config["train"] |= {"tensorboard": False}
     run_training(config, tmp_path / "complex")
     kg = load_graph("umls", data_dir)
     mine_folder(kg, tmp_path / "rules", MiningConfig(seconds=8, workers=2), {"dataset": "umls"})
-    result = evaluate_with_kge(open_folder(tmp_path / "rules", kg), tmp_path / "complex")
+    rule_set = open_folder(tmp_path / "rules", kg)
+    result = evaluate_with_kge(rule_set, tmp_path / "complex")
     assert 0 < result["alpha"] < 1
     assert result["hybrid"]["mrr"] > max(result["rules"]["mrr"], result["kge"]["mrr"]) + 0.01
+
+    # saved, the folder ranks by the hybrid: the same test MRR, and answers explained by rules
+    save_kge_choice(tmp_path / "rules", tmp_path / "complex", result, "max")
+    reasoner = load_reasoner(tmp_path / "rules", kg)
+    tt = rule_set.tensors
+    evaluator = FilteredRankEvaluator(torch.cat(list(tt.triples.values())), tt.num_entities)
+    again = evaluator.evaluate(reasoner.scoring, split_by_relation(tt, "test"))
+    assert again["mrr"] == pytest.approx(result["hybrid"]["mrr"], abs=1e-6)
+    h, r, _ = rule_set.graph.fact_ids(0)
+    found = predict(reasoner, r, head=h, k=5)
+    assert found["alpha"] == result["alpha"] and len(found["answers"]) == 5
+    assert any(a["rules"] for a in found["answers"])

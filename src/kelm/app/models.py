@@ -28,6 +28,7 @@ MODEL_KINDS: Registry[Any] = Registry(
         "kg-fusion": "kelm.app.fused:FusedClassifier",
         "moe-hf": "kelm.lm.upcycle:load_upcycled",
         "extractor": "kelm.extract.extractor:Extractor.from_pretrained",
+        "rules": "kelm.reason.model:load_reasoner",
     },
     error=DataError,
 )
@@ -35,11 +36,14 @@ MODEL_KINDS: Registry[Any] = Registry(
 
 def model_kind(path: str | Path) -> str:
     """The kind of the model folder of ``path`` (a run or model folder; a hybrid's folder holds only
-    its ``hybrid.json``)."""
+    its ``hybrid.json``, a rules folder its ``rules.tsv`` and ``mining.json``)."""
     from kelm.kgc.hybrid_fit import HYBRID_FILE
+    from kelm.reason.folder import MINING_FILE
 
     if (Path(path) / HYBRID_FILE).is_file():
         return "hybrid"
+    if (Path(path) / MINING_FILE).is_file():
+        return "rules"
     folder, spec = read_model_spec(path)
     kind = spec.get("kind")
     if not isinstance(kind, str):

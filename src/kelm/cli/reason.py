@@ -20,12 +20,9 @@ AggregationOpt = Annotated[str, typer.Option("--aggregation", help="max (best ru
 
 
 def _graph(folder: Path | None, dataset: str | None, store: str | None):
-    from kelm.reason.folder import folder_source, graph_source
+    from kelm.reason.folder import folder_graph, graph_source
 
-    if folder is not None and dataset is None and store is None:
-        source = folder_source(folder)
-        dataset, store = source.get("dataset"), source.get("store")
-    return graph_source(dataset, store)
+    return graph_source(dataset, store) if folder is None else folder_graph(folder, dataset, store)
 
 
 @app.command("mine")
@@ -36,6 +33,9 @@ def mine_cmd(
     seconds: Annotated[float, typer.Option(help="Wall-clock budget of mining (all workers).")] = 60.0,
     workers: Annotated[int, typer.Option(help="Processes; relations are shared among them.")] = 1,
     max_length: Annotated[int, typer.Option("--max-length", help="Longest cyclic rule body (1-3).")] = 3,
+    max_acyclic_length: Annotated[
+        int, typer.Option("--max-acyclic-length", help="Longest acyclic rule body (0-3; 0: none).")
+    ] = 2,
     min_support: Annotated[
         int, typer.Option("--min-support", help="Keep rules with this many correct predictions.")
     ] = 2,
@@ -45,8 +45,8 @@ def mine_cmd(
     from kelm.reason.folder import mine_folder
     from kelm.reason.mining import MiningConfig
 
-    config = MiningConfig(seconds=seconds, workers=workers, max_cyclic_length=max_length, min_support=min_support,
-                          seed=seed)  # fmt: skip
+    config = MiningConfig(seconds=seconds, workers=workers, max_cyclic_length=max_length,
+                          max_acyclic_length=max_acyclic_length, min_support=min_support, seed=seed)  # fmt: skip
     config.check()
     source = {"dataset": dataset} if dataset is not None else {"store": str(Path(store).resolve())} if store else {}
     kg = _graph(None, dataset, store)
@@ -66,17 +66,27 @@ def evaluate_cmd(
     ] = None,
     split: Annotated[str, typer.Option(help="The split to rank.")] = "test",
     aggregation: AggregationOpt = "max",
+    save: Annotated[
+        bool, typer.Option("--save", help="With --kge: record the run and the chosen α in the folder's kge.json.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Filtered MRR and Hits@k of a split's facts, ranked by the rules (on the graph they were mined
     from unless --dataset or --store is given). With --kge, also by the KGE run alone and by the
-    rules + KGE hybrid whose weight is chosen on the validation split."""
+    rules + KGE hybrid whose weight is chosen on the validation split; --save makes the folder rank
+    by that hybrid (`kelm reason predict`, `kelm serve`)."""
+    from kelm.errors import ConfigError
     from kelm.reason.folder import evaluate, open_folder
     from kelm.reason.hybrid import evaluate_with_kge
+    from kelm.reason.model import save_kge_choice
 
+    if save and kge is None:
+        raise ConfigError("--save records a rules + KGE hybrid: give the KGE run with --kge")
     rule_set = open_folder(rules, _graph(rules, dataset, store))
     if kge is not None:
         result = evaluate_with_kge(rule_set, kge, aggregation, test=split)  # type: ignore[arg-type]
+        if save:
+            save_kge_choice(rules, kge, result, aggregation)
         rows = {"rules": result["rules"], "kge": result["kge"], f"hybrid (α={result['alpha']})": result["hybrid"]}
     else:
         result = evaluate(rule_set, split, aggregation)  # type: ignore[arg-type]
@@ -103,14 +113,18 @@ def predict_cmd(
     top: Annotated[int, typer.Option(help="How many answers.", min=1)] = 10,
     dataset: DatasetOpt = None,
     store: GraphStoreOpt = None,
-    aggregation: AggregationOpt = "max",
+    aggregation: Annotated[
+        str | None, typer.Option("--aggregation", help="max or noisy-or (default: the folder's, else max).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """The best answers of (--head, --relation, ?) or (?, --relation, --tail), each with the rules
     that predict it and one path of facts that makes each rule fire."""
-    from kelm.reason.folder import open_folder, predict
+    from kelm.reason.folder import predict
+    from kelm.reason.model import load_reasoner
 
-    result = predict(open_folder(rules, _graph(rules, dataset, store)), relation, head, tail, top, aggregation)  # type: ignore[arg-type]
+    reasoner = load_reasoner(rules, _graph(rules, dataset, store), aggregation)  # type: ignore[arg-type]
+    result = predict(reasoner, relation, head, tail, top)
     if as_json:
         typer.echo(json.dumps(result))
         return
@@ -122,9 +136,17 @@ def predict_cmd(
     for col in ("rank", "answer", "score", "why"):
         table.add_column(col, overflow="fold")
     for a in result["answers"]:
-        why = "\n".join(
-            f"{r['rule']}  [{r['confidence']:.3f}]\n  " + "; ".join(f"{h} {rel} {t}" for h, rel, t in r["path"])
-            for r in a["rules"]
+        why = (
+            "\n".join(
+                f"{r['rule']}  [{r['confidence']:.3f}]\n  " + "; ".join(_fact_text(f) for f in r["path"])
+                for r in a["rules"]
+            )
+            or "(no rule fires: ranked by the KGE run)"
         )
         table.add_row(str(a["rank"]), a["id"], f"{a['score']:.4f}", why)
     out.print(table)
+
+
+def _fact_text(fact: dict) -> str:
+    source = f" ({fact['source']})" if fact.get("source") else ""
+    return f"{fact['head']} {fact['relation']} {fact['tail']}{source}"

@@ -114,3 +114,16 @@ def followed_paths(
                     grown.append((w * before, w, u, [triple(u, step, v), *suffix]))
         beams = sorted(grown, key=lambda b: -b[0])[:limit]
     return [path for _, _, _, path in beams]
+
+
+def path_rule(path: Sequence[Triple], topic: str) -> str:
+    """The rule a fact path from ``topic`` to an answer instantiates, with ``X`` the question's
+    entity, ``Y`` the answer and ``A``, ``B`` the entities between: ``answer(X, Y) <= r1(X, A), r2(Y, A)``."""
+    names = {topic: "X"}
+    at, atoms = topic, []
+    for i, (h, r, t) in enumerate(path):
+        nxt = t if h == at else h
+        names.setdefault(nxt, "Y" if i == len(path) - 1 else "AB"[i] if i < 2 else f"V{i}")
+        atoms.append(f"{r}({names[h]}, {names[t]})")
+        at = nxt
+    return "answer(X, Y) <= " + ", ".join(atoms)

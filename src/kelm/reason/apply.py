@@ -132,17 +132,26 @@ class RuleScorer:
         """The top ``k`` answers of one query, each with up to ``per_answer`` rules and a grounding."""
         scores = self._score_relation(relation, [entity], side)[0]
         order = [int(i) for i in np.argsort(-scores, kind="stable")[:k] if scores[i] > 0]
-        out = []
-        for cand in order:
-            ex = Explanation(cand, float(scores[cand]))
-            for s in self.rules.get(relation, ()):
-                facts = self.grounding(s, entity, cand, side)
+        why = self.reasons(entity, relation, side, order, per_answer)
+        return [Explanation(c, float(scores[c]), w) for c, w in zip(order, why, strict=True)]
+
+    def reasons(
+        self, entity: int, relation: int, side: str, answers: Sequence[int], per_answer: int = 3
+    ) -> list[list[tuple[ScoredRule, float, list[int]]]]:
+        """Per answer of one query (ranked by anything): its best ``per_answer`` rules that fire for
+        it, each with the fact rows of one grounding; empty for an answer no rule predicts."""
+        found: dict[int, list[tuple[ScoredRule, float, list[int]]]] = {a: [] for a in answers}
+        one_hot = sparse.csr_matrix(([1.0], ([0], [entity])), shape=(1, self.num_entities), dtype=np.float32)
+        for s in self.rules.get(relation, ()):
+            open_ = {a for a, got in found.items() if len(got) < per_answer}
+            if not open_:
+                break
+            _, cols = self._fired(s, [entity], one_hot, side)
+            for a in open_.intersection(cols.tolist()):
+                facts = self.grounding(s, entity, a, side)
                 if facts is not None:
-                    ex.rules.append((s, s.applied_confidence(self.smoothing), facts))
-                    if len(ex.rules) >= per_answer:
-                        break
-            out.append(ex)
-        return out
+                    found[a].append((s, s.applied_confidence(self.smoothing), facts))
+        return [found[a] for a in answers]
 
     def grounding(self, s: ScoredRule, given: int, answer: int, side: str) -> list[int] | None:
         """Fact rows of one path that makes the rule predict ``answer`` for the query, or None."""
@@ -153,18 +162,28 @@ class RuleScorer:
         variable, constant = (head, tail) if rule.anchor == "head" else (tail, head)
         if constant != rule.head_constant or variable == constant:
             return None
-        return self._path(variable, rule.body, rule.body_constant)
+        return self._path(variable, rule.body, rule.body_constant, avoid=constant)
 
-    def _path(self, start: int, steps: Sequence[Step], end: int | None) -> list[int] | None:
-        """A path of facts from ``start`` along ``steps`` to ``end`` (anywhere when None)."""
-        if not steps:
-            return [] if end is None or start == end else None
-        (rel, inverse), rest = steps[0], steps[1:]
+    def _path(self, start: int, steps: Sequence[Step], end: int | None, avoid: int | None = None) -> list[int] | None:
+        """A path of facts from ``start`` along ``steps`` to ``end`` (anywhere when None) whose
+        variables never bind to ``avoid``. The walk only enters entities from which the remaining
+        steps still reach ``end``, so it never backtracks out of a dead end, however large the degrees."""
         g = self.graph
-        for p in g.edges(start):
-            e = g.edge(p)
-            if e.relation == rel and e.inverse == inverse:
-                tail = self._path(e.other, rest, end)
-                if tail is not None:
-                    return [e.fact, *tail]
-        return None
+        target = np.ones(self.num_entities, bool) if end is None else np.eye(1, self.num_entities, end, dtype=bool)[0]
+        if end is None and avoid is not None:
+            target[avoid] = False
+        alive = [g.reaching(target, steps[i:], avoid) for i in range(len(steps))] + [target]
+        for inner in alive[1:-1]:
+            if avoid is not None:
+                inner[avoid] = False
+        if not alive[0][start]:
+            return None
+        facts, at = [], start
+        for i, (rel, inverse) in enumerate(steps):
+            for p in g.edges(at):
+                e = g.edge(p)
+                if e.relation == rel and e.inverse == inverse and alive[i + 1][e.other]:
+                    facts.append(e.fact)
+                    at = e.other
+                    break
+        return facts

@@ -2,7 +2,9 @@
 
 Counts are exact unless a cyclic body starts from more than ``max_starts`` entities; then a seeded
 sample of start entities is counted and scaled up (``ScoredRule.sampled``), as AnyBURL does for
-rules with huge groundings. Cyclic groundings bind X and Y to different entities.
+rules with huge groundings. Cyclic groundings bind X and Y to different entities. In an acyclic
+rule the variables of the body never bind to the head constant (AnyBURL's object identity): else
+``r(X, c) <= r(X, A), r(d, A)`` would count every ``r(x, c)`` as its own evidence through ``A = c``.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ def body_entities(graph: RuleGraph, rule: Rule) -> np.ndarray:
         target[rule.body_constant] = True
     else:
         target = np.ones(graph.num_entities, bool)
-    found = graph.reaching(target, rule.body)
+        target[rule.head_constant] = False  # the dangling variable is not the constant
+    found = graph.reaching(target, rule.body, avoid=rule.head_constant)
     found[rule.head_constant] = False  # the head would relate the constant to itself
     return found
 

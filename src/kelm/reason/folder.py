@@ -37,16 +37,27 @@ def graph_source(dataset: str | None, store: str | Path | None) -> KnowledgeGrap
         if not is_store_folder(path):
             raise DataError("not an embedded store folder", path)
         return store_graph(path)
-    return load_graph(dataset)  # type: ignore[arg-type]
+    # held-out facts naming an entity train lacks are kept and ranked, as KGE runs do (LibKGE)
+    return load_graph(dataset, unseen="keep")  # type: ignore[arg-type]
 
 
 @dataclass
 class RuleSet:
-    """Mined rules over one graph's training facts."""
+    """Mined rules over one graph's training facts (row ``i`` of ``graph.facts`` is
+    ``kg.splits["train"][i]``)."""
 
     graph: RuleGraph
     tensors: TripleTensors
     rules: list[ScoredRule]
+    kg: KnowledgeGraph
+
+    def fact(self, row: int) -> dict[str, Any]:
+        """One training fact by row: ids and the provenance the graph records for it."""
+        t = self.kg.splits["train"][row]
+        p = t.provenance
+        found = {"head": t.head, "relation": t.relation, "tail": t.tail}
+        return found | {"source": p.source if p else None, "confidence": p.confidence if p else None,
+                        "time": p.time if p else None}  # fmt: skip
 
 
 def index_graph(kg: KnowledgeGraph) -> tuple[RuleGraph, TripleTensors]:
@@ -82,9 +93,17 @@ def folder_source(folder: Path) -> dict[str, str]:
         raise DataError("corrupt mining record", path) from None
 
 
+def folder_graph(folder: Path, dataset: str | None = None, store: str | Path | None = None) -> KnowledgeGraph:
+    """The graph given by ``dataset`` or ``store``, else the one the rules folder was mined from."""
+    if dataset is None and store is None:
+        source = folder_source(folder)
+        dataset, store = source.get("dataset"), source.get("store")
+    return graph_source(dataset, store)
+
+
 def open_folder(folder: Path, kg: KnowledgeGraph) -> RuleSet:
     graph, tt = index_graph(kg)
-    return RuleSet(graph, tt, load_rules(folder / RULES_FILE, graph))
+    return RuleSet(graph, tt, load_rules(folder / RULES_FILE, graph), kg)
 
 
 def split_by_relation(tt: TripleTensors, split: str) -> torch.Tensor:
@@ -107,26 +126,30 @@ def evaluate(rule_set: RuleSet, split: str = "test", aggregation: Aggregation = 
 
 
 def predict(
-    rule_set: RuleSet, relation: str, head: str | None = None, tail: str | None = None, k: int = 10,
-    aggregation: Aggregation = "max",
-) -> dict[str, Any]:  # fmt: skip
-    """Top-``k`` answers of ``(head, relation, ?)`` or ``(?, relation, tail)`` with rules and paths."""
+    reasoner: Any, relation: str, head: str | None = None, tail: str | None = None, k: int = 10
+) -> dict[str, Any]:
+    """Top-``k`` answers of ``(head, relation, ?)`` or ``(?, relation, tail)`` ranked by a
+    `kelm.reason.model.Reasoner` (rules, or rules + KGE), each with the rules that predict it and
+    one path of facts per rule, with their provenance."""
     if (head is None) == (tail is None):
         raise ConfigError("give exactly one of --head (rank tails) and --tail (rank heads)")
-    g = rule_set.graph
+    g = reasoner.graph
     given = head if head is not None else tail
     if given not in g.entity_ids:
         raise ConfigError(f"unknown entity '{given}'")
     if relation not in g.relation_ids:
         raise ConfigError(f"unknown relation '{relation}'")
     side = "tail" if head is not None else "head"
-    scorer = RuleScorer(g, rule_set.rules, aggregation)
-    found = scorer.explain(g.entity_ids.index(given), g.relation_ids.index(relation), side, k)
-    answers = []
-    for rank, ex in enumerate(found, start=1):
-        rules = [
-            {"rule": s.rule.text(g), "confidence": round(c, 6), "path": [list(g.fact_ids(f)) for f in facts]}
-            for s, c, facts in ex.rules
-        ]
-        answers.append({"rank": rank, "id": g.entity_ids[ex.entity], "score": ex.score, "rules": rules})
-    return {"head": head, "relation": relation, "tail": tail, "answers": answers}
+    e, r = torch.tensor([g.entity_ids.index(given)]), torch.tensor([g.relation_ids.index(relation)])
+    with torch.no_grad():
+        scores = (reasoner.scoring.score_t(e, r) if side == "tail" else reasoner.scoring.score_h(r, e))[0]
+    if reasoner.alpha is None:  # rules alone: only what some rule predicts
+        k = min(k, int((scores > 0).sum()))
+    values, order = scores.double().topk(min(k, len(scores)))
+    answers = order.tolist()
+    why = reasoner.explain(int(e), int(r), side, answers)
+    found = [
+        {"rank": rank, "id": g.entity_ids[a], "score": float(v), "rules": w}
+        for rank, (a, v, w) in enumerate(zip(answers, values.tolist(), why, strict=True), start=1)
+    ]
+    return {"head": head, "relation": relation, "tail": tail, "alpha": reasoner.alpha, "answers": found}

@@ -125,10 +125,14 @@ class RuleGraph:
             v = (self.step(rel, not inverse) @ v.astype(np.float32)) > 0
         return v
 
-    def reaching(self, target: np.ndarray, steps: Sequence[Step]) -> np.ndarray:
-        """Bool ``(E,)``: entities from which ``steps`` reach some entity of ``target``."""
+    def reaching(self, target: np.ndarray, steps: Sequence[Step], avoid: int | None = None) -> np.ndarray:
+        """Bool ``(E,)``: entities from which ``steps`` reach some entity of ``target``, through
+        entities other than ``avoid`` (the start itself may be any entity)."""
         v = target
-        for rel, inverse in reversed(steps):
+        for i, (rel, inverse) in enumerate(reversed(steps)):
+            if avoid is not None and i:
+                v = v.copy()
+                v[avoid] = False
             v = (self.step(rel, inverse) @ v.astype(np.float32)) > 0
         return v
 

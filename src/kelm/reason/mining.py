@@ -39,6 +39,10 @@ class MiningConfig:
     max_starts: int = 5_000  # count a cyclic body on at most this many start entities
     workers: int = 1
     seed: int = 0
+    #: how a sample picks its relation: "uniform", "facts" (a uniform random fact) or "sqrt" (in
+    #: proportion to the square root of the relation's facts: frequent relations, which most
+    #: queries ask about, get more samples, and rare ones are not starved)
+    relation_sampling: str = "facts"
 
     def check(self) -> None:
         if not self.seconds > 0:
@@ -47,6 +51,8 @@ class MiningConfig:
             raise ConfigError("rule lengths: cyclic 1-3, acyclic 0-3")
         if self.min_support < 1 or self.workers < 1:
             raise ConfigError("min_support and workers must be at least 1")
+        if self.relation_sampling not in ("uniform", "facts", "sqrt"):
+            raise ConfigError(f"relation_sampling must be uniform, facts or sqrt, not '{self.relation_sampling}'")
 
 
 def candidate_rules(graph: RuleGraph, fact: int, rng: np.random.Generator, config: MiningConfig) -> list[Rule]:
@@ -100,8 +106,11 @@ def _mine_relations(
     seen: set[Rule] = set()
     kept: list[ScoredRule] = []
     since_new = 0
+    sizes = np.array([len(graph.relation_facts[r]) for r in relations], np.float64)
+    weight = {"uniform": np.ones_like(sizes), "facts": sizes, "sqrt": np.sqrt(sizes)}[config.relation_sampling]
+    cumulative = np.cumsum(weight / weight.sum())
     while time.monotonic() + reserve * len(kept) < deadline and since_new < config.saturation_window:
-        rel = relations[int(rng.integers(len(relations)))]
+        rel = relations[min(int(np.searchsorted(cumulative, rng.random(), side="right")), len(relations) - 1)]
         facts = graph.relation_facts[rel]
         since_new += 1
         for rule in candidate_rules(graph, int(facts[int(rng.integers(len(facts)))]), rng, config):

@@ -345,7 +345,9 @@ def create_app(services: list[Service], store: GraphStore | None, settings: Serv
     @app.post("/v1/link-prediction", tags=["knowledge graph"], dependencies=auth)
     async def link_prediction(body: LinkPredictionRequest) -> dict[str, Any]:
         """The top-k tails of (head, relation, ?) or heads of (?, relation, tail), each with whether it
-        is a known fact and the fact paths (from the store) linking it to the query's entity."""
+        is a known fact and the fact paths (from the store) linking it to the query's entity; a rules
+        model's answers also carry the rules that predict them, each with one path of facts (and
+        their provenance) that makes it fire."""
         if (body.head is None) == (body.tail is None):
             raise HTTPException(422, "give exactly one of head (rank tails) and tail (rank heads)")
         service = pick(body.model, "link-prediction")
@@ -362,6 +364,7 @@ def create_app(services: list[Service], store: GraphStore | None, settings: Serv
                 "known": a.known,
                 "paths": [[{"head": h, "relation": r, "tail": t} for h, r, t in p] for p in a.paths],
             }
+            | ({} if a.rules is None else {"rules": a.rules})
             for a in ranked
         ]
         query = {"head": body.head} if body.head is not None else {"tail": body.tail}

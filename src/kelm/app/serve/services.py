@@ -112,6 +112,7 @@ class Ranked:
     score: float
     known: bool
     paths: list[list[tuple[str, str, str]]]
+    rules: list[dict[str, Any]] | None = None  # a rules model's: the rules that predict it, with paths
 
 
 class LinkPredictionService(Service):
@@ -129,6 +130,7 @@ class LinkPredictionService(Service):
         self.ent_index = _index(self.ent_ids, self.ent_labels)
         self.rel_index = _index(self.rel_ids, self.rel_labels)
         self.graph = graph
+        self.explainer = model.explain
 
     def attach(self, kg: Any, graph: EvidenceGraph) -> None:
         """Draw evidence (known facts, paths) from ``graph``: the store's, now and after each write."""
@@ -164,12 +166,13 @@ class LinkPredictionService(Service):
     def _ranked(self, item: tuple[int, int, str, int], order: list[int], values: list[float]) -> list[Ranked]:
         e, r, direction, _ = item
         found = []
-        for rank, (k, v) in enumerate(zip(order, values, strict=True), start=1):
+        why = self.explainer(e, r, direction, order) if self.explainer is not None else [None] * len(order)
+        for rank, (k, v, rules) in enumerate(zip(order, values, why, strict=True), start=1):
             triple = (self.ent_ids[e], self.rel_ids[r], self.ent_ids[k])
             if direction == "head":
                 triple = (self.ent_ids[k], self.rel_ids[r], self.ent_ids[e])
             known, paths = self._evidence(triple, self.ent_ids[e], self.ent_ids[k])
-            found.append(Ranked(rank, self.ent_ids[k], self.ent_labels[k], float(v), known, paths))
+            found.append(Ranked(rank, self.ent_ids[k], self.ent_labels[k], float(v), known, paths, rules))
         return found
 
     def _evidence(self, triple: tuple[str, str, str], query: str, answer: str) -> tuple[bool, list]:
@@ -188,17 +191,24 @@ class LinkPredictionService(Service):
 
 @dataclass(frozen=True)
 class LinkPredictor:
-    """What a link-prediction service needs of a run folder: its scoring and vocabularies."""
+    """What a link-prediction service needs of a run folder: its scoring and vocabularies, and for
+    a rules model ``explain(entity, relation, side, answers)``: per answer, the rules behind it."""
 
     scoring: Any
     entity_ids: list[str]
     entity_labels: list[str]
     relation_ids: list[str]
     relation_labels: list[str]
+    explain: Any = None
 
     @classmethod
     def load(cls, folder: Path, kind: str) -> LinkPredictor:
-        """The scoring of a ``kge``, ``text-kgc``, ``frozen-text-kgc`` or ``hybrid`` folder."""
+        """The scoring of a ``kge``, ``text-kgc``, ``frozen-text-kgc``, ``hybrid`` or ``rules`` folder."""
+        if kind == "rules":
+            from kelm.reason.model import load_reasoner
+
+            m = load_reasoner(folder)
+            return cls(m.scoring, m.entity_ids, m.entity_labels, m.relation_ids, m.relation_labels, m.explain)
         if kind == "kge":
             from kelm.kg.vocab import ENTITIES_FILE, RELATIONS_FILE, read_vocab
             from kelm.kge.folder import load_kge
@@ -302,10 +312,18 @@ class KGQAService(Service):
         super().__init__(name, "kgqa")
         self.model = QAModel(folder)
         self.graph = EvidenceGraph(self.model.graph)
+        self.provenance: dict[tuple[str, str, str], Any] = {}
+
+    def attach(self, kg: Any, graph: EvidenceGraph) -> None:
+        """Read each fact's provenance from ``kg``: the store's, now and after each write."""
+        self.provenance = {t.key(): t.provenance for t in kg.triples() if t.provenance is not None}
 
     def run(self, capability: str, items: list[Any]) -> list[Any]:
         """Items are ``(question, top, paths)``; answers are `Response.as_dict` with ``topic_id`` and,
-        per answer, ``paths`` of ``{head, relation, tail}`` ids."""
+        per answer, ``paths`` of ``{head, relation, tail}`` ids (with the store's provenance of each
+        fact when a store is attached) and ``rules``: per path, the rule it instantiates."""
+        from kelm.kgqa.evidence import path_rule
+
         out = []
         for q, top, paths in items:
             response = self.model.ask(q, top=top, paths=paths)
@@ -313,7 +331,9 @@ class KGQAService(Service):
             topic = self.graph.by_name.get(response.topic or "")
             found["topic_id"] = None if topic is None else self.model.graph.ids[topic]
             for answer, given in zip(found["answers"], response.answers, strict=True):
-                answer["paths"] = [_fact_dicts(self.graph.path_ids(p)) for p in given.evidence]
+                id_paths = [self.graph.path_ids(p) for p in given.evidence]
+                answer["paths"] = [_fact_dicts(p, self.provenance) for p in id_paths]
+                answer["rules"] = [path_rule(p, found["topic_id"]) for p in id_paths] if found["topic_id"] else []
             out.append(found)
         return out
 
@@ -342,8 +362,17 @@ class FusedService(Service):
         ]  # fmt: skip
 
 
-def _fact_dicts(path: Sequence[tuple[str, str, str]]) -> list[dict[str, str]]:
-    return [{"head": h, "relation": r, "tail": t} for h, r, t in path]
+def _fact_dicts(path: Sequence[tuple[str, str, str]], provenance: dict | None = None) -> list[dict[str, Any]]:
+    """Facts as ``{head, relation, tail}``, with ``source``, ``confidence`` and ``time`` where
+    ``provenance`` records them."""
+    out = []
+    for fact in path:
+        found: dict[str, Any] = dict(zip(("head", "relation", "tail"), fact, strict=True))
+        p = (provenance or {}).get(fact)
+        if p is not None:
+            found |= {"source": p.source, "confidence": p.confidence, "time": p.time}
+        out.append(found)
+    return out
 
 
 class LinkerService(Service):
@@ -367,7 +396,7 @@ class LinkerService(Service):
         return self.linker.link_many(items)
 
 
-LINK_PREDICTION_KINDS = ("kge", "text-kgc", "frozen-text-kgc", "hybrid")
+LINK_PREDICTION_KINDS = ("kge", "text-kgc", "frozen-text-kgc", "hybrid", "rules")
 SERVED_KINDS = ("hf", "moe-hf", *LINK_PREDICTION_KINDS, "kgqa", "kg-fusion", "extractor")
 
 
