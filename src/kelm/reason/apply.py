@@ -38,6 +38,18 @@ class Explanation:
     rules: list[tuple[ScoredRule, float, list[int]]] = field(default_factory=list)  # rule, confidence, facts
 
 
+def _best_of_each_kind(rules: list[ScoredRule], smoothing: float, limit: int) -> list[ScoredRule]:
+    """A relation's rules, best first, at most ``limit`` of each kind: the many narrow ac1 rules
+    of a large graph would otherwise crowd out the general cyclic and ac2 ones."""
+
+    def best_first(found):
+        return sorted(found, key=lambda s: -s.applied_confidence(smoothing))
+
+    return best_first(
+        [s for kind in ("cyclic", "ac1", "ac2") for s in best_first(r for r in rules if r.rule.kind == kind)[:limit]]
+    )
+
+
 class RuleScorer:
     """Scores every entity as an answer of link-prediction queries from mined rules."""
 
@@ -47,7 +59,7 @@ class RuleScorer:
         rules: Sequence[ScoredRule],
         aggregation: Aggregation = "max",
         smoothing: float = 5.0,
-        max_rules_per_relation: int = 5_000,
+        max_rules_per_kind: int = 5_000,
     ):
         if aggregation not in ("max", "noisy-or"):
             raise ConfigError(f"aggregation must be 'max' or 'noisy-or', not '{aggregation}'")
@@ -56,10 +68,7 @@ class RuleScorer:
         by_head: dict[int, list[ScoredRule]] = defaultdict(list)
         for s in rules:
             by_head[s.rule.head].append(s)
-        self.rules = {
-            r: sorted(rs, key=lambda s: -s.applied_confidence(smoothing))[:max_rules_per_relation]
-            for r, rs in by_head.items()
-        }
+        self.rules = {r: _best_of_each_kind(rs, smoothing, max_rules_per_kind) for r, rs in by_head.items()}
         self._bodies: dict[ScoredRule, np.ndarray] = {}
 
     # -- scores for the evaluator ---------------------------------------------------------------
@@ -112,19 +121,21 @@ class RuleScorer:
             rows, cols = reached.row, reached.col
             keep = cols != np.asarray(known)[rows]
             return rows[keep], cols[keep]
-        body = self._body(s)
         variable_side = "tail" if rule.anchor == "head" else "head"  # the side the variable answers
         known_arr = np.asarray(known)
         if side == variable_side:  # the query gives the variable: fires when it satisfies the body
-            rows = np.flatnonzero(body[known_arr])
+            rows = np.flatnonzero(np.isin(known_arr, self._body(s)))
             return rows, np.full(len(rows), rule.head_constant)
         rows = np.flatnonzero(known_arr == rule.head_constant)  # the query gives the constant
-        cands = np.flatnonzero(body)
+        if not len(rows):
+            return rows, rows
+        cands = self._body(s)
         return np.repeat(rows, len(cands)), np.tile(cands, len(rows))
 
     def _body(self, s: ScoredRule) -> np.ndarray:
+        """The entities satisfying an acyclic rule's body, as indices (kept: a body is small)."""
         if s not in self._bodies:
-            self._bodies[s] = body_entities(self.graph, s.rule)
+            self._bodies[s] = np.flatnonzero(body_entities(self.graph, s.rule)).astype(np.int32)
         return self._bodies[s]
 
     # -- answers with explanations --------------------------------------------------------------
