@@ -248,3 +248,15 @@ def test_rules_and_complex_hybrid_beats_both_on_umls(tmp_path: Path, data_dir: P
     found = predict(reasoner, r, head=h, k=5)
     assert found["alpha"] == result["alpha"] and len(found["answers"]) == 5
     assert any(a["rules"] for a in found["answers"])
+
+
+def test_each_kind_keeps_its_best_rules_under_the_cap() -> None:
+    from kelm.reason.rules import ScoredRule
+
+    narrow = [ScoredRule(Rule(0, ((1, False),), "ac1", "head", 0, d), 9, 9, 9) for d in range(2, 6)]
+    general = ScoredRule(Rule(0, ((1, False),)), 50, 100, 100)
+    dangling = ScoredRule(Rule(0, ((1, False),), "ac2", "head", 0), 30, 90, 90)
+    scorer = RuleScorer(small_graph([(0, 1, 1)], 6, 2), [*narrow, general, dangling], max_rules_per_kind=2)
+    kept = scorer.rules[0]
+    assert [s.rule.kind for s in kept] == ["ac1", "ac1", "cyclic", "ac2"]  # best first across kinds
+    assert general in kept and dangling in kept
