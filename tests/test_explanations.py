@@ -5,6 +5,7 @@ fact's provenance; KGQA answers carry the rule each evidence path instantiates."
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,29 @@ def mined_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root / "store", root / "rules"
 
 
+def body_relations(rule: str) -> list[str]:
+    """The relations of a rule's body atoms, in order (``h(X, Y) <= b1(X, A), b2(A, Y)``)."""
+    return re.findall(r"(\w+)\(", rule.split("<=")[1])
+
+
+def grounds(rule: dict, head: str, tail: str) -> bool:
+    """The path's facts are the rule's body atoms in order, chained from the entity bound to the
+    first body atom's head variable, for the predicted fact ``(head, relation, tail)``."""
+    path = rule["path"]
+    head_atom, body = rule["rule"].split("<=")
+    if [f["relation"] for f in path] != body_relations(rule["rule"]):
+        return False
+    args = re.findall(r"\((.+?), (.+?)\)", head_atom)[0]
+    bound = {args[0]: head, args[1]: tail}
+    first = re.findall(r"\((.+?), (.+?)\)", body)[0]
+    at = next(bound[a] for a in first if a in bound)
+    for f in path:
+        if at not in (f["head"], f["tail"]):
+            return False
+        at = f["tail"] if f["head"] == at else f["head"]
+    return True
+
+
 def stored_facts(store_path: Path) -> dict[tuple[str, str, str], Provenance | None]:
     with open_store(store_path, read_only=True) as store:
         return {t.key(): t.provenance for t in store.export().triples()}
@@ -65,7 +89,7 @@ def test_predict_answers_carry_rules_and_stored_paths_with_provenance(mined_stor
     for a in answers:
         assert a["rules"], "rules alone rank only what some rule predicts"
         for r in a["rules"]:
-            assert r["path"] and "<=" in r["rule"]
+            assert r["path"] and grounds(r, "a3", a["id"]), r
             for f in r["path"]:
                 key = (f["head"], f["relation"], f["tail"])
                 assert key in facts and f["source"] == facts[key].source and f["time"] == TIME
@@ -94,6 +118,7 @@ def test_served_link_prediction_explains_each_rule_backed_answer(mined_store: tu
     assert backed and all(a["rules"] for a in backed)
     for a in backed:
         for r in a["rules"]:
+            assert grounds(r, a["id"], "b7"), r
             assert all((f["head"], f["relation"], f["tail"]) in facts and f["source"].startswith(SOURCE)
                        for f in r["path"])  # fmt: skip
 

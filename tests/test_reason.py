@@ -207,10 +207,16 @@ def test_cli_mines_evaluates_and_explains_kinship(tmp_path: Path, data_dir: Path
         (["mine", "--out", "x"], "exactly one of --dataset and --store"),
         (["evaluate", "no-such-folder"], "not a rules folder"),
         (["evaluate", ".", "--save"], "give the KGE run with --kge"),
+        (["mine", "--dataset", "graph", "-r", "r2", "--out", "x"], "relation 'r2' has no facts to mine rules from"),
+        (["mine", "--dataset", "graph", "-r", "r9", "--out", "x"], "unknown relation 'r9'"),
         (["mine", "--dataset", "kinship", "--max-acyclic-length", "4", "--out", "x"], "rule lengths"),
     ],
 )
 def test_cli_bad_input_is_one_line(args: list[str], message: str, tmp_path: Path) -> None:
+    (tmp_path / "graph").mkdir()
+    (tmp_path / "graph" / "train.txt").write_text("a\tr1\tb\nb\tr1\tc\n", encoding="utf-8")
+    (tmp_path / "graph" / "valid.txt").write_text("a\tr2\tc\n", encoding="utf-8")  # r2: no training facts
+    (tmp_path / "graph" / "test.txt").write_text("a\tr1\tc\n", encoding="utf-8")
     done = subprocess.run([sys.executable, "-m", "kelm.cli", "reason", *args], capture_output=True, text=True,
                           cwd=tmp_path, timeout=120)  # fmt: skip
     assert done.returncode != 0

@@ -40,6 +40,9 @@ def mine_cmd(
         int, typer.Option("--min-support", help="Keep rules with this many correct predictions.")
     ] = 2,
     seed: Annotated[int, typer.Option(help="Seed of the sampled paths.")] = 0,
+    relations: Annotated[
+        list[str] | None, typer.Option("--relation", "-r", help="Mine rules for this relation only (repeatable).")
+    ] = None,
 ) -> None:
     """Sample paths from the training facts and keep the rules they generalise to (AnyBURL style)."""
     from kelm.reason.folder import mine_folder
@@ -50,7 +53,7 @@ def mine_cmd(
     config.check()
     source = {"dataset": dataset} if dataset is not None else {"store": str(Path(store).resolve())} if store else {}
     kg = _graph(None, dataset, store)
-    info = mine_folder(kg, out_dir, config, source)
+    info = mine_folder(kg, out_dir, config, source, relations)
     kinds = ", ".join(f"{n} {k}" for k, n in info["by_kind"].items())
     out.print(f"{info['rules']} rules ({kinds}) for {info['relations_with_rules']} relations in {info['seconds']} s")
     out.print(f"wrote {out_dir / 'rules.tsv'}")

@@ -43,21 +43,22 @@ def graph_source(dataset: str | None, store: str | Path | None) -> KnowledgeGrap
 
 @dataclass
 class RuleSet:
-    """Mined rules over one graph's training facts (row ``i`` of ``graph.facts`` is
-    ``kg.splits["train"][i]``)."""
+    """Mined rules over one graph's training facts (``graph``, built from ``kg``'s train split)."""
 
     graph: RuleGraph
     tensors: TripleTensors
     rules: list[ScoredRule]
     kg: KnowledgeGraph
+    _provenance: dict[tuple[str, str, str], Any] | None = None
 
     def fact(self, row: int) -> dict[str, Any]:
-        """One training fact by row: ids and the provenance the graph records for it."""
-        t = self.kg.splits["train"][row]
-        p = t.provenance
-        found = {"head": t.head, "relation": t.relation, "tail": t.tail}
-        return found | {"source": p.source if p else None, "confidence": p.confidence if p else None,
-                        "time": p.time if p else None}  # fmt: skip
+        """Fact ``row`` of ``graph.facts``: its ids and the provenance the graph records for it."""
+        if self._provenance is None:
+            self._provenance = {t.key(): t.provenance for t in self.kg.splits.get("train", ())}
+        h, r, t = self.graph.fact_ids(row)
+        p = self._provenance.get((h, r, t))
+        return {"head": h, "relation": r, "tail": t, "source": p.source if p else None,
+                "confidence": p.confidence if p else None, "time": p.time if p else None}  # fmt: skip
 
 
 def index_graph(kg: KnowledgeGraph) -> tuple[RuleGraph, TripleTensors]:
@@ -67,12 +68,15 @@ def index_graph(kg: KnowledgeGraph) -> tuple[RuleGraph, TripleTensors]:
     return RuleGraph(tt.triples["train"].numpy(), tt.entity_ids, tt.relation_ids), tt
 
 
-def mine_folder(kg: KnowledgeGraph, out: Path, config: MiningConfig, source: dict[str, str]) -> dict[str, Any]:
-    """Mine ``kg``'s training facts into ``out``; returns what ``mining.json`` records."""
+def mine_folder(
+    kg: KnowledgeGraph, out: Path, config: MiningConfig, source: dict[str, str], relations: list[str] | None = None
+) -> dict[str, Any]:
+    """Mine ``kg``'s training facts (rules for ``relations``, else for all) into ``out``; returns
+    what ``mining.json`` records."""
     config.check()
     graph, _ = index_graph(kg)
     start = time.monotonic()
-    rules = mine(graph, config)
+    rules = mine(graph, config, relations)
     seconds = time.monotonic() - start
     kinds = Counter(s.rule.kind for s in rules)
     info = {"source": source, "config": asdict(config), "seconds": round(seconds, 2), "rules": len(rules)}

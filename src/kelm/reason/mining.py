@@ -155,13 +155,17 @@ def prune_redundant(rules: list[ScoredRule]) -> list[ScoredRule]:
     return out
 
 
-def mine(graph: RuleGraph, config: MiningConfig = MiningConfig()) -> list[ScoredRule]:
-    """Rules for every relation with facts, within ``config.seconds`` of wall time in all."""
+def mine(graph: RuleGraph, config: MiningConfig = MiningConfig(), only: list[str] | None = None) -> list[ScoredRule]:
+    """Rules for every relation with facts (or the relations named in ``only``), within
+    ``config.seconds`` of wall time in all."""
     config.check()
     deadline = time.monotonic() + config.seconds  # one clock for every worker (monotonic is system-wide)
     if len(graph.facts) == 0:
         raise DataError("the graph has no facts to mine rules from")
-    relations = [r for r in range(graph.num_relations) if len(graph.relation_facts[r])]
+    if only:
+        relations = sorted({relation_named(graph, name) for name in only})
+    else:
+        relations = [r for r in range(graph.num_relations) if len(graph.relation_facts[r])]
     workers = min(config.workers, len(relations), os.cpu_count() or 1)
     if workers == 1:
         rules = _mine_relations(graph, relations, config, config.seed, deadline)
