@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -22,9 +21,8 @@ from pathlib import Path
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "kge"
 
 
-def kelm(*args: str, threads: int | None = None) -> str:
-    env = os.environ | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
-    done = subprocess.run([sys.executable, "-m", "kelm.cli", *args], capture_output=True, text=True, env=env)
+def kelm(*args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "kelm.cli", *args], capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"kelm {' '.join(args)} failed:\n{done.stderr}")
     return done.stdout

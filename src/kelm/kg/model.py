@@ -18,6 +18,11 @@ class Provenance:
     time: str | None = None
 
 
+def provenance_fields(p: Provenance | None) -> dict[str, str | float | None]:
+    """``source``, ``confidence`` and ``time`` of a fact's provenance (None each when unknown)."""
+    return {"source": p.source if p else None, "confidence": p.confidence if p else None, "time": p.time if p else None}
+
+
 @dataclass(frozen=True, slots=True)
 class Triple:
     """A fact ``(head, relation, tail)`` over entity and relation ids."""

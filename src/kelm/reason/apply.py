@@ -180,13 +180,14 @@ class RuleScorer:
         variables never bind to ``avoid``. The walk only enters entities from which the remaining
         steps still reach ``end``, so it never backtracks out of a dead end, however large the degrees."""
         g = self.graph
-        target = np.ones(self.num_entities, bool) if end is None else np.eye(1, self.num_entities, end, dtype=bool)[0]
-        if end is None and avoid is not None:
-            target[avoid] = False
-        alive = [g.reaching(target, steps[i:], avoid) for i in range(len(steps))] + [target]
-        for inner in alive[1:-1]:
+        target = np.zeros(self.num_entities, bool)
+        if end is None:
+            target[:] = True
             if avoid is not None:
-                inner[avoid] = False
+                target[avoid] = False
+        else:
+            target[end] = True
+        alive = g.reaching_each(target, steps, avoid)
         if not alive[0][start]:
             return None
         facts, at = [], start

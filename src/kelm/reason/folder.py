@@ -18,7 +18,7 @@ import torch
 from kelm.atomic import write_text_atomic
 from kelm.errors import ConfigError, DataError
 from kelm.kg.datasets import is_store_folder, load_graph, store_graph
-from kelm.kg.model import KnowledgeGraph
+from kelm.kg.model import KnowledgeGraph, provenance_fields
 from kelm.kg.tensors import TripleTensors
 from kelm.reason.apply import Aggregation, RuleScorer
 from kelm.reason.graph import RuleGraph
@@ -56,9 +56,7 @@ class RuleSet:
         if self._provenance is None:
             self._provenance = {t.key(): t.provenance for t in self.kg.splits.get("train", ())}
         h, r, t = self.graph.fact_ids(row)
-        p = self._provenance.get((h, r, t))
-        return {"head": h, "relation": r, "tail": t, "source": p.source if p else None,
-                "confidence": p.confidence if p else None, "time": p.time if p else None}  # fmt: skip
+        return {"head": h, "relation": r, "tail": t} | provenance_fields(self._provenance.get((h, r, t)))
 
 
 def index_graph(kg: KnowledgeGraph) -> tuple[RuleGraph, TripleTensors]:

@@ -128,13 +128,20 @@ class RuleGraph:
     def reaching(self, target: np.ndarray, steps: Sequence[Step], avoid: int | None = None) -> np.ndarray:
         """Bool ``(E,)``: entities from which ``steps`` reach some entity of ``target``, through
         entities other than ``avoid`` (the start itself may be any entity)."""
-        v = target
-        for i, (rel, inverse) in enumerate(reversed(steps)):
+        return self.reaching_each(target, steps, avoid)[0]
+
+    def reaching_each(self, target: np.ndarray, steps: Sequence[Step], avoid: int | None = None) -> list[np.ndarray]:
+        """Per position ``i`` of the path (0 to ``len(steps)``), bool ``(E,)``: the entities from
+        which ``steps[i:]`` reach ``target`` through entities other than ``avoid``; the inner
+        positions exclude ``avoid`` themselves. One sparse product per step."""
+        sets = [target]
+        for i in range(len(steps) - 1, -1, -1):
+            rel, inverse = steps[i]
+            v = (self.step(rel, inverse) @ sets[0].astype(np.float32)) > 0
             if avoid is not None and i:
-                v = v.copy()
                 v[avoid] = False
-            v = (self.step(rel, inverse) @ v.astype(np.float32)) > 0
-        return v
+            sets.insert(0, v)
+        return sets
 
 
 def reverse_steps(steps: Sequence[Step]) -> tuple[Step, ...]:

@@ -365,13 +365,13 @@ class FusedService(Service):
 def _fact_dicts(path: Sequence[tuple[str, str, str]], provenance: dict | None = None) -> list[dict[str, Any]]:
     """Facts as ``{head, relation, tail}``, with ``source``, ``confidence`` and ``time`` where
     ``provenance`` records them."""
+    from kelm.kg.model import provenance_fields
+
     out = []
     for fact in path:
         found: dict[str, Any] = dict(zip(("head", "relation", "tail"), fact, strict=True))
         p = (provenance or {}).get(fact)
-        if p is not None:
-            found |= {"source": p.source, "confidence": p.confidence, "time": p.time}
-        out.append(found)
+        out.append(found if p is None else found | provenance_fields(p))
     return out
 
 
