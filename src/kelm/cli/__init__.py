@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from kelm import __version__
+from kelm.cli import compress as compress_cmd
 from kelm.cli import data as data_cmd
 from kelm.cli import demo as demo_cmd
 from kelm.cli import extract as extract_cmd
@@ -64,6 +65,7 @@ app.command("pretrain")(pretrain_cmd.pretrain)
 app.command("link")(link_cmd.link)
 app.command("extract")(extract_cmd.extract)
 app.command("serve")(serve_cmd.serve)
+app.command("compress")(compress_cmd.compress)
 
 
 def _version(value: bool) -> None:

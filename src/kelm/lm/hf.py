@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from kelm.artifacts import read_model_spec
+from kelm.compress.int8 import runtime_spec
 from kelm.errors import ConfigError, DataError
 from kelm.lm.checkpoints import (
     HEADS,
@@ -73,6 +74,14 @@ def build_hf_model(
                 setattr(config, key, value)
             return cls.from_config(config)
         source = resolve_model(name)
+        compressed = compressed_spec(source)
+        if compressed is not None:
+            if runtime_spec(compressed) is not None:
+                raise ConfigError(
+                    f"task.model: {name} holds an int8-quantized model, which cannot be trained; "
+                    "train from the run it was quantized from and quantize the result"
+                )
+            return load_compressed(cls, Path(source), compressed)
         from kelm.lm.upcycle import load_upcycled_hf, upcycled_table
 
         if upcycled_table(source) is not None:  # `kelm moe upcycle` output: FFNs are MoE layers
@@ -100,6 +109,83 @@ def save_pretrained_files(folder: Path, model_config: Any, tokenizer: Any) -> No
     tokenizer.save_pretrained(str(folder))
 
 
+def save_model_folder(folder: Path, model: nn.Module, tokenizer: Any, config: dict[str, Any]) -> Path:
+    """Write a complete ``hf`` model folder from an in-memory model: ``model.safetensors`` (tied
+    tensors once), ``config.toml`` (``config``, with its ``[model]`` table) and the Hugging Face files."""
+    from safetensors.torch import save_file
+
+    from kelm.artifacts import CONFIG, WEIGHTS, write_toml
+    from kelm.atomic import atomic_path
+
+    folder.mkdir(parents=True, exist_ok=True)
+    seen: set[int] = set()
+    tensors: dict[str, torch.Tensor] = {}
+    for name, t in model.state_dict().items():
+        if t.numel() and t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        tensors[name] = t.detach().contiguous().clone()
+    with atomic_path(folder / WEIGHTS) as tmp:
+        save_file(tensors, str(tmp))
+    save_pretrained_files(folder, model.config, tokenizer)
+    write_toml(folder / CONFIG, config)
+    return folder
+
+
+def structure_of(name: str) -> str | None:
+    """``pruned`` when the checkpoint ``name`` was structurally pruned (its layers have their own
+    widths), so a model fine-tuned from it keeps loading through `load_compressed`; else None."""
+    try:
+        source = resolve_model(name)
+    except ConfigError:
+        return None
+    spec = compressed_spec(source) if Path(source).is_dir() else None
+    return spec.get("structure") if spec is not None else None
+
+
+def compressed_spec(folder: str | Path) -> dict[str, Any] | None:
+    """The ``[model]`` table of a kelm folder whose weights need kelm to load (int8 storage, or
+    structured pruning that gave layers their own widths); None for any other folder."""
+    from kelm.artifacts import CONFIG, read_model_table
+
+    path = Path(folder)
+    if not (path / CONFIG).is_file():
+        return None
+    spec = read_model_table(path)
+    return spec if runtime_spec(spec) is not None or spec.get("structure") == "pruned" else None
+
+
+def load_compressed(cls: Any, folder: Path, spec: dict[str, Any]) -> nn.Module:
+    """A model from a compressed kelm folder: built from ``config.json``, each layer given the width
+    its saved weights have, the weights loaded (int8 ones dequantized), then the int8 runtime."""
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    from kelm.artifacts import WEIGHTS
+    from kelm.compress.int8 import INT8_WEIGHTS, SCALE, apply_runtime, load_int8_weights
+    from kelm.compress.prune import fit_to_state
+    from kelm.train.export import load_weights
+
+    runtime = runtime_spec(spec)
+    path = folder / (INT8_WEIGHTS if runtime is not None else WEIGHTS)
+    if not path.is_file():
+        raise DataError(f"missing {path.name}", folder)
+    config = AutoConfig.from_pretrained(str(folder))
+    model = cls.from_config(config) if hasattr(cls, "from_config") else cls._from_config(config)
+    with safe_open(str(path), "pt") as fh:
+        shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys() if not k.endswith(SCALE)}  # noqa: SIM118 (safe_open has no __iter__)
+    fit_to_state(model, shapes)
+    if runtime is None:
+        try:
+            load_weights(model, folder)
+        except ValueError as err:
+            raise DataError(str(err), path) from None
+        return model
+    load_int8_weights(model, folder)
+    backend, scheme, skip = runtime
+    return apply_runtime(model, backend, scheme, skip)
+
+
 def load_finetuned(path: str | Path) -> tuple[nn.Module, Any, dict[str, Any]]:
     """Model (eval mode), tokenizer and ``[model]`` spec of a kelm run trained on a Hugging Face model."""
     from transformers import AutoTokenizer
@@ -112,7 +198,9 @@ def load_finetuned(path: str | Path) -> tuple[nn.Module, Any, dict[str, Any]]:
         from kelm.lm.upcycle import load_upcycled_hf, upcycled_table
 
         cls = auto_class(spec["head"])
-        if upcycled_table(folder) is not None:  # fine-tuned from an upcycled (MoE) model
+        if compressed_spec(folder) is not None:
+            model = load_compressed(cls, folder, spec)
+        elif upcycled_table(folder) is not None:  # fine-tuned from an upcycled (MoE) model
             model = load_upcycled_hf(cls, folder)
         else:
             model = cls.from_pretrained(str(folder), use_safetensors=True)
@@ -124,6 +212,10 @@ __all__ = [
     "MINILM",
     "SCRATCH",
     "build_hf_model",
+    "compressed_spec",
+    "save_model_folder",
+    "structure_of",
+    "load_compressed",
     "load_finetuned",
     "load_hf_config",
     "load_tokenizer",

@@ -45,6 +45,7 @@ TASKS: Registry[type[Task]] = Registry(
         "text-kgc": "kelm.tasks.text_kgc:TextKGCTask",
         "frozen-text-kgc": "kelm.tasks.frozen_text_kgc:FrozenTextKGCTask",
         "extraction": "kelm.tasks.extraction:ExtractionTask",
+        "distill": "kelm.tasks.distill:DistillTask",
     },
 )
 

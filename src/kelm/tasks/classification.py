@@ -118,8 +118,11 @@ class ClassificationTask(HFTask):
 
     # -- loss and metrics ---------------------------------------------------------------------
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = model(**model_inputs(batch)).logits
-        return F.cross_entropy(logits.float(), batch["labels"]), {}
+        return self.gold_loss(model(**model_inputs(batch)).logits, batch), {}
+
+    def gold_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Cross-entropy of the logits against the batch's labels."""
+        return F.cross_entropy(logits.float(), batch["labels"])
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Sequence[Batch]) -> dict[str, float]:

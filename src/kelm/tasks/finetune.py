@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,10 @@ class FinetuneConfig(Section):
     )
     short_row_attention: bool = Field(
         True, description="on the CPU, the attention softmax of batches under 16 tokens takes the fast kernel"
+    )
+    keep_zero_weights: bool = Field(
+        False,
+        description="encoder weights that are exactly zero stay zero (recovery fine-tune after unstructured pruning)",
     )
     compact_vocab: bool = Field(
         True,
@@ -127,12 +131,16 @@ class HFTask(Task):
         self._report_total = 0.0
         self.splits: dict[str, list[dict[str, Any]]] = {}
         self._compact = False
+        #: Turns the loaded model into the one trained (a distillation student), before the speed-ups.
+        self.student_transform: Callable[[nn.Module], nn.Module] | None = None
 
     # -- model ----------------------------------------------------------------------------------
     def configure(self, train: TrainConfig) -> None:
         """Compact the vocabulary only where it is exact: no weight decay (rows without gradient
         then never move) and parameters that are not sharded (FSDP2 shards the full table)."""
         self._compact = self.cfg.compact_vocab and train.weight_decay == 0 and train.strategy != "fsdp2"
+        if self.cfg.keep_zero_weights and train.strategy == "fsdp2":
+            raise ConfigError("task.keep_zero_weights masks gradients of whole tensors; use strategy ddp, not fsdp2")
 
     def build_model(self) -> nn.Module:
         from kelm.lm.hf import build_hf_model
@@ -140,7 +148,13 @@ class HFTask(Task):
         c = self.cfg
         sizes = {"hidden_size": c.hidden_size, "num_layers": c.num_layers, "num_heads": c.num_heads}
         model = build_hf_model(c.model, self.head, self.tokenizer, self.labels, sizes, max(self.max_length, 512))
+        if self.student_transform is not None:
+            model = self.student_transform(model)
         self._hf_config = model.config
+        if c.keep_zero_weights:
+            from kelm.compress.prune import keep_zeros
+
+            keep_zeros(model)
         if self._compact:
             compact_vocabulary(model, self.token_ids(), sparse_grads=c.sparse_embedding_grads)
         if c.sparse_embedding_grads:
@@ -163,7 +177,10 @@ class HFTask(Task):
                 yield s["input_ids"]
 
     def model_config(self) -> dict[str, Any]:
+        from kelm.lm.hf import structure_of
+
         spec = {"kind": "hf", "head": self.head, "base": self.cfg.model, "max_length": self.max_length}
+        spec["structure"] = structure_of(self.cfg.model)  # None (left out) unless pruned
         if self.labels is not None:
             spec["labels"] = list(self.labels)
         return {"task": self.name, "model": spec}

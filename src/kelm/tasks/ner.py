@@ -153,8 +153,11 @@ class NERTask(HFTask):
 
     # -- loss and metrics ---------------------------------------------------------------------
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = model(**model_inputs(batch)).logits
-        return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=IGNORE), {}
+        return self.gold_loss(model(**model_inputs(batch)).logits, batch), {}
+
+    def gold_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Cross-entropy of token logits against the batch's labels (first sub-words only)."""
+        return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=IGNORE)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Sequence[Batch]) -> dict[str, float]:

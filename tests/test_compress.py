@@ -1,0 +1,204 @@
+"""kelm compress: int8, distillation, pruning and weight sharing of real fine-tuned runs, measured
+and loadable; exact round trips of the pieces; bad input in one line, no half-written output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from kelm.app import run_training
+from kelm.cli import main
+from kelm.compress.int8 import dequantize_rows, quantize_rows
+from kelm.compress.prune import keep_zeros, magnitude_prune, prune_structured, sparsity_of
+from kelm.compress.students import alternate_layers, keep_layers, shared_student
+
+TRAIN = {"strategy": "single", "threads": 2, "batch_size": 16, "lr": 1e-4, "epochs": 3, "warmup_steps": 10}
+TRAIN |= {"log_every": 100, "tensorboard": False}
+
+
+def tiny_bert(layers: int = 3, seed: int = 0) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                     intermediate_size=48, num_labels=3, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0)  # fmt: skip
+    return BertForSequenceClassification(cfg).eval()
+
+
+def logits(model: torch.nn.Module, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 120, (4, 9), generator=g)
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+
+
+def record(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "compression.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def teacher(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MiniLM fine-tuned for 3 epochs on poem-sentiment (negative, neutral, positive)."""
+    out = tmp_path_factory.mktemp("compress") / "teacher"
+    task = {"name": "classification", "dataset": "poem-sentiment", "model": "minilm", "drop_labels": ["2"]}
+    run_training({"train": TRAIN, "task": task | {"max_length": 64}}, out)
+    return out
+
+
+# -- the pieces, exactly ---------------------------------------------------------------------------
+def test_int8_rows_requantize_to_the_same_integers() -> None:
+    w = torch.randn(64, 48) * torch.rand(64, 1) * 3
+    q, s = quantize_rows(w)
+    assert q.dtype == torch.int8 and int(q.abs().max()) == 127
+    assert (dequantize_rows(q, s) - w).abs().max() <= s.max() / 2 + 1e-6
+    q2, s2 = quantize_rows(dequantize_rows(q, s))
+    assert torch.equal(q, q2) and torch.allclose(s, s2)
+
+
+def test_students_built_from_all_teacher_layers_equal_the_teacher() -> None:
+    teacher = tiny_bert(layers=4)
+    assert torch.equal(logits(keep_layers(teacher, [0, 1, 2, 3])), logits(teacher))
+    shared = shared_student(teacher, num_layers=4, groups=4)  # one group per layer: the same weights
+    assert torch.allclose(logits(shared.eval()), logits(teacher), atol=1e-5)
+    one = shared_student(teacher, num_layers=4, groups=1)
+    assert sum(p.numel() for p in one.parameters()) < sum(p.numel() for p in teacher.parameters())
+    assert alternate_layers(6, 3) == [1, 3, 5] and alternate_layers(6, 6) == list(range(6))
+
+
+def test_structured_pruning_round_trips_and_removes_what_matters_least(tmp_path: Path) -> None:
+    from kelm.lm.hf import load_compressed
+
+    model = tiny_bert()
+    heads = [torch.tensor([4.0, 1.0, 3.0, 2.0])] * 3
+    units = [torch.arange(48, dtype=torch.float32)] * 3
+    kept = prune_structured(model, (heads, units), head_ratio=0.5, ffn_ratio=0.25)
+    assert kept == {"heads": [2, 2, 2], "ffn": [36, 36, 36]}
+    layer = model.bert.encoder.layer[0]
+    assert layer.attention.self.query.out_features == 2 * 8 and layer.output.dense.in_features == 36
+    before = logits(model)
+    from kelm.lm.hf import load_tokenizer, save_model_folder
+
+    save_model_folder(tmp_path, model, load_tokenizer("tiny-bert"), {"model": {"kind": "hf", "structure": "pruned"}})
+    again = load_compressed(BertForSequenceClassification, tmp_path, {"structure": "pruned"}).eval()
+    assert torch.equal(logits(again), before)
+
+
+def test_pruned_zeros_stay_zero_through_training() -> None:
+    model = tiny_bert().train()
+    zeros = magnitude_prune(model, 0.5)
+    assert abs(sparsity_of(model) - 0.5) < 1e-3 and zeros > 0
+    assert keep_zeros(model) == zeros
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    ids = torch.randint(5, 120, (8, 7))
+    for _ in range(5):
+        loss = model(input_ids=ids, labels=torch.randint(0, 3, (8,))).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert abs(sparsity_of(model) - 0.5) < 1e-3
+
+
+# -- whole runs ------------------------------------------------------------------------------------
+def test_int8_keeps_the_metric_at_a_quarter_of_the_size(teacher: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "int8"
+    assert main(["compress", str(teacher), "--method", "int8", "--backend", "torch", "--out", str(out)]) == 0
+    r = record(out)
+    o, c = r["original"], r["compressed"]
+    assert r["ratios"]["size"] <= 0.3 and r["details"]["backend"] == "torch"
+    assert abs(c["metrics"]["accuracy"] - o["metrics"]["accuracy"]) <= 3 / 104  # at most 3 of 104 test verses
+    for m in (o, c):
+        assert {"p50_ms", "p99_ms", "items_per_second"} <= set(m["latency"]["batch_32"])
+    assert not any(p.name.startswith(".int8") for p in tmp_path.iterdir())  # no staging folder left
+    capsys.readouterr()
+    verses = tmp_path / "verses.txt"
+    verses.write_text("with a sweet and gentle joy\nthe cold grave of my sorrow\n")
+    assert main(["predict", "--model", str(teacher), str(verses)]) == 0
+    float_labels = [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()]
+    assert main(["predict", "--model", str(out), str(verses)]) == 0
+    assert [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()] == float_labels
+    # an int8 model can be neither trained nor compressed again
+    assert main(["finetune", "--task", "classification", "--dataset", "poem-sentiment", "--model", str(out),
+                 "--out", str(tmp_path / "again"), "--max-steps", "1"]) == 2  # fmt: skip
+    assert "int8-quantized" in capsys.readouterr().err
+    assert main(["compress", str(out), "--method", "prune", "--out", str(tmp_path / "p")]) != 0
+    assert "already int8-quantized" in capsys.readouterr().err
+
+
+def test_distilled_student_is_half_as_deep_and_keeps_most_of_the_metric(teacher: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    out = tmp_path / "student"
+    args = ["compress", str(teacher), "--method", "distill", "--layers", "3", "--hidden-weight", "1", "--out", str(out)]
+    assert main(args) == 0
+    r = record(out)
+    o, c = r["original"]["metrics"], r["compressed"]["metrics"]
+    assert c["macro_f1"] >= 0.85 * o["macro_f1"] and c["accuracy"] > 0.7  # majority class: 0.62 of test
+    assert r["ratios"]["parameters"] < 0.8
+    model = AutoModelForSequenceClassification.from_pretrained(out / "model")
+    assert model.config.num_hidden_layers == 3
+
+
+def test_pruning_unstructured_and_structured(teacher: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    sparse = tmp_path / "sparse"
+    assert main(["compress", str(teacher), "-m", "prune", "--sparsity", "0.5", "--epochs", "1", "-o", str(sparse)]) == 0
+    r = record(sparse)
+    assert abs(r["details"]["sparsity_after_recovery"] - 0.5) < 1e-3
+    assert r["compressed"]["metrics"]["accuracy"] > 0.7
+    AutoModelForSequenceClassification.from_pretrained(sparse / "model")
+    narrow = tmp_path / "narrow"
+    args = [
+        "compress",
+        str(teacher),
+        "-m",
+        "prune",
+        "--heads",
+        "0.5",
+        "--ffn",
+        "0.5",
+        "--epochs",
+        "1",
+        "-o",
+        str(narrow),
+    ]
+    assert main(args) == 0
+    r = record(narrow)
+    assert r["details"]["kept"] == {"heads": [6] * 6, "ffn": [768] * 6}
+    assert r["ratios"]["parameters"] < 0.85 and r["compressed"]["metrics"]["accuracy"] > 0.7
+
+
+def test_shared_weight_student(teacher: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    out = tmp_path / "shared"
+    args = ["compress", str(teacher), "-m", "share", "--layers", "3", "--hidden-weight", "1", "--lr", "2e-4"]
+    assert main(args + ["-o", str(out)]) == 0
+    model = AutoModelForSequenceClassification.from_pretrained(out / "model")
+    assert type(model).__name__ == "AlbertForSequenceClassification" and model.config.num_hidden_groups == 1
+    r = record(out)
+    assert r["ratios"]["parameters"] < 0.7 and r["compressed"]["metrics"]["accuracy"] > 0.62
+
+
+def test_report_and_bad_input(teacher: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "q"
+    assert main(["compress", str(teacher), "-m", "int8", "--backend", "torch", "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["compress", "report", str(out), "--plot", str(tmp_path / "c.png")]) == 0
+    text = capsys.readouterr().out
+    assert "original" in text and "int8" in text and (tmp_path / "c.png").stat().st_size > 1000
+    # out exists; unknown method; a folder that is not a compressed run
+    assert main(["compress", str(teacher), "-m", "int8", "-o", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["compress", str(teacher), "-m", "squeeze", "-o", str(tmp_path / "x")]) == 2
+    assert main(["compress", "report", str(teacher)]) != 0
+    assert "compression.json" in capsys.readouterr().err
+    # a failure halfway (the teacher has 6 layers) leaves nothing behind
+    bad = tmp_path / "bad"
+    assert main(["compress", str(teacher), "-m", "distill", "--layers", "1,9", "-o", str(bad)]) == 2
+    assert "layers" in capsys.readouterr().err
+    assert not bad.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".bad")]
