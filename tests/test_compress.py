@@ -202,3 +202,33 @@ def test_report_and_bad_input(teacher: Path, tmp_path: Path, capsys) -> None:
     assert main(["compress", str(teacher), "-m", "distill", "--layers", "1,9", "-o", str(bad)]) == 2
     assert "layers" in capsys.readouterr().err
     assert not bad.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".bad")]
+
+
+# -- KGE --------------------------------------------------------------------------------------------
+KGE_TASK = {"name": "link-prediction", "dataset": "umls", "model": "complex", "training": "1-n", "loss": "ce"}
+KGE_TRAIN = {"strategy": "single", "optimizer": "adagrad", "lr": 0.1, "schedule": "constant", "batch_size": 128}
+KGE_TRAIN |= {"epochs": 25, "log_every": 1000, "tensorboard": False, "threads": 1}
+
+
+def test_kge_int8_tables_and_a_distilled_small_student(data_dir: Path, tmp_path: Path, capsys) -> None:
+    teacher = tmp_path / "teacher"
+    run_training({"train": KGE_TRAIN, "task": KGE_TASK | {"dim": 128}}, teacher)
+    q = tmp_path / "q"
+    assert main(["compress", str(teacher), "-m", "int8", "-o", str(q)]) == 0
+    r = record(q)
+    assert r["ratios"]["weights"] <= 0.3 and r["ratios"]["metric_retained"] >= 0.99
+    small = tmp_path / "small"
+    args = ["compress", str(teacher), "-m", "distill", "--dim", "16", "--alpha", "0.9", "--temperature", "2"]
+    assert main(args + ["-o", str(small)]) == 0
+    r = record(small)
+    assert r["ratios"]["parameters"] < 0.15 and r["compressed"]["metrics"]["mrr"] >= 0.75
+    from kelm.kge.folder import load_kge
+
+    assert load_kge(small)[1]["dim"] == 16
+    capsys.readouterr()
+    assert main(["compress", str(teacher), "-m", "share", "-o", str(tmp_path / "s")]) == 2
+    assert "does not apply to a KGE model" in capsys.readouterr().err
+    # a teacher of another graph is refused by name
+    other = {"train": KGE_TRAIN | {"max_steps": 1}, "task": KGE_TASK | {"dataset": "nations", "teacher": str(teacher)}}
+    with pytest.raises(Exception, match="other ids than this graph"):
+        run_training(other, tmp_path / "other")

@@ -19,25 +19,24 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from torch import nn
 
+from kelm.app.compress_measure import Measured, load_measured, machine, measure_pair, ratios, task_table, time_all
 from kelm.app.compress_report import COMPRESSION_FILE
 from kelm.artifacts import CONFIG, MODEL_DIR, read_model_spec
 from kelm.atomic import write_text_atomic
 from kelm.config import read_toml
-from kelm.errors import ConfigError, DataError
+from kelm.errors import ConfigError
 
 METHODS = ("distill", "int8", "prune", "share")
 COMPRESSIBLE_HEADS = ("classification", "ner")
-LATENCY_SAMPLES = 64
-MIN_TIMINGS = 20
+#: Methods that apply to KGE runs (embedding tables have no layers to prune or share).
+KGE_METHODS = ("distill", "int8")
 
 
 @dataclass
@@ -53,8 +52,9 @@ class CompressOptions:
     alpha: float = 0.5
     hidden_weight: float = 0.0
     attention_weight: float = 0.0
+    dim: int = 128  # distill of a KGE run: the student's embedding size
     # int8
-    backend: Literal["auto", "torch", "torchao"] = "auto"
+    backend: Literal["auto", "torch", "torchao", "none"] = "auto"
     scheme: Literal["dynamic", "weight-only"] = "dynamic"
     # prune
     sparsity: float = 0.5
@@ -77,25 +77,23 @@ def source_spec(run: Path, method: str) -> tuple[Path, dict[str, Any]]:
     if method not in METHODS:
         raise ConfigError(f"--method must be one of {', '.join(METHODS)}, not '{method}'")
     kind = model_kind(run)
+    if kind == "kge":
+        folder, spec = read_model_spec(run, "kge")
+        if method not in KGE_METHODS:
+            raise ConfigError(f"{run}: --method {method} does not apply to a KGE model (use distill or int8)")
+        if spec.get("quantization") is not None:
+            raise ConfigError(f"{run}: already int8-quantized; compress the float run it came from")
+        return folder, spec
     if kind != "hf":
-        raise ConfigError(f"{run}: a '{kind}' model folder; kelm compress takes fine-tuned classification and NER runs")
+        raise ConfigError(
+            f"{run}: a '{kind}' model folder; kelm compress takes classification, NER and link-prediction runs"
+        )
     folder, spec = read_model_spec(run, "hf")
     if spec.get("head") not in COMPRESSIBLE_HEADS:
         raise ConfigError(f"{run}: a '{spec.get('head')}' model; kelm compress takes classification and NER runs")
     if spec.get("quantization") is not None:
         raise ConfigError(f"{run}: already int8-quantized; compress the float run it came from")
     return folder, spec
-
-
-def task_table(folder: Path) -> dict[str, Any]:
-    """The ``[task]`` table that rebuilds the data and metrics of the model in ``folder`` (a
-    distilled student's is its teacher's task, recorded in ``[model] task_table``)."""
-    data = read_toml(folder / CONFIG)
-    spec = data.get("model", {})
-    table = spec.get("task_table") if isinstance(spec.get("task_table"), dict) else data.get("task")
-    if not isinstance(table, dict) or table.get("name") not in COMPRESSIBLE_HEADS:
-        raise DataError("no classification or ner [task] table to evaluate with", folder / CONFIG)
-    return dict(table)
 
 
 def train_table(folder: Path, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -108,111 +106,6 @@ def train_table(folder: Path, overrides: dict[str, Any]) -> dict[str, Any]:
     return table
 
 
-# -- measuring --------------------------------------------------------------------------------------
-def _task_for(folder: Path, table: dict[str, Any]) -> Any:
-    from kelm.tasks import build_task
-
-    return build_task(table | {"model": str(folder)})
-
-
-@dataclass
-class Measured:
-    """A model folder loaded for measurement: its model, the samples it is measured on, and what
-    was measured so far."""
-
-    folder: Path
-    model: nn.Module
-    singles: list[dict[str, Any]]
-    batches: list[dict[str, Any]]
-    record: dict[str, Any]
-
-    def forward(self, batch: dict[str, Any]) -> Any:
-        from kelm.lm.batching import model_inputs
-
-        return self.model(**model_inputs(batch))
-
-
-def load_measured(folder: Path, table: dict[str, Any]) -> Measured:
-    """Size, parameters and the task metric of the model in ``folder`` on the test split (the dev
-    split without one); latency is measured later for several models at once (`time_all`)."""
-    import warnings
-
-    from kelm.compress.measure import folder_bytes, parameter_count, weight_bytes
-    from kelm.lm.hf import load_finetuned
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        task = _task_for(folder, table)
-    model, _, _ = load_finetuned(folder)
-    split = "test" if task.test_data() is not None else "dev"
-    samples = list(task.test_data() if split == "test" else task.eval_data() or [])
-    if not samples:
-        raise DataError("no test or dev split to measure on", folder / CONFIG)
-    batches = [task.collate(samples[i : i + 32]) for i in range(0, len(samples), 32)]
-    with torch.no_grad():
-        metrics = task.finalize_metrics(task.evaluate(model, batches))
-    record = {
-        "size_bytes": folder_bytes(folder),
-        "weight_bytes": weight_bytes(folder),
-        "parameters": parameter_count(model),
-        "metric": {"name": task.monitor, "value": metrics.get(task.monitor), "split": split},
-        "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
-    }
-    singles = [task.collate([s]) for s in samples[:LATENCY_SAMPLES]]
-    full = [b for b in batches if len(b["input_ids"]) == 32] or batches
-    return Measured(folder, model, singles, full, record)
-
-
-def time_all(models: dict[str, Measured]) -> None:
-    """Latency at batch 1 and 32 of every model, interleaved (`interleaved_latency`), into each record."""
-    from kelm.compress.measure import interleaved_latency
-
-    for name in ("batch_1", "batch_32"):
-        runs = {k: (m.forward, m.singles if name == "batch_1" else m.batches) for k, m in models.items()}
-        batches = next(iter(runs.values()))[1]
-        items = sum(len(b["input_ids"]) for b in batches)
-        rounds = max(1, -(-MIN_TIMINGS // len(batches)))
-        for k, timed in interleaved_latency(runs, items, rounds).items():
-            models[k].record.setdefault("latency", {})[name] = timed
-
-
-def measure_pair(original: Path, compressed: Path, table: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The records of an original and its compressed copy, their latency timed side by side."""
-    models = {"original": load_measured(original, table), "compressed": load_measured(compressed, table)}
-    time_all(models)
-    return models["original"].record, models["compressed"].record
-
-
-def ratios(original: dict[str, Any], compressed: dict[str, Any]) -> dict[str, float]:
-    """Compressed over original: size, parameters, throughput and metric; original over compressed: latency."""
-    o, c = original, compressed
-
-    def div(a: float | None, b: float | None) -> float | None:
-        return a / b if a is not None and b else None
-
-    return {
-        "size": div(c["size_bytes"], o["size_bytes"]),
-        "weights": div(c["weight_bytes"], o["weight_bytes"]),
-        "parameters": div(c["parameters"], o["parameters"]),
-        "speedup_batch_1": div(o["latency"]["batch_1"]["p50_ms"], c["latency"]["batch_1"]["p50_ms"]),
-        "speedup_batch_32": div(o["latency"]["batch_32"]["p50_ms"], c["latency"]["batch_32"]["p50_ms"]),
-        "throughput": div(c["latency"]["batch_32"]["items_per_second"], o["latency"]["batch_32"]["items_per_second"]),
-        "metric_retained": div(c["metric"]["value"], o["metric"]["value"]),
-    }
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
-
-
 # -- methods ----------------------------------------------------------------------------------------
 def _train(config: dict[str, Any], out: Path) -> dict[str, Any]:
     from kelm.app.run import run_training
@@ -220,6 +113,14 @@ def _train(config: dict[str, Any], out: Path) -> dict[str, Any]:
     summary = run_training(config, out)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # a compressed run is a final model
     return summary
+
+
+def _distill_kge(source: Path, options: CompressOptions, stage: Path) -> dict[str, Any]:
+    """A smaller KGE model of the same graph, trained on the data and on the teacher's scores."""
+    task = dict(read_toml(source / CONFIG).get("task", {}))
+    task |= {"dim": options.dim, "teacher": str(source), "distill_weight": options.alpha}
+    task |= {"distill_temperature": options.temperature}
+    return _train({"train": train_table(source, options.train), "task": task}, stage)
 
 
 def _distill(source: Path, options: CompressOptions, stage: Path) -> dict[str, Any]:
@@ -244,14 +145,23 @@ def _int8(source: Path, options: CompressOptions, stage: Path, table: dict[str, 
 
     model_dir = stage / MODEL_DIR
     model_dir.mkdir(parents=True)
-    for item in source.iterdir():  # tokenizer and config files; the weights are written as int8
+    for item in source.iterdir():  # tokenizer, vocabularies, configs; the weights are written as int8
         if item.is_file() and item.suffix != ".safetensors":
             shutil.copy2(item, model_dir / item.name)
+    if (source.parent / CONFIG).is_file():  # the run's config, as a run folder has it
+        shutil.copy2(source.parent / CONFIG, stage / CONFIG)
+    config = read_toml(source / CONFIG)
+    if config.get("model", {}).get("kind") == "kge":  # tables: int8 on disk, float lookups
+        from kelm.kge.folder import load_kge
+
+        save_int8(load_kge(source)[0], model_dir)
+        _write_config(model_dir, config, {"format": FORMAT, "backend": "none", "scheme": "weight-only"})
+        original, compressed = measure_pair(source, model_dir, table)
+        return {"backend": "none", "original": original, "compressed": compressed}
     from kelm.lm.hf import load_finetuned
 
     model, _, _ = load_finetuned(source)
     save_int8(model, model_dir)
-    config = read_toml(source / CONFIG)
     skip = ["classifier"] if isinstance(getattr(model, "classifier", None), nn.Module) else []
     backends = ["torch", "torchao"] if options.backend == "auto" else [options.backend]
     if options.scheme == "weight-only":
@@ -263,8 +173,6 @@ def _int8(source: Path, options: CompressOptions, stage: Path, table: dict[str, 
     time_all(candidates)
     best = min(backends, key=lambda b: candidates[b].record["latency"]["batch_32"]["p50_ms"])
     _write_config(model_dir, config, {"format": FORMAT, "backend": best, "scheme": options.scheme, "skip": skip})
-    if (source.parent / CONFIG).is_file():  # the run's config, as a run folder has it
-        shutil.copy2(source.parent / CONFIG, stage / CONFIG)
     return {
         "backends": {b: candidates[b].record["latency"] for b in backends},
         "backend": best,
@@ -333,7 +241,9 @@ def compress_run(run: str | Path, out: str | Path, options: CompressOptions) -> 
             details = _int8(source, options, stage, table)
             original, compressed = details.pop("original"), details.pop("compressed")
         else:
-            if options.method in ("distill", "share"):
+            if options.method == "distill" and table["name"] == "link-prediction":
+                _distill_kge(source, options, stage)
+            elif options.method in ("distill", "share"):
                 _distill(source, options, stage)
             else:
                 details = _prune(source, options, stage, table)

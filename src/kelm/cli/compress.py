@@ -42,11 +42,14 @@ def compress(
         str, typer.Option(help="distill: 'layers', or a model with its own tokenizer (tiny-bert, a folder).")
     ] = "layers",
     groups: Annotated[int, typer.Option(help="share: distinct weight sets among the layers.")] = 1,
+    dim: Annotated[int, typer.Option(help="distill of a KGE run: the student's embedding size.")] = 128,
     temperature: Annotated[float, typer.Option(help="distill/share: softmax temperature.")] = 2.0,
     alpha: Annotated[float, typer.Option(help="distill/share: weight of the teacher's soft labels.")] = 0.5,
     hidden_weight: Annotated[float, typer.Option(help="distill/share: weight of the hidden-state loss.")] = 0.0,
     attention_weight: Annotated[float, typer.Option(help="distill/share: weight of the attention-map loss.")] = 0.0,
-    backend: Annotated[str, typer.Option(help="int8: auto (time both, keep the faster), torch or torchao.")] = "auto",
+    backend: Annotated[
+        str, typer.Option(help="int8: auto (time both, keep the faster), torch, torchao or none (int8 on disk only).")
+    ] = "auto",
     scheme: Annotated[str, typer.Option(help="int8: dynamic (int8 activations too) or weight-only.")] = "dynamic",
     sparsity: Annotated[float, typer.Option(help="prune: share of encoder weights zeroed (unstructured).")] = 0.5,
     heads: Annotated[float, typer.Option(help="prune: share of each layer's heads removed (structured).")] = 0.0,
@@ -76,8 +79,8 @@ def compress(
 
     if method not in METHODS:
         raise ConfigError(f"--method must be one of {', '.join(METHODS)}, not '{method}'")
-    if backend not in ("auto", "torch", "torchao"):
-        raise ConfigError(f"--backend must be auto, torch or torchao, not '{backend}'")
+    if backend not in ("auto", "torch", "torchao", "none"):
+        raise ConfigError(f"--backend must be auto, torch, torchao or none, not '{backend}'")
     if scheme not in ("dynamic", "weight-only"):
         raise ConfigError(f"--scheme must be dynamic or weight-only, not '{scheme}'")
     train = {"epochs": epochs, "max_steps": max_steps, "lr": lr, "batch_size": batch_size}
@@ -86,6 +89,7 @@ def compress(
         student=student,
         layers=_layers(layers),
         groups=groups,
+        dim=dim,
         temperature=temperature,
         alpha=alpha,
         hidden_weight=hidden_weight,
@@ -122,8 +126,13 @@ def _report(runs: list[str], plot: Path | None, as_json: bool) -> None:
         out.print(f"wrote {path}")
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
-    return "" if value is None else f"{value:,.{digits}f}"
+def _fmt(value: Any, digits: int | None = None) -> str:
+    """Fixed ``digits``, or by size: 2 decimals under 10, 1 under 100, none above."""
+    if value is None:
+        return ""
+    if digits is None:
+        digits = 2 if abs(value) < 10 else 1 if abs(value) < 100 else 0
+    return f"{value:,.{digits}f}"
 
 
 def _table(rows: list[dict[str, Any]]) -> None:
@@ -146,7 +155,7 @@ def _table(rows: list[dict[str, Any]]) -> None:
             Path(r["run"]).name,
             r["method"],
             _fmt(r["size_mb"]) + (f" ({r['size_ratio']:.2f}×)" if "size_ratio" in r else ""),
-            f"{r['parameters'] / 1e6:.1f} M",
+            f"{_fmt(r['parameters'] / 1e6)} M",
             f"{_fmt(r['p50_ms_batch_1'])} / {_fmt(r['p99_ms_batch_1'])}",
             f"{_fmt(r['p50_ms_batch_32'])} / {_fmt(r['p99_ms_batch_32'])}",
             _fmt(r["items_per_second"], 0) + (f" ({r['speedup']:.2f}×)" if "speedup" in r else ""),

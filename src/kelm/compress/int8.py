@@ -7,7 +7,8 @@ Loading dequantizes (``w = q * s``) and then hands the linear layers to a runtim
 - ``torch``: ``torch.ao.quantization.quantize_dynamic`` (fbgemm int8 GEMMs, activations quantized
   per batch);
 - ``torchao``: ``quantize_`` with ``Int8DynamicActivationInt8WeightConfig`` (scheme ``dynamic``)
-  or ``Int8WeightOnlyConfig`` (scheme ``weight-only``).
+  or ``Int8WeightOnlyConfig`` (scheme ``weight-only``);
+- ``none``: int8 on disk only, float compute (KGE tables, whose lookups gain nothing from int8).
 
 Requantizing ``q * s`` per row gives back ``q`` (its largest entry is exactly ``±127 s``), so the
 runtime computes with the stored integers. Embeddings stay dequantized in memory.
@@ -32,9 +33,9 @@ from kelm.errors import ConfigError, DataError, MissingDependencyError
 INT8_WEIGHTS = "model.int8.safetensors"
 SCALE = ".int8_scale"
 FORMAT = "int8-rows"
-BACKENDS = ("torch", "torchao")
+BACKENDS = ("torch", "torchao", "none")
 SCHEMES = ("dynamic", "weight-only")
-Backend = Literal["torch", "torchao"]
+Backend = Literal["torch", "torchao", "none"]
 Scheme = Literal["dynamic", "weight-only"]
 
 
@@ -140,6 +141,8 @@ def apply_runtime(
     if scheme not in SCHEMES:
         raise ConfigError(f"int8 scheme must be one of {', '.join(SCHEMES)}, not '{scheme}'")
     model.eval()
+    if backend == "none":
+        return model
     if backend == "torch":
         if scheme != "dynamic":
             raise ConfigError("backend 'torch' has the 'dynamic' scheme only (weight-only int8 needs torchao)")

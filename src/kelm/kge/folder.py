@@ -15,6 +15,10 @@ def load_kge(path: str | Path) -> tuple[KGEScorer, dict[str, Any]]:
     ``[model]`` table."""
     folder, spec = read_model_spec(path, "kge")
     spec["dropout"] = 0.0
+    if isinstance(spec.get("quantization"), dict):  # int8 tables on disk (`kelm compress --method int8`)
+        from kelm.compress.int8 import load_int8_weights
+
+        return load_int8_weights(build_scorer(spec), folder).eval(), spec
     model = load_weights(build_scorer(spec), folder)
     return model.eval(), spec
 

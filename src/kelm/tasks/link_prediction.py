@@ -101,6 +101,12 @@ class LinkPredictionConfig(Section):
     train_init: bool = Field(
         False, description="also train the embeddings taken from init_from (default: they stay as trained)"
     )
+    # distillation from a larger model of the same graph
+    teacher: str | None = Field(
+        None, description="a link-prediction run on the same graph whose score distributions the model learns"
+    )
+    distill_weight: float = Field(0.5, ge=0, le=1, description="weight of the teacher's scores (1 - it: the data)")
+    distill_temperature: float = Field(1.0, gt=0)
     # evaluation
     eval_memory_mb: float = Field(256.0, gt=0)
     train_split: str = "train"
@@ -127,6 +133,10 @@ class LinkPredictionConfig(Section):
 
 
 # -- data -------------------------------------------------------------------------------------
+
+
+def batch_device(batch: Batch) -> torch.device:
+    return next(v.device for v in batch.values() if isinstance(v, torch.Tensor))
 
 
 def build_regime(
@@ -178,6 +188,11 @@ class LinkPredictionTask(Task):
         self._table_shape = tuple(meta.kge.entity.weight.shape)
         self._other_elements = sum(p.numel() for p in meta.parameters()) - meta.kge.entity.weight.numel()
         self.regime: TrainingRegime = build_regime(cfg, self.train_triples, E, R)
+        self.teacher: nn.Module | None = None
+        if cfg.teacher:
+            from kelm.kge.distill import load_teacher
+
+            self.teacher = load_teacher(cfg.teacher, self.tensors.entity_ids, self.tensors.relation_ids)
 
     def _grown_orders(self) -> tuple[list[str], list[str]]:
         """The vocabularies of ``init_from``'s model, grown by the ids new in this graph."""
@@ -296,10 +311,31 @@ class LinkPredictionTask(Task):
         """The regime's loss, plus the regularizer over the batch's true triples."""
         loss, (h, r, t) = self.regime.loss(model, batch)
         c = self.cfg
+        if self.teacher is not None:
+            loss = (1 - c.distill_weight) * loss + c.distill_weight * self._distill(model, batch)
         if c.regularizer != "none" and c.regularizer_weight > 0:
             reg = model("regularizer", h, r, t, c.regularizer, c.regularizer_p)
             return loss + c.regularizer_weight * reg, {}
         return loss, {}
+
+    def _distill(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """The teacher-score loss over the batch's queries (1-n: its queries; else its triples as
+        tail queries, and as head queries too without reciprocal relations)."""
+        from kelm.kge.distill import score_kd
+
+        assert self.teacher is not None
+        R = self.tensors.num_relations
+        if next(self.teacher.parameters()).device != batch_device(batch):
+            self.teacher.to(batch_device(batch))
+        if "query" in batch:
+            q = batch["query"]
+            e, r, tail = q[:, 0], q[:, 1], q[:, 2]
+        else:
+            h, r, t = batch["triples"].unbind(1)
+            e, tail = h, torch.ones_like(h)
+            if not self.cfg.reciprocal:
+                e, r, tail = torch.cat([h, t]), torch.cat([r, r]), torch.cat([tail, torch.zeros_like(t)])
+        return score_kd(model, self.teacher, e, r, tail, R, self.cfg.distill_temperature)
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluator(self) -> Any:

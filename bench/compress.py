@@ -1,0 +1,66 @@
+"""Compression side by side: a MiniLM-L6 teacher and its int8, distilled, pruned and weight-shared
+copies, each measured in the same process as the teacher (latency interleaved).
+
+    KELM_DATA_DIR=../shared/data python bench/compress.py --datasets poem-sentiment wnut17 \
+        --runs runs/compress --json
+
+For each data set: `kelm finetune configs/lm/<name>-minilm.toml` (reused when ``--runs`` holds
+it), then one `kelm compress` per method below, then `kelm compress report` over all of them
+(table, and ``compression.png`` in the first compressed run). Every step is the CLI a user runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "lm"
+#: name → `kelm compress` flags
+METHODS: dict[str, list[str]] = {
+    "int8": ["--method", "int8", "--backend", "auto"],
+    "distill-3": ["--method", "distill", "--layers", "3", "--hidden-weight", "1"],
+    "prune-50": ["--method", "prune", "--sparsity", "0.5", "--epochs", "2"],
+    "prune-heads-ffn": ["--method", "prune", "--heads", "0.5", "--ffn", "0.5", "--epochs", "3"],
+    "share-3": ["--method", "share", "--layers", "3", "--hidden-weight", "1", "--lr", "2e-4"],
+}
+
+
+def kelm(*args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "kelm.cli", *args], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"kelm {' '.join(args)} failed:\n{done.stderr}")
+    return done.stdout
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--datasets", nargs="+", default=["poem-sentiment", "wnut17"])
+    ap.add_argument("--runs", type=Path, default=Path("runs/compress"))
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    results = {}
+    for name in args.datasets:
+        teacher = args.runs / f"{name}-teacher"
+        if not (teacher / "metrics.json").is_file():
+            kelm("finetune", str(CONFIGS / f"{name}-minilm.toml"), "--out", str(teacher))
+        outs = []
+        for method in args.methods:
+            out = args.runs / f"{name}-{method}"
+            if not (out / "compression.json").is_file():
+                kelm("compress", str(teacher), *METHODS[method], "--out", str(out))
+            outs.append(str(out))
+        rows = json.loads(kelm("compress", "report", *outs, "--json"))
+        results[name] = rows
+        if not args.json:
+            print(f"## {name}")
+            print(kelm("compress", "report", *outs))
+    if args.json:
+        print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""What `kelm compress` measures of a model folder, original and compressed alike: size on disk,
+parameters, the task metric on the test split, and latency at batch 1 and 32, timed side by side."""
+
+from __future__ import annotations
+
+import os
+import platform
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kelm.artifacts import CONFIG
+from kelm.config import read_toml
+from kelm.errors import DataError
+
+LATENCY_SAMPLES = 64
+MIN_TIMINGS = 20
+HF_TASKS = ("classification", "ner")
+KGE_TASKS = ("link-prediction",)
+
+
+@dataclass
+class Measured:
+    """A model folder loaded for measurement: one forward call, the batches it is timed on (batch
+    1 and 32, with how many items each pass holds), and the record measured so far."""
+
+    forward: Callable[[Any], Any]
+    batches: dict[str, list[Any]]
+    items: dict[str, int]
+    record: dict[str, Any]
+
+
+def task_table(folder: Path) -> dict[str, Any]:
+    """The ``[task]`` table that rebuilds the data and metrics of the model in ``folder``: a
+    distilled student's is its teacher's task (``[model] task_table``); a KGE student's, without
+    its teacher."""
+    data = read_toml(folder / CONFIG)
+    spec = data.get("model", {})
+    table = spec.get("task_table") if isinstance(spec.get("task_table"), dict) else data.get("task")
+    if not isinstance(table, dict) or table.get("name") not in HF_TASKS + KGE_TASKS:
+        raise DataError("no classification, ner or link-prediction [task] table to evaluate with", folder / CONFIG)
+    return {k: v for k, v in table.items() if k != "teacher"}
+
+
+def _base_record(folder: Path, model: Any, monitor: str, metrics: dict[str, Any], split: str) -> dict[str, Any]:
+    from kelm.compress.measure import folder_bytes, parameter_count, weight_bytes
+
+    return {
+        "size_bytes": folder_bytes(folder),
+        "weight_bytes": weight_bytes(folder),
+        "parameters": parameter_count(model),
+        "metric": {"name": monitor, "value": metrics.get(monitor), "split": split},
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
+    }
+
+
+def _split_samples(task: Any, folder: Path) -> tuple[str, list[Any]]:
+    split = "test" if task.test_data() is not None else "dev"
+    samples = list(task.test_data() if split == "test" else task.eval_data() or [])
+    if not samples:
+        raise DataError("no test or dev split to measure on", folder / CONFIG)
+    return split, samples
+
+
+def load_hf(folder: Path, table: dict[str, Any]) -> Measured:
+    from kelm.lm.batching import model_inputs
+    from kelm.lm.hf import load_finetuned
+    from kelm.tasks import build_task
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        task = build_task(table | {"model": str(folder)})
+    model, _, _ = load_finetuned(folder)
+    split, samples = _split_samples(task, folder)
+    batches = [task.collate(samples[i : i + 32]) for i in range(0, len(samples), 32)]
+    with torch.no_grad():
+        metrics = task.finalize_metrics(task.evaluate(model, batches))
+    singles = [task.collate([s]) for s in samples[:LATENCY_SAMPLES]]
+    full = [b for b in batches if len(b["input_ids"]) == 32] or batches
+    items = {"batch_1": len(singles), "batch_32": sum(len(b["input_ids"]) for b in full)}
+    record = _base_record(folder, model, task.monitor, metrics, split)
+    return Measured(lambda b: model(**model_inputs(b)), {"batch_1": singles, "batch_32": full}, items, record)
+
+
+def load_kge_measured(folder: Path, table: dict[str, Any]) -> Measured:
+    """A KGE folder: filtered test ranking; latency of scoring all entities for tail queries."""
+    from kelm.kge.folder import load_kge
+    from kelm.tasks import build_task
+
+    task = build_task(table)
+    model, _ = load_kge(folder)
+    split, samples = _split_samples(task, folder)
+    with torch.no_grad():
+        metrics = task.finalize_metrics(task.evaluate(model, [task.collate(samples)]))
+    triples = torch.stack(samples)
+    singles = [triples[i : i + 1] for i in range(min(LATENCY_SAMPLES, len(triples)))]
+    full = [triples[i : i + 32] for i in range(0, len(triples) - 31, 32)][:LATENCY_SAMPLES] or [triples]
+    items = {"batch_1": len(singles), "batch_32": sum(len(b) for b in full)}
+    record = _base_record(folder, model, task.monitor, metrics, split)
+    return Measured(lambda b: model("score_t", b[:, 0], b[:, 1]), {"batch_1": singles, "batch_32": full}, items, record)
+
+
+def load_measured(folder: Path, table: dict[str, Any]) -> Measured:
+    return (load_kge_measured if table["name"] in KGE_TASKS else load_hf)(folder, table)
+
+
+def time_all(models: dict[str, Measured]) -> None:
+    """Latency at batch 1 and 32 of every model, interleaved (`interleaved_latency`), into each record."""
+    from kelm.compress.measure import interleaved_latency
+
+    for name in ("batch_1", "batch_32"):
+        runs = {k: (m.forward, m.batches[name]) for k, m in models.items()}
+        first = next(iter(models.values()))
+        rounds = max(1, -(-MIN_TIMINGS // len(first.batches[name])))
+        for k, timed in interleaved_latency(runs, first.items[name], rounds).items():
+            models[k].record.setdefault("latency", {})[name] = timed
+
+
+def measure_pair(original: Path, compressed: Path, table: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The records of an original and its compressed copy, their latency timed side by side."""
+    models = {"original": load_measured(original, table), "compressed": load_measured(compressed, table)}
+    time_all(models)
+    return models["original"].record, models["compressed"].record
+
+
+def ratios(original: dict[str, Any], compressed: dict[str, Any]) -> dict[str, float | None]:
+    """Compressed over original: size, parameters, throughput and metric; original over compressed: latency."""
+    o, c = original, compressed
+
+    def div(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    return {
+        "size": div(c["size_bytes"], o["size_bytes"]),
+        "weights": div(c["weight_bytes"], o["weight_bytes"]),
+        "parameters": div(c["parameters"], o["parameters"]),
+        "speedup_batch_1": div(o["latency"]["batch_1"]["p50_ms"], c["latency"]["batch_1"]["p50_ms"]),
+        "speedup_batch_32": div(o["latency"]["batch_32"]["p50_ms"], c["latency"]["batch_32"]["p50_ms"]),
+        "throughput": div(c["latency"]["batch_32"]["items_per_second"], o["latency"]["batch_32"]["items_per_second"]),
+        "metric_retained": div(c["metric"]["value"], o["metric"]["value"]),
+    }
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+__all__ = ["Measured", "load_measured", "machine", "measure_pair", "ratios", "task_table", "time_all"]
