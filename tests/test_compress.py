@@ -120,6 +120,13 @@ def test_int8_keeps_the_metric_at_a_quarter_of_the_size(teacher: Path, tmp_path:
     float_labels = [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()]
     assert main(["predict", "--model", str(out), str(verses)]) == 0
     assert [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()] == float_labels
+    from serving import TOKEN, Server
+
+    from kelm.app.serve import ServeSettings, create_app, load_service
+
+    with Server(create_app([load_service(out)], None, ServeSettings(TOKEN))) as server:
+        status, body, _ = server.call("POST", "/v1/classify", {"inputs": verses.read_text().splitlines()})
+    assert status == 200 and [r["label"] for r in body["results"]] == float_labels
     # an int8 model can be neither trained nor compressed again
     assert main(["finetune", "--task", "classification", "--dataset", "poem-sentiment", "--model", str(out),
                  "--out", str(tmp_path / "again"), "--max-steps", "1"]) == 2  # fmt: skip
@@ -232,3 +239,97 @@ def test_kge_int8_tables_and_a_distilled_small_student(data_dir: Path, tmp_path:
     other = {"train": KGE_TRAIN | {"max_steps": 1}, "task": KGE_TASK | {"dataset": "nations", "teacher": str(teacher)}}
     with pytest.raises(Exception, match="other ids than this graph"):
         run_training(other, tmp_path / "other")
+
+
+def own_tokenizer_student(folder: Path, texts: list[str]) -> Path:
+    """A from-scratch BERT with a WordPiece vocabulary learnt from ``texts`` (not MiniLM's)."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertTokenizerFast
+
+    wp = BertWordPieceTokenizer(lowercase=True)
+    wp.train_from_iterator(texts, vocab_size=1500, min_frequency=1)
+    tok = BertTokenizerFast(tokenizer_object=wp._tokenizer, model_max_length=64)
+    tok.add_special_tokens({"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]"})
+    tok.save_pretrained(folder)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=128, max_position_embeddings=64)  # fmt: skip
+    torch.manual_seed(0)
+    BertForSequenceClassification(cfg).save_pretrained(folder)
+    return folder
+
+
+def test_distillation_across_tokenizers(teacher: Path, data_dir: Path, tmp_path: Path, capsys) -> None:
+    """With alpha 1 the student never sees a gold label: it learns the teacher's outputs alone,
+    through its own tokenization of the same verses."""
+    from kelm.lm.hf import load_finetuned
+    from kelm.tasks import build_task
+    from kelm.tasks.classification import classify
+
+    lines = (data_dir / "cls" / "poem-sentiment" / "train.tsv").read_text().splitlines()[1:]
+    texts = [line.split("\t")[1] for line in lines]
+    student = own_tokenizer_student(tmp_path / "scratch", texts)
+    table = {"name": "distill", "teacher": str(teacher), "student": str(student), "alpha": 1.0, "temperature": 1.0}
+    task = build_task(table)
+    pair = task.collate([task.train_data()[i] for i in range(4)])
+    assert pair["input_ids"].shape != pair["teacher_input_ids"].shape or not torch.equal(
+        pair["input_ids"], pair["teacher_input_ids"]
+    )  # the same verses, tokenized twice
+
+    def agreement(folder: Path) -> float:
+        from transformers import AutoTokenizer
+
+        model, tok, _ = load_finetuned(folder) if (folder / "model").is_dir() else (None, None, None)
+        if model is None:
+            model = BertForSequenceClassification.from_pretrained(folder, num_labels=3, ignore_mismatched_sizes=True)
+            model, tok = model.eval(), AutoTokenizer.from_pretrained(folder)
+        ours = [label for label, _ in classify(model, tok, texts, 64)]
+        return sum(str(a) == str(b) for a, b in zip(ours, theirs, strict=True)) / len(texts)
+
+    t_model, t_tok, _ = load_finetuned(teacher)
+    theirs = [label for label, _ in classify(t_model, t_tok, texts, 64)]
+    before = agreement(student)
+    out = tmp_path / "small"
+    run_training({"train": TRAIN | {"lr": 1e-3, "epochs": 6}, "task": table}, out)
+    after = agreement(out)
+    assert after >= 0.75 and after >= before + 0.1, (before, after)
+    capsys.readouterr()
+    verses = tmp_path / "v.txt"
+    verses.write_text("the sweet joy of a summer morning\n")
+    assert main(["predict", "--model", str(out), str(verses)]) == 0
+    assert capsys.readouterr().out.split("\t")[0] in ("-1", "0", "1")
+
+
+def conll_subset(src: Path, dst: Path, n: int) -> Path:
+    blocks = [b for b in src.read_text(encoding="utf-8").split("\n\n") if b.strip()]
+    dst.write_text("\n\n".join(blocks[:n]) + "\n", encoding="utf-8")
+    return dst
+
+
+def test_ner_distillation_same_and_own_tokenizer(data_dir: Path, tmp_path: Path) -> None:
+    """WNUT-17 (600 training sentences): a 3-layer student keeps most of the teacher's F1, and a
+    student with its own tokenizer pairs each word's first sub-word in both tokenizations."""
+    from kelm.tasks import build_task
+
+    src = data_dir / "ner" / "wnut17"
+    files = {split: str(conll_subset(src / f"{split}.conll", tmp_path / f"{split}.conll", n))
+             for split, n in (("train", 600), ("dev", 100), ("test", 200))}  # fmt: skip
+    teacher = tmp_path / "teacher"
+    run_training({"train": TRAIN, "task": {"name": "ner", "model": "minilm", "max_length": 64, **files}}, teacher)
+    student = tmp_path / "student"
+    assert main(["compress", str(teacher), "-m", "distill", "--hidden-weight", "1", "-o", str(student)]) == 0
+    r = record(student)
+    o, c = r["original"]["metrics"]["f1"], r["compressed"]["metrics"]["f1"]
+    assert o > 0.15 and c >= 0.8 * o, (o, c)
+    texts = [" ".join(line.split("\t")[0] for line in block.splitlines()) for block in
+             Path(files["train"]).read_text().split("\n\n") if block.strip()]  # fmt: skip
+    own = own_tokenizer_student(tmp_path / "scratch", texts)
+    task = build_task({"name": "distill", "teacher": str(teacher), "student": str(own)})
+    samples = [task.train_data()[i] for i in range(16)]
+    batch = task.collate(samples)
+    assert not torch.equal(batch["input_ids"][:, :5], batch["teacher_input_ids"][:, :5])
+    words = sum(min(len(s["tags"]), len(t["tags"])) for s, t in samples)
+    s_rows, t_rows = task._paired_logits(
+        torch.randn(*batch["input_ids"].shape, 13), torch.randn(*batch["teacher_input_ids"].shape, 13),
+        batch, {k[8:]: v for k, v in batch.items() if k.startswith("teacher_")},
+    )  # fmt: skip
+    assert len(s_rows) == len(t_rows) == words
