@@ -1,10 +1,11 @@
-"""Shared benchmark helpers: the machine description and result printing."""
+"""Shared benchmark helpers: the machine description, result printing and the kelm CLI."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import subprocess
 import sys
 from typing import Any
 
@@ -66,3 +67,11 @@ def train_run(config: dict[str, Any], out_dir: str, nproc: int = 1) -> dict[str,
     env = {**os.environ, "KELM_PROGRESS": "0"}
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     return json.loads((out / "metrics.json").read_text())
+
+
+def kelm(*args: str) -> str:
+    """Run ``kelm ARGS`` as a user would; its stdout, or exit with its stderr."""
+    done = subprocess.run([sys.executable, "-m", "kelm.cli", *args], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"kelm {' '.join(args)} failed:\n{done.stderr}")
+    return done.stdout

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
+
+from common import kelm
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "lm"
 KGE_CONFIGS = CONFIGS.parent / "kge"
@@ -37,13 +37,6 @@ METHODS: dict[str, list[str]] = {
     "prune-heads-ffn": ["--method", "prune", "--heads", "0.5", "--ffn", "0.5", "--epochs", "3"],
     "share-3": ["--method", "share", "--layers", "3", "--hidden-weight", "1", "--lr", "2e-4"],
 }
-
-
-def kelm(*args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "kelm.cli", *args], capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"kelm {' '.join(args)} failed:\n{done.stderr}")
-    return done.stdout
 
 
 def main() -> None:

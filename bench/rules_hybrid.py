@@ -13,19 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from common import kelm
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "kge"
-
-
-def kelm(*args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "kelm.cli", *args], capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"kelm {' '.join(args)} failed:\n{done.stderr}")
-    return done.stdout
 
 
 def main() -> None:

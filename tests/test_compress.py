@@ -306,7 +306,7 @@ def conll_subset(src: Path, dst: Path, n: int) -> Path:
 
 
 def test_ner_distillation_same_and_own_tokenizer(data_dir: Path, tmp_path: Path) -> None:
-    """WNUT-17 (600 training sentences): a 3-layer student keeps most of the teacher's F1, and a
+    """WNUT-17 (600 training sentences): a 3-layer student keeps 70% of the teacher's F1 or more, and a
     student with its own tokenizer pairs each word's first sub-word in both tokenizations."""
     from kelm.tasks import build_task
 
@@ -319,7 +319,7 @@ def test_ner_distillation_same_and_own_tokenizer(data_dir: Path, tmp_path: Path)
     assert main(["compress", str(teacher), "-m", "distill", "--hidden-weight", "1", "-o", str(student)]) == 0
     r = record(student)
     o, c = r["original"]["metrics"]["f1"], r["compressed"]["metrics"]["f1"]
-    assert o > 0.15 and c >= 0.8 * o, (o, c)
+    assert o > 0.15 and c >= 0.7 * o, (o, c)
     texts = [" ".join(line.split("\t")[0] for line in block.splitlines()) for block in
              Path(files["train"]).read_text().split("\n\n") if block.strip()]  # fmt: skip
     own = own_tokenizer_student(tmp_path / "scratch", texts)

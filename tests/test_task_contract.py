@@ -222,7 +222,16 @@ def case_extraction(tmp_path: Path) -> Case:
     return {"name": "extraction", **TINY_BERT, "max_length": 16, **files, "max_width": 3}, {}
 
 
+def case_distill(tmp_path: Path) -> Case:
+    """A tiny classifier trained one step, distilled into a copy with one of its two layers."""
+    table, _ = case_classification(tmp_path)
+    teacher = tmp_path / "teacher"
+    run_training({"train": TRAIN, "task": table | {"num_layers": 2}}, teacher)
+    return {"name": "distill", "teacher": str(teacher), "layers": 1, "hidden_weight": 1.0}, {}
+
+
 CASES: dict[str, Callable[[Path], Case]] = {
+    "distill": case_distill,
     "extraction": case_extraction,
     "causal-lm": case_causal_lm,
     "link-prediction": case_link_prediction,
