@@ -193,7 +193,8 @@ def test_shared_weight_student(teacher: Path, tmp_path: Path) -> None:
 
 def test_report_and_bad_input(teacher: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "q"
-    assert main(["compress", str(teacher), "-m", "int8", "--backend", "torch", "-o", str(out)]) == 0
+    assert main(["compress", str(teacher), "-m", "int8", "-o", str(out)]) == 0  # auto: torch and torchao timed
+    assert set(record(out)["details"]["backends"]) == {"torch", "torchao"}
     capsys.readouterr()
     assert main(["compress", "report", str(out), "--plot", str(tmp_path / "c.png")]) == 0
     text = capsys.readouterr().out
