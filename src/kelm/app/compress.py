@@ -202,10 +202,11 @@ def _prune(source: Path, options: CompressOptions, stage: Path, table: dict[str,
     recovery = table | {"model": str(start)}
     if options.structured:
         task = build_task(table | {"model": str(source)})
-        samples = list(task.train_data())
-        batch = int(read_toml(source / CONFIG).get("train", {}).get("batch_size", 16))
-        batches = [task.collate(samples[i : i + batch]) for i in range(0, len(samples), batch)]
-        importance = taylor_importance(model, batches[: options.importance_batches], lambda m, b: task.loss(m, b)[0])
+        data = task.train_data()
+        size = int(config.get("train", {}).get("batch_size", 16))
+        count = min(len(data), size * options.importance_batches)
+        batches = [task.collate([data[j] for j in range(i, min(i + size, count))]) for i in range(0, count, size)]
+        importance = taylor_importance(model, batches, lambda m, b: task.loss(m, b)[0])
         report["kept"] = prune_structured(model, importance, options.heads, options.ffn)
         if options.heads > 0:  # head counts config.json cannot express: loads with kelm only
             config["model"] = {**spec, "structure": "pruned"}
@@ -218,9 +219,7 @@ def _prune(source: Path, options: CompressOptions, stage: Path, table: dict[str,
     _train({"train": train_table(source, overrides), "task": recovery}, stage)
     shutil.rmtree(start)
     if not options.structured:
-        from kelm.lm.hf import load_finetuned as reload
-
-        report["sparsity_after_recovery"] = sparsity_of(reload(stage)[0])
+        report["sparsity_after_recovery"] = sparsity_of(load_finetuned(stage)[0])
     return report
 
 

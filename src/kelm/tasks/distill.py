@@ -30,7 +30,7 @@ from kelm.compress.losses import attention_kl, hidden_mse, logit_kd
 from kelm.compress.students import alternate_layers, keep_layers, shared_student
 from kelm.config import Section, read_toml
 from kelm.errors import ConfigError
-from kelm.lm.batching import Samples, by_length, model_inputs
+from kelm.lm.batching import Samples, model_inputs
 from kelm.tasks.finetune import HFTask
 from kelm.train.config import FINETUNE_DEFAULTS, TrainConfig
 from kelm.train.parallel import ParallelPlan
@@ -277,4 +277,4 @@ class DistillTask(Task):
         self.base.save_artifacts(folder)
 
 
-__all__ = ["DistillConfig", "DistillTask", "by_length"]
+__all__ = ["DistillConfig", "DistillTask"]
