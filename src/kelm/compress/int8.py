@@ -63,17 +63,15 @@ def quantizable(model: nn.Module) -> set[str]:
 def int8_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The tensors of ``INT8_WEIGHTS``: int8 rows plus ``NAME.int8_scale`` for each quantizable
     weight, everything else as it is (tied tensors once)."""
+    from kelm.train.export import distinct_tensors
+
     targets = quantizable(model)
     out: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for name, t in model.state_dict().items():
-        if t.numel() and t.data_ptr() in seen:
-            continue
-        seen.add(t.data_ptr())
+    for name, t in distinct_tensors(model.state_dict()).items():
         if name in targets and t.is_floating_point():
             out[name], out[name + SCALE] = quantize_rows(t)
         else:
-            out[name] = t.detach().contiguous().clone()
+            out[name] = t
     return out
 
 

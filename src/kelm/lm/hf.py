@@ -116,17 +116,11 @@ def save_model_folder(folder: Path, model: nn.Module, tokenizer: Any, config: di
 
     from kelm.artifacts import CONFIG, WEIGHTS, write_toml
     from kelm.atomic import atomic_path
+    from kelm.train.export import distinct_tensors
 
     folder.mkdir(parents=True, exist_ok=True)
-    seen: set[int] = set()
-    tensors: dict[str, torch.Tensor] = {}
-    for name, t in model.state_dict().items():
-        if t.numel() and t.data_ptr() in seen:
-            continue
-        seen.add(t.data_ptr())
-        tensors[name] = t.detach().contiguous().clone()
     with atomic_path(folder / WEIGHTS) as tmp:
-        save_file(tensors, str(tmp))
+        save_file(distinct_tensors(model.state_dict()), str(tmp))
     save_pretrained_files(folder, model.config, tokenizer)
     write_toml(folder / CONFIG, config)
     return folder

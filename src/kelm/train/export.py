@@ -22,19 +22,24 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k.replace("_checkpoint_wrapped_module.", ""): v for k, v in sd.items()}
 
 
+def distinct_tensors(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached, contiguous copies of ``sd``, each storage once (tied weights under their first name)."""
+    seen: set[int] = set()
+    tensors: dict[str, torch.Tensor] = {}
+    for name, t in sd.items():
+        if t.numel() and t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        tensors[name] = t.detach().contiguous().clone()
+    return tensors
+
+
 def export_model(out_dir: Path, model: nn.Module, config: dict[str, Any]) -> Path | None:
     """Collective; rank 0 writes the files. Tied weights are stored once per distinct tensor."""
     sd = full_state_dict(model)
     if dist.get_rank() != 0:
         return None
-    seen: dict[int, str] = {}
-    tensors: dict[str, torch.Tensor] = {}
-    for name, t in sd.items():
-        key = t.data_ptr()
-        if key in seen and t.numel():
-            continue
-        seen[key] = name
-        tensors[name] = t.detach().contiguous().clone()
+    tensors = distinct_tensors(sd)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / WEIGHTS) as tmp:
         save_file(tensors, str(tmp))
