@@ -242,6 +242,48 @@ def test_kge_int8_tables_and_a_distilled_small_student(data_dir: Path, tmp_path:
         run_training(other, tmp_path / "other")
 
 
+def test_text_kgc_teacher_into_a_frozen_text_student(data_dir: Path, tmp_path: Path) -> None:
+    """A text-KGC run (a bi-encoder mixed with ComplEx, α chosen on valid) teaches a frozen-text
+    student: its score rows are computed once per query and equal the teacher's own scoring, and
+    the student trained on them ranks better than the same student trained on the data alone."""
+    from kelm.kgc.teacher import load_score_teacher
+    from kelm.kgc.text_kgc import load_text_kgc
+    from kelm.tasks import build_task
+
+    kge = tmp_path / "kge"
+    run_training({"train": KGE_TRAIN, "task": KGE_TASK | {"dim": 128}}, kge)
+    text = tmp_path / "text"
+    tiny = {"model": "tiny-bert", "hidden_size": 32, "num_layers": 1, "num_heads": 2, "max_length": 16}
+    text_train = {"strategy": "single", "threads": 1, "batch_size": 64, "lr": 1e-3, "max_steps": 30}
+    text_train |= {"log_every": 1000, "tensorboard": False}
+    text_task = {"name": "text-kgc", "dataset": "umls", **tiny, "hybrid_kge": str(kge)}
+    run_training({"train": text_train, "task": text_task}, text)
+    teacher_mrr = json.loads((text / "metrics.json").read_text())["test"]["mrr"]
+
+    student = {"name": "frozen-text-kgc", "dataset": "umls", "encoder": "minilm", "max_length": 64, "dim": 64}
+    task = build_task(student)
+    ids, rels = task.tensors.entity_ids, task.tensors.relation_ids
+    teacher = load_score_teacher(text, ids, rels)
+    R = len(rels)
+    e, r = torch.tensor([0, 5, 0, 7]), torch.tensor([1, 2 + R, 1, 3])
+    rows = teacher.scores(e, r, torch.ones(4, dtype=torch.long))
+    assert len(teacher.rows) == 3 and torch.equal(rows[0], rows[2])  # one row per distinct query
+    direct = load_text_kgc(text).scoring()
+    assert torch.allclose(rows[1], direct.score_h(torch.tensor([2]), torch.tensor([5]))[0], atol=1e-5)
+    assert torch.allclose(teacher.scores(e, r, torch.ones(4, dtype=torch.long)), rows)
+    with pytest.raises(Exception, match="other ids than this graph"):
+        load_score_teacher(text, ids[::-1], rels)
+
+    train = {"strategy": "single", "optimizer": "adamw", "lr": 3e-3, "schedule": "constant", "batch_size": 256}
+    train |= {"max_steps": 150, "eval_every": 10000, "log_every": 10000, "tensorboard": False, "threads": 1}
+    mrr = {}
+    for name, extra in (("alone", {}), ("distilled", {"teacher": str(text), "distill_weight": 0.9})):
+        run_training({"train": train, "task": student | extra | {"distill_temperature": 2.0}}, tmp_path / name)
+        mrr[name] = json.loads((tmp_path / name / "metrics.json").read_text())["test"]["mrr"]
+    assert mrr["distilled"] > mrr["alone"] + 0.01, (mrr, teacher_mrr)
+    assert mrr["distilled"] >= 0.95 * teacher_mrr
+
+
 def own_tokenizer_student(folder: Path, texts: list[str]) -> Path:
     """A from-scratch BERT with a WordPiece vocabulary learnt from ``texts`` (not MiniLM's)."""
     from tokenizers import BertWordPieceTokenizer

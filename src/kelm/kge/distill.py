@@ -1,51 +1,74 @@
-"""Distillation of one KGE model into another over the same graph: the student matches the
+"""Distillation of one KG-completion model into another over the same graph: the student matches the
 teacher's distribution of scores over all entities for each training query (temperature-softened
 KL, as Hinton et al. for logits; for KGE as in MulDE and DualDE), so a small embedding (dim 64-128)
-learns from a large one (dim 1024)."""
+learns from a large one (dim 1024), or a cheap scorer from an expensive one.
+
+A teacher is anything with ``score_t(h, r)`` and ``score_h(r, t)`` over all entities (a KGE
+`Scoring`, a text bi-encoder, a hybrid); `ScoreTeacher` asks it once per distinct training query
+and keeps the rows, so an expensive teacher (an LM per query) costs one pass over the queries.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from kelm.artifacts import read_model_spec
 from kelm.compress.losses import logit_kd
 from kelm.errors import ConfigError
 from kelm.kg.vocab import ENTITIES_FILE, RELATIONS_FILE, read_vocab
 
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-def load_teacher(path: str | Path, entity_ids: list[str], relation_ids: list[str]) -> nn.Module:
-    """The frozen KGE model of a run trained on the same entities and relations, in the same order."""
-    from kelm.kge.folder import load_kge
 
-    folder, _ = read_model_spec(path, "kge")
+class EntityScorer(Protocol):
+    """Scores of all entities for tail queries ``(h, r, ?)`` and head queries ``(?, r, t)``."""
+
+    def score_t(self, h: torch.Tensor, r: torch.Tensor) -> torch.Tensor: ...
+
+    def score_h(self, r: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
+
+
+def check_vocabulary(folder: Path, entity_ids: list[str], relation_ids: list[str]) -> None:
+    """A teacher must know the same entities and relations, in the same order, as the student."""
     for name, ours in ((ENTITIES_FILE, entity_ids), (RELATIONS_FILE, relation_ids)):
         theirs = read_vocab(folder / name)[0]
         if theirs != list(ours):
             raise ConfigError(
                 f"task.teacher: {folder / name} lists other ids than this graph; distil on the same graph"
             )
+
+
+def load_teacher(path: str | Path, entity_ids: list[str], relation_ids: list[str]) -> nn.Module:
+    """The frozen KGE model of a run trained on the same entities and relations, in the same order."""
+    from kelm.artifacts import read_model_spec
+    from kelm.kge.folder import load_kge
+
+    folder, _ = read_model_spec(path, "kge")
+    check_vocabulary(folder, entity_ids, relation_ids)
     model, _ = load_kge(folder)
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()
 
 
-def all_entity_scores(model: nn.Module, e: torch.Tensor, r: torch.Tensor, tail: torch.Tensor, R: int) -> torch.Tensor:
+def query_scores(
+    score_t: ScoreFn, score_h: ScoreFn, e: torch.Tensor, r: torch.Tensor, tail: torch.Tensor, R: int
+) -> torch.Tensor:
     """Scores ``(B, E)`` of every entity for queries ``(e, r, ?)`` where ``tail`` else ``(?, r, e)``;
-    a relation id ``r ≥ R`` is the reciprocal of ``r - R`` (a head query on it). ``model`` is a
-    `KGEScorer` (reciprocal or not: its ``score_h`` handles both)."""
+    a relation id ``r ≥ R`` is the reciprocal of ``r - R`` (a head query on it)."""
     recip = r >= R
     rel = torch.where(recip, r - R, r)
     is_tail = tail.bool() & ~recip
     out: torch.Tensor | None = None
-    for mask, op in ((is_tail, "score_t"), (~is_tail, "score_h")):
+    for mask, side in ((is_tail, True), (~is_tail, False)):
         if not bool(mask.any()):
             continue
         idx = mask.nonzero().flatten()
-        part = model(op, e[idx], rel[idx]) if op == "score_t" else model(op, rel[idx], e[idx])
+        part = score_t(e[idx], rel[idx]) if side else score_h(rel[idx], e[idx])
         if out is None:
             out = part.new_empty(len(e), part.shape[1])
         out[idx] = part
@@ -53,20 +76,82 @@ def all_entity_scores(model: nn.Module, e: torch.Tensor, r: torch.Tensor, tail: 
     return out
 
 
+def all_entity_scores(model: nn.Module, e: torch.Tensor, r: torch.Tensor, tail: torch.Tensor, R: int) -> torch.Tensor:
+    """`query_scores` of a `KGEScorer`-style module (ops ``score_t``/``score_h``; reciprocal or not)."""
+    return query_scores(lambda h, r: model("score_t", h, r), lambda r, t: model("score_h", r, t), e, r, tail, R)
+
+
+class ScoreTeacher:
+    """A frozen teacher's score rows for training queries, computed once per distinct query and kept
+    on the CPU while they fit in ``cache_mb`` (beyond it, rows are computed each time they are asked)."""
+
+    def __init__(self, scorer: EntityScorer, num_relations: int, cache_mb: float = 512.0, module: Any = None):
+        self.scorer, self.num_relations, self.cache_mb = scorer, num_relations, cache_mb
+        self.module = module  # an nn.Module to move to the batch's device (KGE teachers), or None
+        self.rows: dict[int, torch.Tensor] = {}
+        self.cached_bytes = 0
+
+    def _keys(self, e: torch.Tensor, r: torch.Tensor, tail: torch.Tensor) -> list[int]:
+        R = self.num_relations
+        recip = r >= R
+        rel = torch.where(recip, r - R, r)
+        side = (tail.bool() & ~recip).long()
+        return ((e.long() * R + rel.long()) * 2 + side).tolist()
+
+    def _compute(self, e: torch.Tensor, r: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
+        device = e.device
+        if self.module is not None:
+            if next(self.module.parameters()).device != device:
+                self.module.to(device)
+        else:  # a scorer that lives on the CPU
+            e, r, tail = e.cpu(), r.cpu(), tail.cpu()
+        s = self.scorer
+        return query_scores(s.score_t, s.score_h, e, r, tail, self.num_relations).float().to(device)
+
+    @torch.no_grad()
+    def scores(self, e: torch.Tensor, r: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
+        """``(B, E)`` teacher scores for the queries, on their device."""
+        keys = self._keys(e, r, tail)
+        missing = [i for i, k in enumerate(keys) if k not in self.rows]
+        if missing and len(missing) == len(keys) and self.cached_bytes >= self.cache_mb * 2**20:
+            return self._compute(e, r, tail)
+        if missing:
+            idx = torch.tensor(missing, device=e.device)
+            fresh = self._compute(e[idx], r[idx], tail[idx])
+            by_key = dict(zip([keys[i] for i in missing], fresh.unbind(0), strict=True))
+            for k, row in by_key.items():
+                if self.cached_bytes < self.cache_mb * 2**20:
+                    self.rows[k] = row.cpu().clone()
+                    self.cached_bytes += row.numel() * 4
+            return torch.stack([self.rows[k].to(e.device) if k in self.rows else by_key[k] for k in keys])
+        return torch.stack([self.rows[k] for k in keys]).to(e.device)
+
+
 def score_kd(
     student: nn.Module,
-    teacher: nn.Module,
+    teacher: ScoreTeacher,
     e: torch.Tensor,
     r: torch.Tensor,
     tail: torch.Tensor,
     R: int,
     temperature: float,
+    columns: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """KL of the teacher's score distribution over all entities to the student's, per query."""
+    """KL of the teacher's score distribution over all entities (or over ``columns``, e.g. the
+    entities an inductive split trains on) to the student's, per query."""
     s = all_entity_scores(student, e, r, tail, R)
-    with torch.no_grad():
-        t = all_entity_scores(teacher, e, r, tail, R)
+    t = teacher.scores(e, r, tail)
+    if columns is not None:
+        s, t = s[:, columns.to(s.device)], t[:, columns.to(t.device)]
     return logit_kd(s, t, temperature)
 
 
-__all__ = ["all_entity_scores", "load_teacher", "score_kd"]
+__all__ = [
+    "EntityScorer",
+    "ScoreTeacher",
+    "all_entity_scores",
+    "check_vocabulary",
+    "load_teacher",
+    "query_scores",
+    "score_kd",
+]

@@ -15,18 +15,18 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from kelm.config import Section
 from kelm.kg.datasets import load_graph
 from kelm.kg.model import KnowledgeGraph
 from kelm.kgc.frozen_text import KIND, FrozenTextScorer, feature_texts, text_features
 from kelm.kge.training import OneVsAll
-from kelm.tasks.link_prediction import LinkPredictionTask
+from kelm.tasks.link_prediction import LinkPredictionTask, TeacherFields, distill_loss, load_graph_teacher
 from kelm.train.config import TrainConfig
 from kelm.train.task import Batch
 
 
-class FrozenTextKGCConfig(Section):
-    """``[task]`` for ``frozen-text-kgc``."""
+class FrozenTextKGCConfig(TeacherFields):
+    """``[task]`` for ``frozen-text-kgc`` (with ``teacher``: distilled from a stronger model of the
+    same graph, e.g. a text-KGC bi-encoder or its hybrid, or a large KGE model)."""
 
     name: Literal["frozen-text-kgc"] = "frozen-text-kgc"
     dataset: str = Field(..., min_length=1, description="registered data-set name or a folder/file of triples")
@@ -79,6 +79,8 @@ class FrozenTextKGCTask(LinkPredictionTask):
         self.regime = OneVsAll(self.train_triples, E, R, True, cfg.label_smoothing, candidates=seen)  # type: ignore[arg-type]
         texts, labels = feature_texts(self.kg, self.tensors.entity_ids, cfg.max_words)
         self.features = text_features(texts, labels, cfg.encoder, cfg.max_length, cfg.feature_cache)
+        self.seen = seen if len(seen) < E else None  # distillation ranks among these alone
+        self.teacher = load_graph_teacher(cfg, self.tensors)
 
     # -- model ----------------------------------------------------------------------------------
     def model_spec(self) -> dict[str, Any]:
@@ -103,8 +105,15 @@ class FrozenTextKGCTask(LinkPredictionTask):
 
     # -- loss -----------------------------------------------------------------------------------
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        """Cross-entropy of each true tail among the entities seen in training (no regularizer)."""
-        return self.regime.loss(model, batch)[0], {}
+        """Cross-entropy of each true tail among the entities seen in training (no regularizer),
+        mixed with the teacher's score distributions over the same entities when there is one."""
+        loss = self.regime.loss(model, batch)[0]
+        if self.teacher is None:
+            return loss, {}
+        c = self.cfg
+        R = self.tensors.num_relations
+        kd = distill_loss(model, self.teacher, batch, R, True, c.distill_temperature, self.seen)
+        return (1 - c.distill_weight) * loss + c.distill_weight * kd, {}
 
 
 __all__ = ["FrozenTextKGCConfig", "FrozenTextKGCTask"]

@@ -40,6 +40,7 @@ from kelm.kg.model import KnowledgeGraph
 from kelm.kg.tensors import TripleTensors
 from kelm.kg.unseen import apply_unseen_policy, describe_unseen, seen_mask
 from kelm.kg.vocab import ENTITIES_FILE, RELATIONS_FILE, grown_order, read_vocab, vocabulary_change, write_vocabularies
+from kelm.kge.distill import ScoreTeacher
 from kelm.kge.folder import load_kge
 from kelm.kge.incremental import freeze_rows, seed_rows
 from kelm.kge.memory import check_tables_fit
@@ -58,7 +59,20 @@ from kelm.train.sparse_grads import row_sparse_embedding_grads
 from kelm.train.task import Batch, Task
 
 
-class LinkPredictionConfig(Section):
+class TeacherFields(Section):
+    """Distillation from another model of the same graph (`kelm.kge.distill`)."""
+
+    teacher: str | None = Field(
+        None,
+        description="a link-prediction, text-kgc or frozen-text-kgc run on the same graph whose score "
+        "distributions over all entities the model learns",
+    )
+    distill_weight: float = Field(0.5, ge=0, le=1, description="weight of the teacher's scores (1 - it: the data)")
+    distill_temperature: float = Field(1.0, gt=0)
+    teacher_cache_mb: float = Field(512.0, ge=0, description="memory for the teacher's rows of training queries")
+
+
+class LinkPredictionConfig(TeacherFields):
     """``[task]`` for ``link-prediction``."""
 
     name: Literal["link-prediction"] = "link-prediction"
@@ -101,12 +115,6 @@ class LinkPredictionConfig(Section):
     train_init: bool = Field(
         False, description="also train the embeddings taken from init_from (default: they stay as trained)"
     )
-    # distillation from a larger model of the same graph
-    teacher: str | None = Field(
-        None, description="a link-prediction run on the same graph whose score distributions the model learns"
-    )
-    distill_weight: float = Field(0.5, ge=0, le=1, description="weight of the teacher's scores (1 - it: the data)")
-    distill_temperature: float = Field(1.0, gt=0)
     # evaluation
     eval_memory_mb: float = Field(256.0, gt=0)
     train_split: str = "train"
@@ -135,10 +143,6 @@ class LinkPredictionConfig(Section):
 # -- data -------------------------------------------------------------------------------------
 
 
-def batch_device(batch: Batch) -> torch.device:
-    return next(v.device for v in batch.values() if isinstance(v, torch.Tensor))
-
-
 def build_regime(
     cfg: LinkPredictionConfig, train_triples: torch.Tensor, num_entities: int, num_relations: int
 ) -> TrainingRegime:
@@ -151,6 +155,39 @@ def build_regime(
     sampler = NegativeSampler(cfg.sampler, E, cfg.num_negatives, rec, train_triples, R)
     loss, margin, temperature = cfg.loss_name, cfg.margin, cfg.adversarial_temperature
     return NegativeSampling(train_triples, sampler, loss, margin, temperature, collective=cfg.shard_entities)
+
+
+def load_graph_teacher(cfg: TeacherFields, tensors: TripleTensors) -> ScoreTeacher | None:
+    """The frozen teacher ``cfg.teacher`` names, checked against this graph's vocabularies."""
+    if not cfg.teacher:
+        return None
+    from kelm.kgc.teacher import load_score_teacher
+
+    return load_score_teacher(cfg.teacher, tensors.entity_ids, tensors.relation_ids, cfg.teacher_cache_mb)
+
+
+def distill_loss(
+    model: nn.Module,
+    teacher: ScoreTeacher,
+    batch: Batch,
+    num_relations: int,
+    reciprocal: bool,
+    temperature: float,
+    columns: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The teacher-score loss over the batch's queries (1-n: its queries; else its triples as tail
+    queries, and as head queries too without reciprocal relations), over ``columns`` if given."""
+    from kelm.kge.distill import score_kd
+
+    if "query" in batch:
+        q = batch["query"]
+        e, r, tail = q[:, 0], q[:, 1], q[:, 2]
+    else:
+        h, r, t = batch["triples"].unbind(1)
+        e, tail = h, torch.ones_like(h)
+        if not reciprocal:
+            e, r, tail = torch.cat([h, t]), torch.cat([r, r]), torch.cat([tail, torch.zeros_like(t)])
+    return score_kd(model, teacher, e, r, tail, num_relations, temperature, columns)
 
 
 class LinkPredictionTask(Task):
@@ -188,11 +225,7 @@ class LinkPredictionTask(Task):
         self._table_shape = tuple(meta.kge.entity.weight.shape)
         self._other_elements = sum(p.numel() for p in meta.parameters()) - meta.kge.entity.weight.numel()
         self.regime: TrainingRegime = build_regime(cfg, self.train_triples, E, R)
-        self.teacher: nn.Module | None = None
-        if cfg.teacher:
-            from kelm.kge.distill import load_teacher
-
-            self.teacher = load_teacher(cfg.teacher, self.tensors.entity_ids, self.tensors.relation_ids)
+        self.teacher = load_graph_teacher(cfg, self.tensors)
 
     def _grown_orders(self) -> tuple[list[str], list[str]]:
         """The vocabularies of ``init_from``'s model, grown by the ids new in this graph."""
@@ -312,30 +345,16 @@ class LinkPredictionTask(Task):
         loss, (h, r, t) = self.regime.loss(model, batch)
         c = self.cfg
         if self.teacher is not None:
-            loss = (1 - c.distill_weight) * loss + c.distill_weight * self._distill(model, batch)
+            loss = (1 - c.distill_weight) * loss + c.distill_weight * self.distill(model, batch)
         if c.regularizer != "none" and c.regularizer_weight > 0:
             reg = model("regularizer", h, r, t, c.regularizer, c.regularizer_p)
             return loss + c.regularizer_weight * reg, {}
         return loss, {}
 
-    def _distill(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        """The teacher-score loss over the batch's queries (1-n: its queries; else its triples as
-        tail queries, and as head queries too without reciprocal relations)."""
-        from kelm.kge.distill import score_kd
-
+    def distill(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         assert self.teacher is not None
-        R = self.tensors.num_relations
-        if next(self.teacher.parameters()).device != batch_device(batch):
-            self.teacher.to(batch_device(batch))
-        if "query" in batch:
-            q = batch["query"]
-            e, r, tail = q[:, 0], q[:, 1], q[:, 2]
-        else:
-            h, r, t = batch["triples"].unbind(1)
-            e, tail = h, torch.ones_like(h)
-            if not self.cfg.reciprocal:
-                e, r, tail = torch.cat([h, t]), torch.cat([r, r]), torch.cat([tail, torch.zeros_like(t)])
-        return score_kd(model, self.teacher, e, r, tail, R, self.cfg.distill_temperature)
+        c = self.cfg
+        return distill_loss(model, self.teacher, batch, self.tensors.num_relations, c.reciprocal, c.distill_temperature)
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluator(self) -> Any:
