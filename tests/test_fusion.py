@@ -242,3 +242,60 @@ def test_served_fused_classifier_equals_kelm_predict(synthetic, trained):
     for got, p in zip(body["results"], want, strict=True):
         assert got["label"] == p.label and abs(got["probability"] - p.probability) < 1e-5
         assert [e["entity"] for e in got["entities"]] == [m.entity for m in p.mentions]
+
+
+TRANSFER_TEMPLATES = (
+    "We talked about the {} today.",
+    "A {} was in the report.",
+    "Is the {} still there?",
+    "They found one {} again.",
+)
+
+
+def test_fused_teacher_distils_the_graph_into_a_text_only_student(synthetic, trained, tmp_path, capsys):
+    """The joint model teaches a plain text classifier that starts from its fused LM and never sees
+    the graph. Distilled (α = 1, so the transfer set's labels are never read) on unlabelled sentences
+    in new wordings about all entities, the student classifies the test sentences through what the
+    teacher's graph knew; the LM trained on the gold training sentences alone cannot."""
+    import json
+
+    from kelm.cli import main
+    from kelm.lm.hf import load_finetuned
+    from kelm.train.export import load_weights
+
+    root, acc = trained
+    names = _names(40)
+    rows = [
+        f"t{i}\t{t.format(n)}\t{'ab'[i % 2]}"
+        for i, (n, t) in enumerate((n, t) for n in names for t in TRANSFER_TEMPLATES)
+    ]
+    transfer = tmp_path / "transfer.tsv"
+    transfer.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    task = {"name": "distill", "teacher": str(root / "joint"), "layers": 2, "alpha": 1.0, "temperature": 1.0}
+    task |= {"train": str(transfer), "dev": str(synthetic / "dev.tsv"), "test": str(synthetic / "test.tsv")}
+    train = {
+        "strategy": "single",
+        "max_steps": 200,
+        "batch_size": 16,
+        "lr": 5e-3,
+        "log_every": 100,
+        "tensorboard": False,
+    }
+    distill = build_task(task)
+    student = distill.build_model()
+    teacher = load_weights(distill.view.build_model(), distill.teacher_folder)
+    for name, tensor in teacher.lm.state_dict().items():  # started from the teacher's fused LM
+        assert torch.equal(student.bert.state_dict()[name], tensor), name
+    summary = run_training({"task": task, "train": train | {"schedule": "cosine", "warmup_ratio": 0.0}}, tmp_path / "s")
+    assert summary["test"]["accuracy"] >= 0.8 and summary["test"]["accuracy"] > acc["lm"] + 0.1, (summary, acc)
+    # a plain Hugging Face classifier: no graph, linker or GNN in the folder
+    model, _, spec = load_finetuned(tmp_path / "s")
+    assert spec["kind"] == "hf" and not (tmp_path / "s" / "model" / "kg").exists()
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("".join(line.split("\t")[1] + "\n" for line in (synthetic / "test.tsv").read_text().splitlines()))
+    capsys.readouterr()
+    assert main(["predict", "--model", str(tmp_path / "s"), str(inputs), "--json"]) == 0
+    assert len([json.loads(line) for line in capsys.readouterr().out.splitlines()]) == 16
+    # a KG-fused teacher has no hidden states to match
+    with pytest.raises(Exception, match="plain classification or NER teacher"):
+        build_task(task | {"hidden_weight": 1.0})

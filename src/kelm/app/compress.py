@@ -3,7 +3,9 @@
 Methods (each writes a normal run folder that `kelm predict`, `kelm serve` and, where Hugging Face
 can, ``from_pretrained`` load):
 
-- ``distill``: the ``distill`` task trains a student (default: half the teacher's layers);
+- ``distill``: the ``distill`` task trains a student (default: half the teacher's layers); of a
+  KG-enhanced classifier, a plain text classifier that needs no graph at inference; of a KGE run,
+  a smaller embedding; of a text-KGC run, a frozen-text scorer (no LM pass per query);
 - ``share``: the same with an ALBERT-style student whose layers share weights;
 - ``int8``: int8 weights on disk and an int8 runtime (torch's dynamic quantization or torchao's;
   ``auto`` times both on the run's own data and keeps the faster);
@@ -37,6 +39,8 @@ METHODS = ("distill", "int8", "prune", "share")
 COMPRESSIBLE_HEADS = ("classification", "ner")
 #: Methods that apply to KGE runs (embedding tables have no layers to prune or share).
 KGE_METHODS = ("distill", "int8")
+#: Kinds whose runs compress by distillation only, into a student of another kind.
+DISTILL_ONLY = {"kg-fusion": "a text classifier", "text-kgc": "a frozen-text scorer"}
 
 
 @dataclass
@@ -77,6 +81,10 @@ def source_spec(run: Path, method: str) -> tuple[Path, dict[str, Any]]:
     if method not in METHODS:
         raise ConfigError(f"--method must be one of {', '.join(METHODS)}, not '{method}'")
     kind = model_kind(run)
+    if kind in DISTILL_ONLY:
+        if method != "distill":
+            raise ConfigError(f"{run}: a '{kind}' model compresses by distillation into {DISTILL_ONLY[kind]} only")
+        return read_model_spec(run, kind)
     if kind == "kge":
         folder, spec = read_model_spec(run, "kge")
         if method not in KGE_METHODS:
@@ -86,7 +94,8 @@ def source_spec(run: Path, method: str) -> tuple[Path, dict[str, Any]]:
         return folder, spec
     if kind != "hf":
         raise ConfigError(
-            f"{run}: a '{kind}' model folder; kelm compress takes classification, NER and link-prediction runs"
+            f"{run}: a '{kind}' model folder; kelm compress takes classification, NER, KG-enhanced, "
+            "link-prediction and text-KGC runs"
         )
     folder, spec = read_model_spec(run, "hf")
     if spec.get("head") not in COMPRESSIBLE_HEADS:
@@ -121,6 +130,18 @@ def _distill_kge(source: Path, options: CompressOptions, stage: Path) -> dict[st
     task |= {"dim": options.dim, "teacher": str(source), "distill_weight": options.alpha}
     task |= {"distill_temperature": options.temperature}
     return _train({"train": train_table(source, options.train), "task": task}, stage)
+
+
+def _distill_text_kgc(source: Path, options: CompressOptions, stage: Path) -> dict[str, Any]:
+    """A frozen-text scorer of the same graph, trained on the data and on the teacher's scores."""
+    teacher = dict(read_toml(source / CONFIG).get("task", {}))
+    fields = ("dataset", "data_dir", "inductive", "inductive_seed", "train_split", "valid_split", "test_split")
+    task = {k: teacher[k] for k in fields if k in teacher} | {"name": "frozen-text-kgc", "dim": options.dim}
+    task |= {"teacher": str(source), "distill_weight": options.alpha, "distill_temperature": options.temperature}
+    # the settings `kelm demo` trains its frozen-text model with
+    train = {"strategy": "single", "optimizer": "adamw", "lr": 3e-3, "schedule": "constant", "clip_grad_norm": 100.0}
+    train |= {"batch_size": 256, "max_steps": 1000, "eval_every": 50, "early_stopping_patience": 5}
+    return _train({"train": train | options.train, "task": task}, stage)
 
 
 def _distill(source: Path, options: CompressOptions, stage: Path) -> dict[str, Any]:
@@ -242,11 +263,13 @@ def compress_run(run: str | Path, out: str | Path, options: CompressOptions) -> 
         else:
             if options.method == "distill" and table["name"] == "link-prediction":
                 _distill_kge(source, options, stage)
+            elif options.method == "distill" and table["name"] == "text-kgc":
+                _distill_text_kgc(source, options, stage)
             elif options.method in ("distill", "share"):
                 _distill(source, options, stage)
             else:
                 details = _prune(source, options, stage, table)
-            original, compressed = measure_pair(source, stage / MODEL_DIR, table)
+            original, compressed = measure_pair(source, stage / MODEL_DIR, table, task_table(stage / MODEL_DIR))
         record = {
             "method": options.method,
             "source": str(run),

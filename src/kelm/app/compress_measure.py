@@ -21,6 +21,10 @@ LATENCY_SAMPLES = 64
 MIN_TIMINGS = 20
 HF_TASKS = ("classification", "ner")
 KGE_TASKS = ("link-prediction",)
+FUSED_TASKS = ("kg-enhanced-classification",)
+#: Scorers of graphs whose test metrics are read from their run's final evaluation.
+KGC_TASKS = ("text-kgc", "frozen-text-kgc")
+MEASURED_TASKS = HF_TASKS + KGE_TASKS + FUSED_TASKS + KGC_TASKS
 
 
 @dataclass
@@ -41,8 +45,8 @@ def task_table(folder: Path) -> dict[str, Any]:
     data = read_toml(folder / CONFIG)
     spec = data.get("model", {})
     table = spec.get("task_table") if isinstance(spec.get("task_table"), dict) else data.get("task")
-    if not isinstance(table, dict) or table.get("name") not in HF_TASKS + KGE_TASKS:
-        raise DataError("no classification, ner or link-prediction [task] table to evaluate with", folder / CONFIG)
+    if not isinstance(table, dict) or table.get("name") not in MEASURED_TASKS:
+        raise DataError(f"no [task] table of {', '.join(MEASURED_TASKS)} to evaluate with", folder / CONFIG)
     return {k: v for k, v in table.items() if k != "teacher"}
 
 
@@ -104,8 +108,70 @@ def load_kge_measured(folder: Path, table: dict[str, Any]) -> Measured:
     return Measured(lambda b: model("score_t", b[:, 0], b[:, 1]), {"batch_1": singles, "batch_32": full}, items, record)
 
 
+def load_fused_measured(folder: Path, table: dict[str, Any]) -> Measured:
+    """A KG-enhanced classifier: test metrics and latency of the fused model over collated batches
+    (texts already linked and their subgraphs retrieved: the LM, GNN and fusion alone are timed)."""
+    from kelm.tasks import build_task
+    from kelm.train.export import load_weights
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        task = build_task(table)
+    model = load_weights(task.build_model(), folder).eval()
+    split, samples = _split_samples(task, folder)
+    batches = [task.collate(samples[i : i + 32]) for i in range(0, len(samples), 32)]
+    with torch.no_grad():
+        metrics = task.finalize_metrics(task.evaluate(model, batches))
+    singles = [task.collate([s]) for s in samples[:LATENCY_SAMPLES]]
+    full = [b for b in batches if len(b["input_ids"]) == 32] or batches
+    items = {"batch_1": len(singles), "batch_32": sum(len(b["input_ids"]) for b in full)}
+    record = _base_record(folder, model, task.monitor, metrics, split)
+    return Measured(lambda b: model(**b), {"batch_1": singles, "batch_32": full}, items, record)
+
+
+def load_kgc_measured(folder: Path, table: dict[str, Any]) -> Measured:
+    """A text-KGC or frozen-text scorer: its run's final test ranking (the same filtered ranker);
+    latency of scoring all entities for tail queries (entity texts embedded once, beforehand)."""
+    import json
+
+    from kelm.kg.datasets import load_graph
+    from kelm.kg.tensors import TripleTensors
+
+    path = folder.parent / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))["test"]
+    except (OSError, ValueError, KeyError) as err:
+        raise DataError(f"no test metrics of the run ({err})", path) from None
+    if table["name"] == "text-kgc":
+        from kelm.kgc.text_kgc import load_text_kgc
+
+        trained = load_text_kgc(folder)
+        model, scoring = trained.model, trained.scoring()
+    else:
+        from kelm.kgc.frozen_text import load_frozen_text
+
+        frozen = load_frozen_text(folder)
+        model, scoring = frozen.model, frozen.scoring()
+    graph = TripleTensors.from_graph(load_graph(table["dataset"], table.get("data_dir")))
+    triples = graph.triples[table.get("test_split") or "test"]
+    singles = [triples[i : i + 1] for i in range(min(LATENCY_SAMPLES, len(triples)))]
+    full = [triples[i : i + 32] for i in range(0, len(triples) - 31, 32)][:LATENCY_SAMPLES] or [triples]
+    items = {"batch_1": len(singles), "batch_32": sum(len(b) for b in full)}
+    metrics = {k: v for k, v in metrics.items() if "/" not in k}
+    record = _base_record(folder, model, "mrr", metrics, "test")
+    return Measured(lambda b: scoring.score_t(b[:, 0], b[:, 1]), {"batch_1": singles, "batch_32": full}, items, record)
+
+
+LOADERS: dict[str, Callable[[Path, dict[str, Any]], Measured]] = {
+    **dict.fromkeys(HF_TASKS, load_hf),
+    **dict.fromkeys(KGE_TASKS, load_kge_measured),
+    **dict.fromkeys(FUSED_TASKS, load_fused_measured),
+    **dict.fromkeys(KGC_TASKS, load_kgc_measured),
+}
+
+
 def load_measured(folder: Path, table: dict[str, Any]) -> Measured:
-    return (load_kge_measured if table["name"] in KGE_TASKS else load_hf)(folder, table)
+    return LOADERS[table["name"]](folder, table)
 
 
 def time_all(models: dict[str, Measured]) -> None:
@@ -120,9 +186,13 @@ def time_all(models: dict[str, Measured]) -> None:
             models[k].record.setdefault("latency", {})[name] = timed
 
 
-def measure_pair(original: Path, compressed: Path, table: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The records of an original and its compressed copy, their latency timed side by side."""
-    models = {"original": load_measured(original, table), "compressed": load_measured(compressed, table)}
+def measure_pair(
+    original: Path, compressed: Path, table: dict[str, Any], compressed_table: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The records of an original and its compressed copy (measured under its own task table when it
+    is of another kind, e.g. the text student of a KG-enhanced teacher), latency timed side by side."""
+    other = compressed_table if compressed_table is not None else table
+    models = {"original": load_measured(original, table), "compressed": load_measured(compressed, other)}
     time_all(models)
     return models["original"].record, models["compressed"].record
 

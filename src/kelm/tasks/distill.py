@@ -11,6 +11,11 @@ maps (TinyBERT, MiniLM). Students:
   tokenizer. Logits are then matched over the same text: per text for classification, per word
   (each word's first sub-word in either tokenization) for NER.
 
+A KG-enhanced classifier (``kg-fusion``) teaches a plain text classifier: the teacher links each
+text, reads its subgraph and fuses it into its LM; the student reads the text alone (a ``layers``
+student starts from the teacher's fused LM), so what the graph adds reaches it through the
+teacher's logits and inference needs no linker, graph or GNN.
+
 Data, labels and metrics are the teacher's task's (read from the teacher's ``config.toml``), so
 the student is evaluated exactly as its teacher was and exports a normal ``hf`` model folder.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import torch
@@ -37,6 +43,7 @@ from kelm.train.parallel import ParallelPlan
 from kelm.train.task import Batch, Task
 
 DISTILLED_HEADS = ("classification", "ner")
+FUSED = "kg-enhanced-classification"
 OWN_STUDENTS = ("layers", "shared")
 IGNORE = -100
 TEACHER = "teacher_"
@@ -47,7 +54,9 @@ class DistillConfig(Section):
     """``[task]`` for ``distill``."""
 
     name: Literal["distill"] = "distill"
-    teacher: str = Field(..., description="run folder of a fine-tuned classification or NER model")
+    teacher: str = Field(
+        ..., description="run folder of a fine-tuned classification, NER or KG-enhanced classification model"
+    )
     student: str = Field(
         "layers",
         description="'layers' (a subset of the teacher's layers), 'shared' (ALBERT-style cross-layer "
@@ -73,12 +82,23 @@ class DistillConfig(Section):
 def teacher_task_table(folder: Path) -> dict[str, Any]:
     """The ``[task]`` table the teacher was trained with."""
     table = read_toml(folder / CONFIG).get("task")
-    if not isinstance(table, dict) or table.get("name") not in DISTILLED_HEADS:
+    if not isinstance(table, dict) or table.get("name") not in (*DISTILLED_HEADS, FUSED):
         found = table.get("name") if isinstance(table, dict) else None
         raise ConfigError(
-            f"task.teacher: {folder} was trained by task {found!r}; distill takes classification and ner models"
+            f"task.teacher: {folder} was trained by task {found!r}; distill takes classification, ner and "
+            f"{FUSED} models"
         )
     return dict(table)
+
+
+def fused_student_table(view: Any, table: dict[str, Any]) -> dict[str, Any]:
+    """The ``classification`` table over the texts and labels a KG-enhanced ``view`` read."""
+    from kelm.tasks.classification import ClassificationConfig
+
+    dumped = view.cfg.model_dump()
+    student = {k: dumped[k] for k in set(ClassificationConfig.model_fields) - {"name"} if k in table}
+    student |= {k: dumped[k] for k in DATA_FIELDS} | {"max_length": view.max_length}
+    return {"name": "classification", **student}
 
 
 class DistillTask(Task):
@@ -90,7 +110,10 @@ class DistillTask(Task):
         from kelm.tasks import build_task
 
         self.cfg = cfg
-        self.teacher_folder, spec = read_model_spec(cfg.teacher, "hf")
+        self.teacher_folder, spec = read_model_spec(cfg.teacher)
+        self.fused = spec.get("kind") == "kg-fusion"
+        if not self.fused:
+            read_model_spec(cfg.teacher, "hf")  # one clear error for any other kind
         if spec.get("quantization") is not None:
             raise ConfigError(f"task.teacher: {cfg.teacher} is int8-quantized; distil from the float model")
         table = teacher_task_table(self.teacher_folder)
@@ -100,14 +123,20 @@ class DistillTask(Task):
         table = {k: v for k, v in table.items() if v is not None}
         self.table = {k: v for k, v in table.items() if k != "model"}
         self.own = cfg.student in OWN_STUDENTS
-        if not self.own and (cfg.hidden_weight or cfg.attention_weight):
+        if (not self.own or self.fused) and (cfg.hidden_weight or cfg.attention_weight):
             raise ConfigError(
-                "task.hidden_weight/attention_weight need a 'layers' or 'shared' student (same tokenizer and widths)"
+                "task.hidden_weight/attention_weight need a 'layers' or 'shared' student (same tokenizer and widths) "
+                "of a plain classification or NER teacher"
             )
+        self.view: HFTask | None = None
+        if self.fused:  # the teacher's view: linked texts with their subgraphs
+            self.view = build_task(table)  # type: ignore[assignment]
+            table = fused_student_table(self.view, table)
+            self.table = {k: v for k, v in table.items() if k != "model"}
         deep = bool(cfg.hidden_weight or cfg.attention_weight)
         student_table = dict(table)
         if self.own:
-            student_table["model"] = str(self.teacher_folder)
+            student_table["model"] = table["model"] if self.fused else str(self.teacher_folder)
         else:
             student_table |= {"model": cfg.student, "max_length": None, "hidden_size": cfg.hidden_size}
             student_table |= {"num_layers": cfg.num_layers, "num_heads": cfg.num_heads}
@@ -120,8 +149,7 @@ class DistillTask(Task):
             raise ConfigError(
                 f"task.teacher: the data's labels {self.base.labels} differ from the teacher's {spec.get('labels')}"
             )
-        self.view: HFTask | None = None
-        if not self.own:  # the same texts in the teacher's tokenization
+        if not self.own and not self.fused:  # the same texts in the teacher's tokenization
             self.view = build_task(table | {"model": str(self.teacher_folder)})  # type: ignore[assignment]
         if self.own:
             self.base.student_transform = self._student
@@ -133,6 +161,14 @@ class DistillTask(Task):
     def _load_teacher(self) -> nn.Module:
         from kelm.lm.hf import load_finetuned
 
+        if self.fused:
+            from kelm.train.export import load_weights
+
+            assert self.view is not None
+            teacher = load_weights(self.view.build_model(), self.teacher_folder)
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+            return teacher.eval()
         teacher, _, _ = load_finetuned(self.teacher_folder)
         if self.cfg.attention_weight:
             teacher.set_attn_implementation("eager")
@@ -144,6 +180,16 @@ class DistillTask(Task):
         """The student made from the teacher's weights (``loaded`` is the teacher, freshly read)."""
         from kelm.compress.prune import encoder_layers
 
+        if self.fused:  # the teacher's fused LM under the student's fresh head
+            teacher = self.teacher if self.teacher is not None else self._load_teacher()
+            base = getattr(loaded, loaded.base_model_prefix)
+            lm = getattr(teacher, "lm", None)
+            if lm is None:
+                raise ConfigError(f"task.teacher: {self.cfg.teacher} is a KG-only model; it has no LM to start from")
+            result = base.load_state_dict(lm.state_dict(), strict=False)
+            left = [k for k in result.missing_keys + result.unexpected_keys if not k.startswith("pooler.")]
+            if left:
+                raise ConfigError(f"task.teacher: its LM does not fit the student ({', '.join(left[:3])}, ...)")
         depth = len(encoder_layers(loaded))
         layers = self.cfg.layers
         if self.cfg.student == "layers":
@@ -214,7 +260,10 @@ class DistillTask(Task):
         if next(self.teacher.parameters()).device != device:
             self.teacher.to(device)
         with torch.no_grad():
-            t = self.teacher(**model_inputs(teacher_batch), **deep)
+            if self.fused:
+                t = SimpleNamespace(logits=self.teacher(**teacher_batch)["logits"])
+            else:
+                t = self.teacher(**model_inputs(teacher_batch), **deep)
         if cfg.alpha > 0:
             s_logits, t_logits = self._paired_logits(out.logits, t.logits, batch, teacher_batch)
             loss = loss + cfg.alpha * logit_kd(s_logits, t_logits, cfg.temperature)
