@@ -282,6 +282,16 @@ def test_text_kgc_teacher_into_a_frozen_text_student(data_dir: Path, tmp_path: P
         mrr[name] = json.loads((tmp_path / name / "metrics.json").read_text())["test"]["mrr"]
     assert mrr["distilled"] > mrr["alone"] + 0.01, (mrr, teacher_mrr)
     assert mrr["distilled"] >= 0.95 * teacher_mrr
+    # the same through `kelm compress`: a frozen-text run measured beside its text-KGC teacher
+    out = tmp_path / "compressed"
+    args = ["compress", str(text), "-m", "distill", "--dim", "64", "--alpha", "0.9", "--max-steps", "150"]
+    assert main([*args, "-o", str(out)]) == 0
+    r = record(out)
+    assert r["original"]["metric"] == {"name": "mrr", "value": teacher_mrr, "split": "test"}
+    assert r["compressed"]["metric"]["value"] == json.loads((out / "metrics.json").read_text())["test"]["mrr"]
+    assert r["compressed"]["metric"]["value"] >= 0.95 * teacher_mrr
+    assert {"batch_1", "batch_32"} <= set(r["compressed"]["latency"])
+    assert main(["compress", str(text), "-m", "int8", "-o", str(tmp_path / "x")]) == 2
 
 
 def own_tokenizer_student(folder: Path, texts: list[str]) -> Path:

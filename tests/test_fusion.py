@@ -296,6 +296,18 @@ def test_fused_teacher_distils_the_graph_into_a_text_only_student(synthetic, tra
     capsys.readouterr()
     assert main(["predict", "--model", str(tmp_path / "s"), str(inputs), "--json"]) == 0
     assert len([json.loads(line) for line in capsys.readouterr().out.splitlines()]) == 16
+    # `kelm compress` on the fused run: the text student measured beside its fused teacher
+    out = tmp_path / "c"
+    assert (
+        main(["compress", str(root / "joint"), "-m", "distill", "--layers", "1", "--max-steps", "5", "-o", str(out)])
+        == 0
+    )
+    r = json.loads((out / "compression.json").read_text())
+    assert r["original"]["metrics"]["accuracy"] == acc["joint"] and r["original"]["metric"]["name"] == "macro_f1"
+    assert r["ratios"]["parameters"] < 1 and load_finetuned(out)[2]["kind"] == "hf"
+    capsys.readouterr()
+    assert main(["compress", str(root / "joint"), "-m", "prune", "-o", str(tmp_path / "p")]) == 2
+    assert "by distillation into a text classifier only" in capsys.readouterr().err
     # a KG-fused teacher has no hidden states to match
     with pytest.raises(Exception, match="plain classification or NER teacher"):
         build_task(task | {"hidden_weight": 1.0})

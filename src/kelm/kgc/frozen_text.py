@@ -80,15 +80,8 @@ class FrozenTextScorer(nn.Module):
         nn.init.normal_(self.relations.weight, std=0.1)
 
     def entities(self) -> Tensor:
-        """``(E, 2·dim)``: real parts, then imaginary parts; in inference (eval mode, no grad) computed
-        once per version of the projection's weights."""
-        if self.training or torch.is_grad_enabled():
-            return self.proj(self.dropout(self.features))
-        w, b = self.proj.weight, self.proj.bias
-        key = (w.data_ptr(), w._version, b._version, self.features.data_ptr(), self.features._version, w.device)
-        if getattr(self, "_cached_key", None) != key:
-            self._cached_key, self._cached = key, self.proj(self.features)
-        return self._cached
+        """``(E, 2·dim)``: real parts, then imaginary parts."""
+        return self.proj(self.dropout(self.features))
 
     def forward(self, op: str, *args: Any) -> Tensor:
         if op == "score_t":
