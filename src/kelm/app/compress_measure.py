@@ -70,15 +70,16 @@ def _split_samples(task: Any, folder: Path) -> tuple[str, list[Any]]:
     return split, samples
 
 
-def load_hf(folder: Path, table: dict[str, Any]) -> Measured:
-    from kelm.lm.batching import model_inputs
-    from kelm.lm.hf import load_finetuned
+def _task_of(table: dict[str, Any]) -> Any:
     from kelm.tasks import build_task
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        task = build_task(table | {"model": str(folder)})
-    model, _, _ = load_finetuned(folder)
+        return build_task(table)
+
+
+def _text_measured(folder: Path, task: Any, model: Any, forward: Callable[[Any], Any]) -> Measured:
+    """Test (or dev) metrics of a text model over batches of 32, and its batch-1 and batch-32 inputs."""
     split, samples = _split_samples(task, folder)
     batches = [task.collate(samples[i : i + 32]) for i in range(0, len(samples), 32)]
     with torch.no_grad():
@@ -87,7 +88,16 @@ def load_hf(folder: Path, table: dict[str, Any]) -> Measured:
     full = [b for b in batches if len(b["input_ids"]) == 32] or batches
     items = {"batch_1": len(singles), "batch_32": sum(len(b["input_ids"]) for b in full)}
     record = _base_record(folder, model, task.monitor, metrics, split)
-    return Measured(lambda b: model(**model_inputs(b)), {"batch_1": singles, "batch_32": full}, items, record)
+    return Measured(forward, {"batch_1": singles, "batch_32": full}, items, record)
+
+
+def load_hf(folder: Path, table: dict[str, Any]) -> Measured:
+    from kelm.lm.batching import model_inputs
+    from kelm.lm.hf import load_finetuned
+
+    task = _task_of(table | {"model": str(folder)})
+    model, _, _ = load_finetuned(folder)
+    return _text_measured(folder, task, model, lambda b: model(**model_inputs(b)))
 
 
 def load_kge_measured(folder: Path, table: dict[str, Any]) -> Measured:
@@ -111,22 +121,11 @@ def load_kge_measured(folder: Path, table: dict[str, Any]) -> Measured:
 def load_fused_measured(folder: Path, table: dict[str, Any]) -> Measured:
     """A KG-enhanced classifier: test metrics and latency of the fused model over collated batches
     (texts already linked and their subgraphs retrieved: the LM, GNN and fusion alone are timed)."""
-    from kelm.tasks import build_task
     from kelm.train.export import load_weights
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        task = build_task(table)
+    task = _task_of(table)
     model = load_weights(task.build_model(), folder).eval()
-    split, samples = _split_samples(task, folder)
-    batches = [task.collate(samples[i : i + 32]) for i in range(0, len(samples), 32)]
-    with torch.no_grad():
-        metrics = task.finalize_metrics(task.evaluate(model, batches))
-    singles = [task.collate([s]) for s in samples[:LATENCY_SAMPLES]]
-    full = [b for b in batches if len(b["input_ids"]) == 32] or batches
-    items = {"batch_1": len(singles), "batch_32": sum(len(b["input_ids"]) for b in full)}
-    record = _base_record(folder, model, task.monitor, metrics, split)
-    return Measured(lambda b: model(**b), {"batch_1": singles, "batch_32": full}, items, record)
+    return _text_measured(folder, task, model, lambda b: model(**b))
 
 
 def load_kgc_measured(folder: Path, table: dict[str, Any]) -> Measured:
