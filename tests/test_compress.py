@@ -292,6 +292,12 @@ def test_text_kgc_teacher_into_a_frozen_text_student(data_dir: Path, tmp_path: P
     assert r["compressed"]["metric"]["value"] >= 0.95 * teacher_mrr
     assert {"batch_1", "batch_32"} <= set(r["compressed"]["latency"])
     assert main(["compress", str(text), "-m", "int8", "-o", str(tmp_path / "x")]) == 2
+    from kelm.kgc.frozen_text import load_frozen_text
+
+    scorer = load_frozen_text(out).model  # inference projects the entity features once
+    with torch.no_grad():
+        assert torch.allclose(scorer.entities(), scorer.proj(scorer.features))
+    assert scorer.train().frozen_table is None
 
 
 def own_tokenizer_student(folder: Path, texts: list[str]) -> Path:

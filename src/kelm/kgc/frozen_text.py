@@ -78,10 +78,26 @@ class FrozenTextScorer(nn.Module):
         self.proj = nn.Linear(features.shape[1], 2 * dim)
         self.relations = nn.Embedding(2 * num_relations, 2 * dim)
         nn.init.normal_(self.relations.weight, std=0.1)
+        self.frozen_table: Tensor | None = None
 
     def entities(self) -> Tensor:
-        """``(E, 2·dim)``: real parts, then imaginary parts."""
+        """``(E, 2·dim)``: real parts, then imaginary parts (the table `freeze_entities` kept, if any)."""
+        if self.frozen_table is not None:
+            if self.frozen_table.device != self.features.device:  # moved since: project again
+                self.freeze_entities()
+            return self.frozen_table
         return self.proj(self.dropout(self.features))
+
+    def freeze_entities(self) -> FrozenTextScorer:
+        """For inference: project the features once and score against that table until `train`."""
+        self.eval()
+        with torch.no_grad():
+            self.frozen_table = self.proj(self.features)
+        return self
+
+    def train(self, mode: bool = True) -> FrozenTextScorer:
+        self.frozen_table = None
+        return super().train(mode)
 
     def forward(self, op: str, *args: Any) -> Tensor:
         if op == "score_t":
@@ -152,7 +168,7 @@ def load_frozen_text(path: str | Path) -> FrozenTextModel:
     load_weights(model, folder)
     ent_ids, ent_labels = read_vocab(folder / ENTITIES_FILE)
     rel_ids, rel_labels = read_vocab(folder / RELATIONS_FILE)
-    return FrozenTextModel(model.eval(), ent_ids, ent_labels, rel_ids, rel_labels, spec)
+    return FrozenTextModel(model.freeze_entities(), ent_ids, ent_labels, rel_ids, rel_labels, spec)
 
 
 __all__ = ["FrozenTextModel", "FrozenTextScorer", "feature_texts", "load_frozen_text", "text_features"]
