@@ -36,8 +36,7 @@ def load_score_teacher(
     from kelm.kgc.frozen_text import load_frozen_text
 
     frozen = load_frozen_text(folder)
-    for p in frozen.model.parameters():
-        p.requires_grad_(False)
+    frozen.model.requires_grad_(False)
     return ScoreTeacher(frozen.scoring(), R, cache_mb, module=frozen.model)
 
 

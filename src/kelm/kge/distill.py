@@ -49,10 +49,7 @@ def load_teacher(path: str | Path, entity_ids: list[str], relation_ids: list[str
 
     folder, _ = read_model_spec(path, "kge")
     check_vocabulary(folder, entity_ids, relation_ids)
-    model, _ = load_kge(folder)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model.eval()
+    return load_kge(folder)[0].eval().requires_grad_(False)
 
 
 def query_scores(
@@ -110,21 +107,23 @@ class ScoreTeacher:
 
     @torch.no_grad()
     def scores(self, e: torch.Tensor, r: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
-        """``(B, E)`` teacher scores for the queries, on their device."""
+        """``(B, E)`` teacher scores for the queries, on their device; each distinct query not yet
+        kept is scored once (the first row asking for it)."""
         keys = self._keys(e, r, tail)
-        missing = [i for i, k in enumerate(keys) if k not in self.rows]
-        if missing and len(missing) == len(keys) and self.cached_bytes >= self.cache_mb * 2**20:
-            return self._compute(e, r, tail)
-        if missing:
-            idx = torch.tensor(missing, device=e.device)
-            fresh = self._compute(e[idx], r[idx], tail[idx])
-            by_key = dict(zip([keys[i] for i in missing], fresh.unbind(0), strict=True))
-            for k, row in by_key.items():
-                if self.cached_bytes < self.cache_mb * 2**20:
-                    self.rows[k] = row.cpu().clone()
-                    self.cached_bytes += row.numel() * 4
-            return torch.stack([self.rows[k].to(e.device) if k in self.rows else by_key[k] for k in keys])
-        return torch.stack([self.rows[k] for k in keys]).to(e.device)
+        first: dict[int, int] = {}
+        for i, k in enumerate(keys):
+            if k not in self.rows:
+                first.setdefault(k, i)
+        fresh: dict[int, torch.Tensor] = {}
+        if first:
+            idx = torch.tensor(list(first.values()), device=e.device)
+            fresh = dict(zip(first, self._compute(e[idx], r[idx], tail[idx]).unbind(0), strict=True))
+            for k, row in fresh.items():
+                if self.cached_bytes >= self.cache_mb * 2**20:
+                    break
+                self.rows[k] = row.cpu().clone()
+                self.cached_bytes += row.numel() * 4
+        return torch.stack([fresh[k] if k in fresh else self.rows[k].to(e.device) for k in keys])
 
 
 def score_kd(

@@ -160,21 +160,16 @@ class DistillTask(Task):
     # -- models ---------------------------------------------------------------------------------
     def _load_teacher(self) -> nn.Module:
         from kelm.lm.hf import load_finetuned
+        from kelm.train.export import load_weights
 
         if self.fused:
-            from kelm.train.export import load_weights
-
             assert self.view is not None
             teacher = load_weights(self.view.build_model(), self.teacher_folder)
-            for p in teacher.parameters():
-                p.requires_grad_(False)
-            return teacher.eval()
-        teacher, _, _ = load_finetuned(self.teacher_folder)
-        if self.cfg.attention_weight:
-            teacher.set_attn_implementation("eager")
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        return teacher.eval()
+        else:
+            teacher, _, _ = load_finetuned(self.teacher_folder)
+            if self.cfg.attention_weight:
+                teacher.set_attn_implementation("eager")
+        return teacher.eval().requires_grad_(False)
 
     def _student(self, loaded: nn.Module) -> nn.Module:
         """The student made from the teacher's weights (``loaded`` is the teacher, freshly read)."""

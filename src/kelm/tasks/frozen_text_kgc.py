@@ -19,7 +19,7 @@ from kelm.kg.datasets import load_graph
 from kelm.kg.model import KnowledgeGraph
 from kelm.kgc.frozen_text import KIND, FrozenTextScorer, feature_texts, text_features
 from kelm.kge.training import OneVsAll
-from kelm.tasks.link_prediction import LinkPredictionTask, TeacherFields, distill_loss, load_graph_teacher
+from kelm.tasks.link_prediction import LinkPredictionTask, TeacherFields, load_graph_teacher
 from kelm.train.config import TrainConfig
 from kelm.train.task import Batch
 
@@ -79,7 +79,7 @@ class FrozenTextKGCTask(LinkPredictionTask):
         self.regime = OneVsAll(self.train_triples, E, R, True, cfg.label_smoothing, candidates=seen)  # type: ignore[arg-type]
         texts, labels = feature_texts(self.kg, self.tensors.entity_ids, cfg.max_words)
         self.features = text_features(texts, labels, cfg.encoder, cfg.max_length, cfg.feature_cache)
-        self.seen = seen if len(seen) < E else None  # distillation ranks among these alone
+        self.distill_columns = seen if len(seen) < E else None  # distillation ranks among these alone
         self.teacher = load_graph_teacher(cfg, self.tensors)
 
     # -- model ----------------------------------------------------------------------------------
@@ -107,13 +107,7 @@ class FrozenTextKGCTask(LinkPredictionTask):
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """Cross-entropy of each true tail among the entities seen in training (no regularizer),
         mixed with the teacher's score distributions over the same entities when there is one."""
-        loss = self.regime.loss(model, batch)[0]
-        if self.teacher is None:
-            return loss, {}
-        c = self.cfg
-        R = self.tensors.num_relations
-        kd = distill_loss(model, self.teacher, batch, R, True, c.distill_temperature, self.seen)
-        return (1 - c.distill_weight) * loss + c.distill_weight * kd, {}
+        return self.with_teacher(self.regime.loss(model, batch)[0], model, batch), {}
 
 
 __all__ = ["FrozenTextKGCConfig", "FrozenTextKGCTask"]

@@ -192,6 +192,8 @@ def distill_loss(
 
 class LinkPredictionTask(Task):
     config_class = LinkPredictionConfig
+    #: The entities distillation compares score distributions over (None: all of them).
+    distill_columns: torch.Tensor | None = None
     uses_batch_random = True
     name = "link-prediction"
     monitor = "mrr"
@@ -344,17 +346,19 @@ class LinkPredictionTask(Task):
         """The regime's loss, plus the regularizer over the batch's true triples."""
         loss, (h, r, t) = self.regime.loss(model, batch)
         c = self.cfg
-        if self.teacher is not None:
-            loss = (1 - c.distill_weight) * loss + c.distill_weight * self.distill(model, batch)
+        loss = self.with_teacher(loss, model, batch)
         if c.regularizer != "none" and c.regularizer_weight > 0:
             reg = model("regularizer", h, r, t, c.regularizer, c.regularizer_p)
             return loss + c.regularizer_weight * reg, {}
         return loss, {}
 
-    def distill(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        assert self.teacher is not None
-        c = self.cfg
-        return distill_loss(model, self.teacher, batch, self.tensors.num_relations, c.reciprocal, c.distill_temperature)
+    def with_teacher(self, loss: torch.Tensor, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """``loss`` mixed with the teacher-score loss over the same queries, when there is a teacher."""
+        if self.teacher is None:
+            return loss
+        c, R, reciprocal = self.cfg, self.tensors.num_relations, self.regime.reciprocal
+        kd = distill_loss(model, self.teacher, batch, R, reciprocal, c.distill_temperature, self.distill_columns)
+        return (1 - c.distill_weight) * loss + c.distill_weight * kd
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluator(self) -> Any:
