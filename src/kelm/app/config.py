@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import Field
 
+from kelm.app.federate.config import FederateConfig
 from kelm.config import DataConfig, Section, StoreConfig
 from kelm.train.config import TrainConfig
 
@@ -16,5 +17,6 @@ class KelmConfig(Section):
     store: StoreConfig = Field(default_factory=StoreConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    federate: FederateConfig = Field(default_factory=FederateConfig)
     # Free-form here; `kelm.tasks.validate_task` checks it against the named task's own model.
     task: dict[str, Any] = Field(default_factory=dict)

@@ -255,6 +255,12 @@ class LinkPredictionTask(Task):
         self.ranking = Ranking(self.known, self._num_entities, cfg.eval_memory_mb, self.sides)
         self._last_ranks: Any = None
 
+    def use_training_triples(self, triples: torch.Tensor) -> None:
+        """Train on ``triples`` (a part of the graph, e.g. one federated client's) instead of the
+        training split; the vocabularies and the filter of known triples stay those of the graph."""
+        self.train_triples = triples
+        self.regime = build_regime(self.cfg, triples, self.tensors.num_entities, self.tensors.num_relations)
+
     def _split(self, split: str) -> torch.Tensor:
         triples = self.tensors.triples.get(split)
         if triples is None or len(triples) == 0:

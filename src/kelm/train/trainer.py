@@ -12,6 +12,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -303,6 +304,23 @@ class Trainer:
         finally:
             self.logger.close()
         return self._summary()
+
+    def train_only(self, prepare: Callable[[Trainer], None] | None = None) -> dict[str, float]:
+        """The training loop alone, for a caller that takes the model as trained (a federated
+        client's round): no callbacks, evaluation, checkpoint, export or summary. ``prepare`` sees
+        the set-up trainer first (to load weights, hook the optimizer). Returns the steps, the
+        summed batch weight and the mean training loss; the model stays in ``self.model`` until
+        `close`."""
+        self._begin()
+        try:
+            if prepare is not None:
+                prepare(self)
+            while self.state.step < self.total_steps:
+                self.train_step()
+        finally:
+            self.logger.close()
+        loss, weight = self.window.tolist()
+        return {"steps": float(self.state.step), "weight": weight, "loss": loss / weight if weight else math.nan}
 
     def _begin(self) -> None:
         """Process group, model, optimizer, data; the checkpoint to continue from; the logger."""

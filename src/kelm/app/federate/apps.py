@@ -1,0 +1,71 @@
+"""kelm's Flower apps: the ClientApp trains and evaluates through kelm's engine, the ServerApp
+runs `FederatedServer`. Built around one `FederatedJob`, for the simulation engine or for
+processes that talk over gRPC."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from kelm.app.federate.local import FederatedJob, evaluate_state, evaluation_weight, train_round
+
+JobSource = Callable[[Context], FederatedJob]
+
+
+def client_index(context: Context) -> int:
+    """The client's part of the data: ``partition-id`` of its node config."""
+    return int(context.node_config["partition-id"])
+
+
+def make_client_app(job_of: JobSource) -> ClientApp:
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        job = job_of(context)
+        config = msg.content["config"]
+        state = msg.content["arrays"].to_torch_state_dict()
+        update, examples, metrics = train_round(
+            job,
+            client_index(context),
+            state,
+            int(config["server-round"]),
+            float(config["lr"]),
+            float(config.get("proximal-mu", 0.0)),
+        )
+        content = RecordDict({"arrays": ArrayRecord(update), "metrics": MetricRecord({"num-examples": examples, **metrics})})
+        return Message(content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        job = job_of(context)
+        task, _, _ = job.client_part(client_index(context))
+        metrics = evaluate_state(task, job.train, msg.content["arrays"].to_torch_state_dict(), "test")
+        record = MetricRecord({"num-examples": evaluation_weight(task), **metrics})
+        return Message(RecordDict({"metrics": record}), reply_to=msg)
+
+    return app
+
+
+def make_server_app(job_of: JobSource, outcome: dict | None = None) -> ServerApp:
+    """``outcome`` (when given) receives the run's summary or the error that ended it."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        from kelm.app.federate.server import FederatedServer
+
+        try:
+            summary = FederatedServer(job_of(context)).run(grid)
+        except BaseException as err:
+            if outcome is None:
+                raise
+            outcome["error"] = err
+            return
+        if outcome is not None:
+            outcome["summary"] = summary
+
+    return app

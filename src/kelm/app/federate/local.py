@@ -1,0 +1,154 @@
+"""What runs on a client: its part of the task, one round of local training through the engine,
+and evaluating a model's weights on a task's own data."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kelm.app.federate.config import FederateConfig
+from kelm.app.federate.partition import Partition, SampleView, TripleView, default_split, view_of
+from kelm.app.federate.updates import State, encode_update
+from kelm.app.run import RunConfig
+from kelm.train.config import TrainConfig
+from kelm.train.data import eval_batches
+from kelm.train.task import Task
+from kelm.train.trainer import Trainer
+
+
+@dataclass
+class FederatedJob:
+    """One federated run, as every process of it sees it: the task's run config, ``[federate]``
+    and the output folder. Picklable, so simulated clients receive it whole."""
+
+    run: RunConfig
+    fed: FederateConfig
+    out_dir: Path
+
+    @property
+    def train(self) -> TrainConfig:
+        return self.run.config.train
+
+    def partition(self, index: int, task: Task | None = None) -> Partition:
+        by = self.fed.partition
+        if by == "auto":
+            by = default_split(task if task is not None else self.run.build_task())
+        return Partition(index, self.fed.clients, by, self.fed.partition_seed, self.fed.dirichlet_alpha)
+
+    def client_part(self, index: int) -> tuple[Task, TripleView | SampleView, int]:
+        """Client ``index``'s task restricted to its data, its view and its training size (built
+        once per process: a simulated client that runs again in the same worker reuses it)."""
+        key = (self.key, index)
+        if key not in _PARTS:
+            task = federated_task(self.run)
+            view = view_of(task)
+            size = view.restrict(self.partition(index, task))
+            _PARTS[key] = (task, view, size)
+        return _PARTS[key]
+
+    @property
+    def key(self) -> str:
+        """Names the job in a process's cache of client parts."""
+        spec = {"run": self.run.as_dict(), "fed": self.fed.model_dump(), "out": str(self.out_dir)}
+        return json.dumps(spec, sort_keys=True, default=str)
+
+
+#: Client parts built in this process, by job and client.
+_PARTS: dict[tuple[str, int], tuple[Task, TripleView | SampleView, int]] = {}
+
+
+def federated_task(run: RunConfig) -> Task:
+    """``run``'s task with the options off that would make a model depend on its client's data
+    (a vocabulary compacted to the tokens the data uses): every client's weights align."""
+    task = run.build_task()
+    cfg = getattr(task, "cfg", None)
+    if getattr(cfg, "compact_vocab", False):
+        cfg.compact_vocab = False
+    return task
+
+
+def client_train_config(job: FederatedJob, server_round: int, index: int, lr: float, samples: int) -> TrainConfig:
+    """The engine's settings for one local round: one process, the round's learning rate held
+    constant, no evaluation or checkpoints, a shuffle seed of its own per round and client."""
+    train, fed = job.train, job.fed
+    return train.model_copy(
+        update={
+            "strategy": "single",
+            "seed": train.seed + 1009 * server_round + 7 * index,
+            "epochs": fed.local_epochs,
+            "max_steps": fed.local_steps,
+            "batch_size": min(train.batch_size, samples),
+            "lr": lr,
+            "schedule": "constant",
+            "warmup_steps": 0,
+            "warmup_ratio": 0.0,
+            "eval_every": None,
+            "early_stopping_patience": None,
+            "checkpoint_every": None,
+            "tensorboard": False,
+            "threads": fed.client_threads,
+        }
+    )
+
+
+def proximal_hook(model: nn.Module, mu: float) -> Any:
+    """FedProx: before each optimizer step, add the gradient of (mu/2)·||w - w_start||²."""
+    anchor = {id(p): p.detach().clone() for p in model.parameters() if p.requires_grad}
+
+    def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and id(p) in anchor:
+                    p.grad.add_(p.detach() - anchor[id(p)], alpha=mu)
+
+    return hook
+
+
+def train_round(
+    job: FederatedJob, index: int, state: State, server_round: int, lr: float, mu: float = 0.0
+) -> tuple[State, int, dict[str, float]]:
+    """Client ``index`` trains the global ``state`` on its own data for one round; returns its
+    update (`encode_update`), its number of training examples and the round's metrics."""
+    task, view, size = job.client_part(index)
+    samples = len(task.train_data())
+    cfg = client_train_config(job, server_round, index, lr, samples)
+    trainer = Trainer(task, cfg, job.out_dir / "clients" / str(index), run_config={"train": cfg.model_dump()})
+
+    def prepare(t: Trainer) -> None:
+        t.model.load_state_dict(state)
+        if mu > 0:
+            t.optimizer.register_step_pre_hook(proximal_hook(t.model, mu))
+
+    try:
+        stats = trainer.train_only(prepare)
+        update = encode_update(trainer.model.state_dict(), view.row_counts() if job.fed.shared_rows else {})
+    finally:
+        trainer.close()
+    return update, size, {"train_loss": stats["loss"], "steps": stats["steps"]}
+
+
+def evaluate_state(task: Task, train: TrainConfig, state: State, split: str = "valid") -> dict[str, float]:
+    """``task``'s metrics of a model holding ``state`` on its ``valid`` or ``test`` data, in this
+    process alone ({} when the task has no such data)."""
+    data = task.eval_data() if split == "valid" else task.test_data()
+    if data is None or len(data) == 0:
+        return {}
+    task.configure(train)
+    model = task.build_model()
+    model.load_state_dict(state)
+    model.eval()
+    batches = eval_batches(data, task.collate, train.eval_batch_size or train.batch_size, 0, 1)
+    with torch.no_grad():
+        metrics = task.evaluate(model, batches)
+    return task.finalize_metrics(metrics)
+
+
+def evaluation_weight(task: Task, split: str = "test") -> float:
+    """How much a client's metrics weigh when averaged: its number of evaluated examples."""
+    data = task.test_data() if split == "test" else task.eval_data()
+    return float(len(data)) if data is not None else 0.0

@@ -1,0 +1,234 @@
+"""The server's side of a federated run: rounds over Flower's Grid, with a quorum, a timeout and
+retries, updates checked before they are averaged, the global model evaluated, and a checkpoint
+after every round that a restarted server resumes from."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from kelm.app.federate.config import round_lr
+from kelm.app.federate.local import FederatedJob, evaluate_state, federated_task
+from kelm.app.federate.partition import view_of
+from kelm.app.federate.updates import BadUpdate, State, Update, aggregate, check_update
+from kelm.artifacts import CONFIG, WEIGHTS, write_toml
+from kelm.atomic import atomic_path
+from kelm.errors import KelmError
+from kelm.progress import console
+from kelm.train.export import distinct_tensors
+from kelm.train.logging import write_run_summary
+from kelm.train.trainer import seed_everything
+
+log = logging.getLogger("kelm.federate")
+STATE_FILE = "federate_state.pt"
+EVENTS_FILE = "federate_events.jsonl"
+
+
+def round_line(record: dict[str, Any], rounds: int, monitor: str) -> str:
+    """``round 3/10: 3/3 updates, train loss 1.234, valid mrr 0.456 (2.1 s)``."""
+    valid = record.get("valid") or {}
+    score = f", valid {monitor} {valid[monitor]:.4f}" if monitor in valid else ""
+    return (
+        f"round {record['round']}/{rounds}: {record['updates']}/{record['clients']} updates, "
+        f"train loss {record['train_loss']:.4f}{score} ({record['seconds']:.1f} s)"
+    )
+
+
+class FederationError(KelmError):
+    """A federated run that cannot go on (too few clients, every retry of a round failed)."""
+
+
+@dataclass
+class ServerState:
+    """What a checkpoint holds: the last finished round, the global weights and the history."""
+
+    round: int
+    weights: State
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def save_state(path: Path, state: ServerState) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"round": state.round, "weights": state.weights, "history": state.history}, tmp)
+
+
+def load_state(path: Path) -> ServerState:
+    data = torch.load(path, weights_only=True)
+    return ServerState(int(data["round"]), data["weights"], list(data["history"]))
+
+
+class FederatedServer:
+    """Runs ``job``'s rounds on a Flower ``Grid`` (simulated or over gRPC)."""
+
+    def __init__(self, job: FederatedJob):
+        self.job, self.fed = job, job.fed
+        self.out = Path(job.out_dir)
+        self.task = federated_task(job.run)
+        train = job.train
+        self.task.configure(train)
+        seed_everything(train.seed)
+        model = self.task.build_model()
+        self.initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.model_spec = {k: v for k, v in self.task.model_config().items() if k != "task"}
+        rows = view_of(self.task).row_counts() if self.fed.shared_rows else {}
+        self.row_params = frozenset(rows)
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+    def event(self, kind: str, **fields: Any) -> None:
+        """One line of ``federate_events.jsonl`` (and the log): rejected updates, failures, retries."""
+        record = {"time": time.time(), "event": kind, **fields}
+        log.warning("%s", json.dumps(record))
+        self.out.mkdir(parents=True, exist_ok=True)
+        with (self.out / EVENTS_FILE).open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def start_state(self) -> ServerState:
+        path = self.out / STATE_FILE
+        if path.is_file():
+            state = load_state(path)
+            console.print(f"resuming after round {state.round} from {path}", highlight=False)
+            return state
+        return ServerState(0, self.initial)
+
+    # -- one round ------------------------------------------------------------------------------
+    def wait_for_clients(self, grid: Grid) -> list[int]:
+        deadline = time.monotonic() + self.fed.connect_timeout
+        while True:
+            nodes = sorted(grid.get_node_ids())
+            if len(nodes) >= self.fed.quorum:
+                return nodes
+            if time.monotonic() > deadline:
+                raise FederationError(
+                    f"only {len(nodes)} clients connected in {self.fed.connect_timeout:g} s; "
+                    f"a round needs {self.fed.quorum} (federate.min_clients)"
+                )
+            time.sleep(0.2)
+
+    def train_messages(self, nodes: list[int], weights: State, server_round: int) -> list[Message]:
+        train = self.job.train
+        config = ConfigRecord(
+            {
+                "server-round": server_round,
+                "lr": round_lr(train.lr, train.schedule, server_round, self.fed.rounds, train.min_lr_ratio),
+                "proximal-mu": self.fed.proximal_mu if self.fed.algorithm == "fedprox" else 0.0,
+            }
+        )
+        content = RecordDict({"arrays": ArrayRecord(weights), "config": config})
+        return [Message(content=content, message_type=MessageType.TRAIN, dst_node_id=n) for n in nodes]
+
+    def collect(self, replies: list[Message], weights: State, server_round: int) -> tuple[list[Update], list[dict]]:
+        """The good updates among ``replies``; every failure and rejection is logged."""
+        updates, metrics = [], []
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                self.event("client-failed", round=server_round, node=node, reason=str(reply.error.reason)[-500:])
+                continue
+            try:
+                arrays = reply.content.array_records.get("arrays")
+                meta = reply.content.metric_records.get("metrics")
+                if arrays is None or meta is None:
+                    raise BadUpdate("reply has no arrays or no metrics")
+                update = check_update(arrays.to_torch_state_dict(), weights, meta.get("num-examples"), self.row_params)
+            except (BadUpdate, ValueError, TypeError, KeyError) as err:
+                self.event("update-rejected", round=server_round, node=node, reason=str(err))
+                continue
+            updates.append(update)
+            metrics.append({k: float(v) for k, v in meta.items() if isinstance(v, int | float)})
+        return updates, metrics
+
+    def run_round(self, grid: Grid, state: ServerState, server_round: int) -> tuple[State, dict[str, Any]]:
+        """Train one round, retrying when fewer than the quorum's updates are good."""
+        for attempt in range(self.fed.retries + 1):
+            nodes = self.wait_for_clients(grid)
+            t0 = time.perf_counter()
+            messages = self.train_messages(nodes, state.weights, server_round)
+            replies = list(grid.send_and_receive(messages, timeout=self.fed.round_timeout))
+            updates, metrics = self.collect(replies, state.weights, server_round)
+            missing = len(nodes) - len(replies)
+            if missing:
+                self.event("clients-timed-out", round=server_round, missing=missing, timeout=self.fed.round_timeout)
+            if len(updates) >= self.fed.quorum:
+                weights = aggregate(updates, state.weights, self.row_params)
+                examples = sum(u.examples for u in updates)
+                loss = sum(m.get("train_loss", 0.0) * u.examples for m, u in zip(metrics, updates, strict=True))
+                return weights, {
+                    "round": server_round,
+                    "clients": len(nodes),
+                    "updates": len(updates),
+                    "attempt": attempt + 1,
+                    "examples": examples,
+                    "train_loss": loss / examples,
+                    "seconds": time.perf_counter() - t0,
+                }
+            self.event("round-retry", round=server_round, attempt=attempt + 1, good=len(updates), quorum=self.fed.quorum)
+        raise FederationError(
+            f"round {server_round}: fewer than {self.fed.quorum} good updates in {self.fed.retries + 1} attempts "
+            f"(see {self.out / EVENTS_FILE})"
+        )
+
+    # -- the run --------------------------------------------------------------------------------
+    def run(self, grid: Grid) -> dict[str, Any]:
+        state = self.start_state()
+        t0 = time.perf_counter()
+        for server_round in range(state.round + 1, self.fed.rounds + 1):
+            weights, record = self.run_round(grid, state, server_round)
+            if server_round % self.fed.eval_every == 0 or server_round == self.fed.rounds:
+                record["valid"] = evaluate_state(self.task, self.job.train, weights, "valid")
+            state = ServerState(server_round, weights, [*state.history, record])
+            save_state(self.out / STATE_FILE, state)
+            console.print(round_line(record, self.fed.rounds, self.task.monitor), highlight=False)
+        client_test = self.client_test(grid, state.weights)
+        return self.finish(state, time.perf_counter() - t0, client_test)
+
+    def client_test(self, grid: Grid, weights: State) -> dict[str, float]:
+        """The global model on every client's own test data, averaged weighted by its size."""
+        nodes = self.wait_for_clients(grid)
+        content = RecordDict({"arrays": ArrayRecord(weights)})
+        messages = [Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=n) for n in nodes]
+        sums: dict[str, float] = {}
+        total = 0.0
+        for reply in grid.send_and_receive(messages, timeout=self.fed.round_timeout):
+            if reply.has_error():
+                self.event("client-failed", round="test", node=reply.metadata.src_node_id, reason=str(reply.error.reason)[-500:])
+                continue
+            metrics = dict(reply.content["metrics"])
+            n = float(metrics.pop("num-examples", 0.0))
+            total += n
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * n
+        return {k: v / total for k, v in sums.items()} if total else {}
+
+    def finish(self, state: ServerState, seconds: float, client_test: dict[str, float]) -> dict[str, Any]:
+        """The global model as a kelm model folder, its test metrics, and ``metrics.json``."""
+        folder = self.out / "model"
+        folder.mkdir(parents=True, exist_ok=True)
+        from safetensors.torch import save_file
+
+        with atomic_path(folder / WEIGHTS) as tmp:
+            save_file(distinct_tensors(state.weights), str(tmp))
+        write_toml(folder / CONFIG, {**self.job.run.as_dict(), **self.model_spec})
+        self.task.save_artifacts(folder)
+        valid = state.history[-1].get("valid", {}) if state.history else {}
+        summary = {
+            "task": self.task.name,
+            "mode": "federated",
+            "federate": self.fed.model_dump(),
+            "rounds": state.round,
+            "wall_seconds": seconds,
+            "valid": valid,
+            "test": evaluate_state(self.task, self.job.train, state.weights, "test"),
+            "client_test": client_test,
+            "history": state.history,
+            "config": self.job.run.as_dict(),
+        }
+        write_run_summary(self.out, summary)
+        return summary
