@@ -13,6 +13,7 @@ from kelm.cli import compress as compress_cmd
 from kelm.cli import data as data_cmd
 from kelm.cli import demo as demo_cmd
 from kelm.cli import extract as extract_cmd
+from kelm.cli import federate as federate_cmd
 from kelm.cli import finetune as finetune_cmd
 from kelm.cli import fuse as fuse_cmd
 from kelm.cli import kg as kg_cmd
@@ -66,6 +67,7 @@ app.command("link")(link_cmd.link)
 app.command("extract")(extract_cmd.extract)
 app.command("serve")(serve_cmd.serve)
 app.command("compress")(compress_cmd.compress)
+app.command("federate")(federate_cmd.federate)
 
 
 def _version(value: bool) -> None:

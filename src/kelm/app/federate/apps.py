@@ -10,6 +10,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
+from kelm.app.federate import fault
 from kelm.app.federate.local import FederatedJob, evaluate_state, evaluation_weight, train_round
 
 JobSource = Callable[[Context], FederatedJob]
@@ -28,15 +29,15 @@ def make_client_app(job_of: JobSource) -> ClientApp:
         job = job_of(context)
         config = msg.content["config"]
         state = msg.content["arrays"].to_torch_state_dict()
+        index, server_round = client_index(context), int(config["server-round"])
+        fault.before_training(index, server_round)
         update, examples, metrics = train_round(
-            job,
-            client_index(context),
-            state,
-            int(config["server-round"]),
-            float(config["lr"]),
-            float(config.get("proximal-mu", 0.0)),
+            job, index, state, server_round, float(config["lr"]), float(config.get("proximal-mu", 0.0))
         )
-        content = RecordDict({"arrays": ArrayRecord(update), "metrics": MetricRecord({"num-examples": examples, **metrics})})
+        update = fault.after_training(index, server_round, update)
+        content = RecordDict(
+            {"arrays": ArrayRecord(update), "metrics": MetricRecord({"num-examples": examples, **metrics})}
+        )
         return Message(content, reply_to=msg)
 
     @app.evaluate()

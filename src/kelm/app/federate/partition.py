@@ -55,7 +55,9 @@ def balanced_groups(counts: np.ndarray, parts: int, seed: int) -> np.ndarray:
     return group
 
 
-def triple_owners(splits: dict[str, torch.Tensor], num_entities: int, num_relations: int, p: Partition) -> dict[str, np.ndarray]:
+def triple_owners(
+    splits: dict[str, torch.Tensor], num_entities: int, num_relations: int, p: Partition
+) -> dict[str, np.ndarray]:
     """The client of every triple of every split (``splits``: name → (n, 3) tensor)."""
     train = splits["train"]
     if p.by == "relation":
@@ -79,7 +81,9 @@ def sample_owners(n: int, labels: np.ndarray | None, p: Partition) -> np.ndarray
     if p.by == "iid":
         return rng.permutation(n) % p.clients
     if p.by != "dirichlet":
-        raise ConfigError(f"federate.partition: '{p.by}' does not split samples (use one of {', '.join(SAMPLE_SPLITS)})")
+        raise ConfigError(
+            f"federate.partition: '{p.by}' does not split samples (use one of {', '.join(SAMPLE_SPLITS)})"
+        )
     if labels is None:
         raise ConfigError("federate.partition 'dirichlet' needs a task with one label per sample")
     owners = np.empty(n, dtype=np.int64)
@@ -108,7 +112,9 @@ class TripleView:
         owners = triple_owners(splits, t.tensors.num_entities, t.tensors.num_relations, p)
         mine = {name: splits[name][torch.from_numpy(owners[name] == p.index)] for name in splits}
         if len(mine["train"]) == 0:
-            raise ConfigError(f"client {p.index} of {p.clients} holds no training triples (federate.partition '{p.by}')")
+            raise ConfigError(
+                f"client {p.index} of {p.clients} holds no training triples (federate.partition '{p.by}')"
+            )
         t.use_training_triples(mine["train"])
         t.valid_triples = mine.get("valid") if "valid" in mine and len(mine["valid"]) else None
         t.test_triples = mine.get("test") if "test" in mine and len(mine["test"]) else None
@@ -142,7 +148,9 @@ class SampleView:
         owners = sample_owners(len(items), self.labels() if p.by == "dirichlet" else None, p)
         mine = [s for s, o in zip(items, owners, strict=True) if o == p.index]
         if not mine:
-            raise ConfigError(f"client {p.index} of {p.clients} holds no training samples (federate.partition '{p.by}')")
+            raise ConfigError(
+                f"client {p.index} of {p.clients} holds no training samples (federate.partition '{p.by}')"
+            )
         self.task.splits["train"] = mine
         return len(mine)
 
@@ -162,4 +170,3 @@ def view_of(task: Task) -> TripleView | SampleView:
 
 def default_split(task: Task) -> str:
     return "relation" if isinstance(view_of(task), TripleView) else "iid"
-

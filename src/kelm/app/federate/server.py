@@ -169,7 +169,9 @@ class FederatedServer:
                     "train_loss": loss / examples,
                     "seconds": time.perf_counter() - t0,
                 }
-            self.event("round-retry", round=server_round, attempt=attempt + 1, good=len(updates), quorum=self.fed.quorum)
+            self.event(
+                "round-retry", round=server_round, attempt=attempt + 1, good=len(updates), quorum=self.fed.quorum
+            )
         raise FederationError(
             f"round {server_round}: fewer than {self.fed.quorum} good updates in {self.fed.retries + 1} attempts "
             f"(see {self.out / EVENTS_FILE})"
@@ -198,7 +200,12 @@ class FederatedServer:
         total = 0.0
         for reply in grid.send_and_receive(messages, timeout=self.fed.round_timeout):
             if reply.has_error():
-                self.event("client-failed", round="test", node=reply.metadata.src_node_id, reason=str(reply.error.reason)[-500:])
+                self.event(
+                    "client-failed",
+                    round="test",
+                    node=reply.metadata.src_node_id,
+                    reason=str(reply.error.reason)[-500:],
+                )
                 continue
             metrics = dict(reply.content["metrics"])
             n = float(metrics.pop("num-examples", 0.0))

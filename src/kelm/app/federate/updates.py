@@ -81,7 +81,9 @@ def check_update(
     return Update(dict(tensors), float(examples))
 
 
-def _check_rows(name: str, value: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor | None, ref: torch.Tensor) -> None:
+def _check_rows(
+    name: str, value: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor | None, ref: torch.Tensor
+) -> None:
     if weight is None:
         raise BadUpdate(f"{name}: rows sent without their weights")
     if rows.dtype != torch.int64 or rows.dim() != 1:
