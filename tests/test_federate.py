@@ -248,3 +248,33 @@ def test_a_finished_run_resumes_from_its_state_for_more_rounds(federated_umls, m
     more = simulate(load_run_config(_config(root / "more.toml", 5)), root / "run")
     assert [h["round"] for h in more["history"]] == [1, 2, 3, 4, 5]
     assert more["history"][:4] == first["history"]
+
+
+@pytest.mark.parametrize("algorithm", ["fedavg", "fedprox"])
+def test_federated_fine_tuning_on_a_non_iid_split(tmp_path: Path, algorithm: str) -> None:
+    """A tiny BERT classifier over 3 clients whose labels are Dirichlet(0.5)-skewed."""
+    from serving import texts
+
+    from kelm.app.federate.simulate import simulate
+    from kelm.app.run import load_run_config
+
+    for split, n, seed in (("train", 300, 0), ("dev", 80, 1)):
+        rows = [f"{i}\t{t}\t{lab}" for i, (t, lab) in enumerate(texts(n, seed))]
+        (tmp_path / f"{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    task = {
+        "name": "classification",
+        "train": str(tmp_path / "train.tsv"),
+        "dev": str(tmp_path / "dev.tsv"),
+        "model": "tiny-bert",
+        "hidden_size": 32,
+        "num_layers": 1,
+        "num_heads": 2,
+        "max_length": 32,
+    }
+    train = {"lr": 3e-3, "batch_size": 16, "tensorboard": False}
+    fed = {"clients": 3, "rounds": 8, "local_epochs": 2, "partition": "dirichlet", "algorithm": algorithm, "proximal_mu": 0.01}
+    summary = simulate(load_run_config({"task": task, "train": train, "federate": fed}), tmp_path / "run")
+    sizes = [h["examples"] for h in summary["history"]]
+    assert sizes == [300.0] * 8  # every sample on exactly one client
+    assert summary["valid"]["accuracy"] > 0.85  # chance ~0.5; measured 0.94-1.0 (partition seeds 0, 1)
+    assert (tmp_path / "run" / "model" / "config.json").is_file()

@@ -14,8 +14,20 @@ out = Console(highlight=False, soft_wrap=True)
 
 
 def federate(
-    config: Annotated[Path, typer.Argument(help="TOML config: [task], [train] and [federate] tables.")],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder: state, events, metrics, model.")],
+    targets: Annotated[
+        list[str],
+        typer.Argument(
+            help="CONFIG (a TOML with [task], [train], [federate]) to simulate; 'server CONFIG' to serve it "
+            "to client processes; 'client' to join a server with --data I/N."
+        ),
+    ],
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run folder: state, events, metrics, model.")
+    ] = None,
+    address: Annotated[str, typer.Option(help="server: HOST:PORT to listen on.")] = "127.0.0.1:9092",
+    server: Annotated[str | None, typer.Option(help="client: the server's HOST:PORT.")] = None,
+    data: Annotated[str | None, typer.Option(help="client: its part of the data, I/N.")] = None,
+    work: Annotated[Path | None, typer.Option(help="client: folder for its local work.")] = None,
     clients: Annotated[int | None, typer.Option(help="Number of clients the data is split over.")] = None,
     rounds: Annotated[int | None, typer.Option(help="Federated rounds.")] = None,
     local_epochs: Annotated[int | None, typer.Option(help="Epochs each client trains per round.")] = None,
@@ -35,11 +47,28 @@ def federate(
     seed: Annotated[int | None, typer.Option(help="Seed of the initial model and the data order.")] = None,
     verbose: Annotated[bool, typer.Option(help="Flower's own log lines too.")] = False,
 ) -> None:
-    """Simulate a federated run on this machine: the data is split over --clients clients, each
-    trains through kelm's engine on its part, the server averages their updates for --rounds
-    rounds and writes the global model, federate_state.pt (resumed when present),
+    """Train one task over clients that keep their data. `kelm federate CONFIG` simulates the
+    clients on this machine; `kelm federate server CONFIG` waits for client processes, each
+    started by `kelm federate client --server HOST:PORT --data I/N`. Each client trains through
+    kelm's engine on its part, the server averages the updates for --rounds rounds and writes the
+    global model, federate_state.pt (a restarted server resumes from it),
     federate_events.jsonl and metrics.json to --out."""
     from kelm.app.run import load_run_config
+
+    if targets[0] == "client":
+        if len(targets) != 1 or server is None or data is None:
+            raise ConfigError("kelm federate client takes --server HOST:PORT and --data I/N, and no CONFIG")
+        from kelm.app.federate.deploy import run_client
+
+        run_client(server, data, work)
+        return
+    serve = targets[0] == "server"
+    configs = targets[1:] if serve else targets
+    if len(configs) != 1:
+        raise ConfigError("kelm federate takes one CONFIG (kelm federate [server] CONFIG --out DIR)")
+    if out_dir is None:
+        raise ConfigError("kelm federate needs --out DIR")
+    config = Path(configs[0])
 
     overrides: dict[str, Any] = {
         "federate.clients": clients,
@@ -65,16 +94,21 @@ def federate(
         summary = train_local_only(run, out_dir)
         _print_metrics("local-only, clients' own test data", summary["client_test"])
         return
-    from kelm.app.federate.simulate import simulate
+    if serve:
+        from kelm.app.federate.deploy import serve_federation
 
-    summary = simulate(run, out_dir, verbose=verbose)
+        summary = serve_federation(run, out_dir, address, verbose=verbose)
+    else:
+        from kelm.app.federate.simulate import simulate
+
+        summary = simulate(run, out_dir, verbose=verbose)
     fed = summary["federate"]
     out.print(
         f"[bold]federated[/] {summary['task']} over {fed['clients']} clients, {summary['rounds']} rounds "
         f"in {summary['wall_seconds']:.1f} s"
     )
     _print_metrics("global model, test", summary["test"])
-    _print_metrics("global model, clients' own test data", summary["client_test"])
+    _print_metrics("global model, clients' own test data", summary["client_test"])  # "clients": how many answered
     out.print(f"run folder {out_dir}: metrics.json, federate_state.pt, federate_events.jsonl, model/")
 
 

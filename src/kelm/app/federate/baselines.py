@@ -35,7 +35,7 @@ def train_local_only(run: RunConfig, out_dir: str | Path) -> dict[str, Any]:
         task, _, size = job.client_part(index)
         cfg = client_train_config(job, 0, index, job.train.lr, len(task.train_data()))
         cfg = cfg.model_copy(update={"epochs": epochs_of(job), "max_steps": None, "schedule": job.train.schedule})
-        trainer = Trainer(task, cfg, job.out_dir / "clients" / str(index), run_config={"train": cfg.model_dump()})
+        trainer = Trainer(task, cfg, job.client_dir(index), run_config={"train": cfg.model_dump()})
         try:
             summary = trainer.fit()
         finally:

@@ -37,6 +37,9 @@ class FederateConfig(Section):
     connect_timeout: float = Field(120.0, gt=0, description="seconds the server waits for min_clients clients")
     eval_every: int = Field(1, ge=1, description="rounds between evaluations of the global model on the server")
     client_threads: int = Field(1, ge=1, description="torch threads of each simulated client")
+    parallel_clients: int | None = Field(
+        None, ge=1, description="simulated clients training at once (default: the cores over client_threads)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> FederateConfig:

@@ -29,6 +29,11 @@ class FederatedJob:
     run: RunConfig
     fed: FederateConfig
     out_dir: Path
+    #: Where clients keep their work (a deployed client: its own folder; default ``out_dir/clients``).
+    client_root: Path | None = None
+
+    def client_dir(self, index: int) -> Path:
+        return (self.client_root or self.out_dir / "clients") / str(index)
 
     @property
     def train(self) -> TrainConfig:
@@ -117,7 +122,7 @@ def train_round(
     task, view, size = job.client_part(index)
     samples = len(task.train_data())
     cfg = client_train_config(job, server_round, index, lr, samples)
-    trainer = Trainer(task, cfg, job.out_dir / "clients" / str(index), run_config={"train": cfg.model_dump()})
+    trainer = Trainer(task, cfg, job.client_dir(index), run_config={"train": cfg.model_dump()})
 
     def prepare(t: Trainer) -> None:
         t.model.load_state_dict(state)

@@ -197,7 +197,7 @@ class FederatedServer:
         content = RecordDict({"arrays": ArrayRecord(weights)})
         messages = [Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=n) for n in nodes]
         sums: dict[str, float] = {}
-        total = 0.0
+        total, answered = 0.0, 0
         for reply in grid.send_and_receive(messages, timeout=self.fed.round_timeout):
             if reply.has_error():
                 self.event(
@@ -209,10 +209,11 @@ class FederatedServer:
                 continue
             metrics = dict(reply.content["metrics"])
             n = float(metrics.pop("num-examples", 0.0))
-            total += n
+            total, answered = total + n, answered + 1
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * n
-        return {k: v / total for k, v in sums.items()} if total else {}
+        metrics = {k: v / total for k, v in sums.items()} if total else {}
+        return {**metrics, "clients": float(answered)} if metrics else {}
 
     def finish(self, state: ServerState, seconds: float, client_test: dict[str, float]) -> dict[str, Any]:
         """The global model as a kelm model folder, its test metrics, and ``metrics.json``."""

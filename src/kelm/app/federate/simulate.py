@@ -32,9 +32,11 @@ def simulate(run: RunConfig, out_dir: str | Path, verbose: bool = False) -> dict
     job = FederatedJob(run, fed, Path(out_dir))
     outcome: dict[str, Any] = {}
     cores = os.cpu_count() or 1
+    per_client = min(fed.client_threads, cores)
+    at_once = fed.parallel_clients or max(1, cores // per_client)
     backend = {
-        "client_resources": {"num_cpus": min(fed.client_threads, cores), "num_gpus": 0.0},
-        "init_args": {"num_cpus": cores, "include_dashboard": False, "logging_level": logging.ERROR},
+        "client_resources": {"num_cpus": per_client, "num_gpus": 0.0},
+        "init_args": {"num_cpus": per_client * at_once, "include_dashboard": False, "logging_level": logging.ERROR},
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
