@@ -108,10 +108,13 @@ def federate(
         f"in {summary['wall_seconds']:.1f} s"
     )
     _print_metrics("global model, test", summary["test"])
-    _print_metrics("global model, clients' own test data", summary["client_test"])  # "clients": how many answered
+    _print_metrics("global model, clients' own test data", summary["client_test"])
     out.print(f"run folder {out_dir}: metrics.json, federate_state.pt, federate_events.jsonl, model/")
 
 
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
-    if metrics:
-        out.print(f"{title}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    if not metrics:
+        return
+    answered = metrics.get("clients")
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "clients")
+    out.print(f"{title}: {scores}" + (f" ({answered:.0f} clients)" if answered is not None else ""))

@@ -162,6 +162,9 @@ def serve_federation(run: RunConfig, out_dir: str | Path, address: str, verbose:
             "--port",
             str(port),
             "--disable-runtime-dependency-installation",
+            # its state on disk: a restarted server still knows the clients that joined before
+            "--database",
+            str(home / "superlink.db"),
         ],
         env=env,
         stdout=log,
