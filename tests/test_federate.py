@@ -278,3 +278,32 @@ def test_federated_fine_tuning_on_a_non_iid_split(tmp_path: Path, algorithm: str
     assert sizes == [300.0] * 8  # every sample on exactly one client
     assert summary["valid"]["accuracy"] > 0.85  # chance ~0.5; measured 0.94-1.0 (partition seeds 0, 1)
     assert (tmp_path / "run" / "model" / "config.json").is_file()
+
+
+def test_secure_aggregation_with_a_client_dropped_mid_round_equals_the_survivors_average(
+    data_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """SecAgg+ over 3 clients; in round 2 client 2 drops after sharing its keys. The server's new
+    weights are the examples-weighted average of the two survivors' plaintext updates, up to the
+    quantisation error, and the round goes on."""
+    from kelm.app.federate.simulate import simulate
+    from kelm.app.run import load_run_config
+
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    monkeypatch.setenv("KELM_FEDERATE_DUMP", str(dumps))
+    monkeypatch.setenv("KELM_FEDERATE_FAULT", "fail:2:2")
+    fed = {"secure_aggregation": True, "secagg_threshold": 2, "secagg_max_weight": 1e4, "round_timeout": 120}
+    summary = simulate(load_run_config(_config(tmp_path / "fed.toml", 2, **fed)), tmp_path / "run")
+    assert [h["updates"] for h in summary["history"]] == [3, 2]
+    got = torch.load(tmp_path / "run" / "federate_state.pt", weights_only=True)["weights"]
+    survivors = [torch.load(dumps / f"round-2-client-{i}.pt", weights_only=True) for i in (0, 1)]
+    assert not (dumps / "round-2-client-2.pt").exists()
+    total = sum(s["examples"] for s in survivors)
+    for name, value in got.items():
+        expected = sum(s["update"][name].double() * s["examples"] for s in survivors) / total
+        # each update is clipped to ±8, scaled by examples / 1e4 and quantised to 2**22 levels
+        assert torch.allclose(value.double(), expected, atol=2e-4), name
+        assert not torch.allclose(value.double(), survivors[0]["update"][name].double(), atol=1e-3)
+    events = [json.loads(x) for x in (tmp_path / "run" / "federate_events.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "clients-dropped" and e["round"] == 2 for e in events)

@@ -7,11 +7,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from kelm.app.federate import fault
 from kelm.app.federate.local import FederatedJob, evaluate_state, evaluation_weight, train_round
+from kelm.app.federate.secure import is_secure, read_secure, secure_reply
 
 JobSource = Callable[[Context], FederatedJob]
 
@@ -22,23 +24,27 @@ def client_index(context: Context) -> int:
 
 
 def make_client_app(job_of: JobSource) -> ClientApp:
-    app = ClientApp()
+    app = ClientApp(mods=[secaggplus_mod])  # the mod passes plain (non-SecAgg+) messages through
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         job = job_of(context)
-        config = msg.content["config"]
-        state = msg.content["arrays"].to_torch_state_dict()
+        secure = is_secure(msg)
+        if secure:
+            state, config = read_secure(msg)
+        else:
+            state, config = msg.content["arrays"].to_torch_state_dict(), dict(msg.content["config"])
         index, server_round = client_index(context), int(config["server-round"])
         fault.before_training(index, server_round)
         update, examples, metrics = train_round(
-            job, index, state, server_round, float(config["lr"]), float(config.get("proximal-mu", 0.0))
+            job, index, state, server_round, float(config["lr"]), float(config.get("proximal-mu", 0.0)), dense=secure
         )
         update = fault.after_training(index, server_round, update)
-        content = RecordDict(
-            {"arrays": ArrayRecord(update), "metrics": MetricRecord({"num-examples": examples, **metrics})}
-        )
-        return Message(content, reply_to=msg)
+        if secure:
+            fault.dump_update(index, server_round, update, examples)
+            return secure_reply(msg, update, list(state), examples, metrics)
+        record = MetricRecord({"num-examples": examples, **metrics})
+        return Message(RecordDict({"arrays": ArrayRecord(update), "metrics": record}), reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
@@ -60,7 +66,7 @@ def make_server_app(job_of: JobSource, outcome: dict | None = None) -> ServerApp
         from kelm.app.federate.server import FederatedServer
 
         try:
-            summary = FederatedServer(job_of(context)).run(grid)
+            summary = FederatedServer(job_of(context)).run(grid, context)
         except BaseException as err:
             if outcome is None:
                 raise

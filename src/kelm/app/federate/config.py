@@ -19,11 +19,28 @@ class FederateConfig(Section):
     local_steps: int | None = Field(None, ge=1, description="optimizer steps per round instead of local_epochs")
     algorithm: Literal["fedavg", "fedprox"] = "fedavg"
     proximal_mu: float = Field(0.01, ge=0, description="FedProx: weight of (mu/2)·||w - w_global||² on the clients")
+    keep_optimizer_state: bool = Field(
+        True,
+        description="each client keeps its optimizer's state (Adam moments, Adagrad sums) from one round "
+        "to its next, in its own folder, instead of starting it afresh every round",
+    )
     shared_rows: bool = Field(
         True,
         description="FedE: embedding tables (entities, relations) are averaged per row over the clients "
         "whose data uses the row, weighted by how often; other parameters by examples (FedAvg)",
     )
+    secure_aggregation: bool = Field(
+        False, description="SecAgg+: the server sees only the sum of the clients' masked updates (FedAvg)"
+    )
+    secagg_shares: int | float = Field(
+        1.0, gt=0, description="SecAgg+: key shares per client (a float: of the clients)"
+    )
+    secagg_threshold: int | float = Field(
+        0.5, gt=0, description="SecAgg+: shares that rebuild a key (a float: of the shares)"
+    )
+    secagg_max_weight: float = Field(1e5, gt=0, description="SecAgg+: the largest number of examples of one client")
+    secagg_clipping_range: float = Field(8.0, gt=0, description="SecAgg+: parameters are clipped to ± this")
+    secagg_quantization_range: int = Field(2**22, ge=2, description="SecAgg+: levels parameters are quantized to")
     partition: Literal["auto", "relation", "entity", "random", "iid", "dirichlet"] = Field(
         "auto", description="how the data is split: auto is 'relation' for triples, 'iid' for samples"
     )

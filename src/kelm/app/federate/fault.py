@@ -5,7 +5,12 @@
 
 - ``die``: the client process kills itself with SIGKILL before it replies;
 - ``hang``: it sleeps for ``KELM_FEDERATE_HANG`` seconds (default 3600) before it trains;
-- ``corrupt``: its update carries NaN values; ``mismatch``: a parameter of the wrong shape.
+- ``corrupt``: its update carries NaN values; ``mismatch``: a parameter of the wrong shape;
+- ``fail``: it raises an error instead of training (after a secure round shared its keys: a
+  client that drops mid-round).
+
+``KELM_FEDERATE_DUMP=DIR`` makes every client of a secure round save its plaintext update to
+``DIR/round-R-client-I.pt``, so a test can compare the server's average with the true one.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ def before_training(index: int, server_round: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     if kind == "hang":
         time.sleep(float(os.environ.get("KELM_FEDERATE_HANG", "3600")))
+    if kind == "fail":
+        raise RuntimeError(f"client {index} fails in round {server_round} (KELM_FEDERATE_FAULT)")
 
 
 def after_training(index: int, server_round: int, update: State) -> State:
@@ -50,3 +57,9 @@ def after_training(index: int, server_round: int, update: State) -> State:
     else:
         bad[name] = torch.zeros(*update[name].shape[:-1], update[name].shape[-1] + 1, dtype=update[name].dtype)
     return bad
+
+
+def dump_update(index: int, server_round: int, update: State, examples: int) -> None:
+    folder = os.environ.get("KELM_FEDERATE_DUMP")
+    if folder:
+        torch.save({"update": update, "examples": examples}, f"{folder}/round-{server_round}-client-{index}.pt")

@@ -15,6 +15,7 @@ from kelm.app.federate.config import FederateConfig
 from kelm.app.federate.partition import Partition, SampleView, TripleView, default_split, view_of
 from kelm.app.federate.updates import State, encode_update
 from kelm.app.run import RunConfig
+from kelm.atomic import atomic_path
 from kelm.train.config import TrainConfig
 from kelm.train.data import eval_batches
 from kelm.train.task import Task
@@ -63,6 +64,8 @@ class FederatedJob:
         return json.dumps(spec, sort_keys=True, default=str)
 
 
+#: A client's optimizer state between rounds, in its folder.
+OPTIMIZER_FILE = "optimizer.pt"
 #: Client parts built in this process, by job and client.
 _PARTS: dict[tuple[str, int], tuple[Task, TripleView | SampleView, int]] = {}
 
@@ -114,24 +117,44 @@ def proximal_hook(model: nn.Module, mu: float) -> Any:
     return hook
 
 
+def restore_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """The client's optimizer state from its last round, at this round's learning rates."""
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    optimizer.load_state_dict(torch.load(path, weights_only=True))
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+
+
 def train_round(
-    job: FederatedJob, index: int, state: State, server_round: int, lr: float, mu: float = 0.0
+    job: FederatedJob, index: int, state: State, server_round: int, lr: float, mu: float = 0.0, dense: bool = False
 ) -> tuple[State, int, dict[str, float]]:
     """Client ``index`` trains the global ``state`` on its own data for one round; returns its
-    update (`encode_update`), its number of training examples and the round's metrics."""
+    update (`encode_update`; ``dense``: every tensor whole, as secure aggregation sums them), its
+    number of training examples and the round's metrics. A ``state`` without the model's integer
+    buffers (a secure round sends floating-point tensors only) keeps the model's own."""
     task, view, size = job.client_part(index)
     samples = len(task.train_data())
     cfg = client_train_config(job, server_round, index, lr, samples)
     trainer = Trainer(task, cfg, job.client_dir(index), run_config={"train": cfg.model_dump()})
 
+    kept = job.client_dir(index) / OPTIMIZER_FILE if job.fed.keep_optimizer_state else None
+
     def prepare(t: Trainer) -> None:
-        t.model.load_state_dict(state)
+        missing, unexpected = t.model.load_state_dict(state, strict=False)
+        if unexpected or any(t.model.state_dict()[k].is_floating_point() for k in missing):
+            raise ValueError(f"the global weights do not fit this client's model: {(missing + unexpected)[:3]}")
+        if kept is not None and kept.is_file():
+            restore_optimizer(t.optimizer, kept)
         if mu > 0:
             t.optimizer.register_step_pre_hook(proximal_hook(t.model, mu))
 
     try:
         stats = trainer.train_only(prepare)
-        update = encode_update(trainer.model.state_dict(), view.row_counts() if job.fed.shared_rows else {})
+        rows = view.row_counts() if job.fed.shared_rows and not dense else {}
+        update = encode_update(trainer.model.state_dict(), rows)
+        if kept is not None:
+            with atomic_path(kept) as tmp:
+                torch.save(trainer.optimizer.state_dict(), tmp)
     finally:
         trainer.close()
     return update, size, {"train_loss": stats["loss"], "steps": stats["steps"]}

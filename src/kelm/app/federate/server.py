@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from kelm.app.federate.config import round_lr
@@ -78,7 +78,8 @@ class FederatedServer:
         model = self.task.build_model()
         self.initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.model_spec = {k: v for k, v in self.task.model_config().items() if k != "task"}
-        rows = view_of(self.task).row_counts() if self.fed.shared_rows else {}
+        # SecAgg+ sums whole tensors: a secure run averages by examples only
+        rows = view_of(self.task).row_counts() if self.fed.shared_rows and not self.fed.secure_aggregation else {}
         self.row_params = frozenset(rows)
 
     # -- bookkeeping ----------------------------------------------------------------------------
@@ -112,15 +113,16 @@ class FederatedServer:
                 )
             time.sleep(0.2)
 
-    def train_messages(self, nodes: list[int], weights: State, server_round: int) -> list[Message]:
+    def round_config(self, server_round: int) -> dict[str, Any]:
         train = self.job.train
-        config = ConfigRecord(
-            {
-                "server-round": server_round,
-                "lr": round_lr(train.lr, train.schedule, server_round, self.fed.rounds, train.min_lr_ratio),
-                "proximal-mu": self.fed.proximal_mu if self.fed.algorithm == "fedprox" else 0.0,
-            }
-        )
+        return {
+            "server-round": server_round,
+            "lr": round_lr(train.lr, train.schedule, server_round, self.fed.rounds, train.min_lr_ratio),
+            "proximal-mu": self.fed.proximal_mu if self.fed.algorithm == "fedprox" else 0.0,
+        }
+
+    def train_messages(self, nodes: list[int], weights: State, server_round: int) -> list[Message]:
+        config = ConfigRecord(self.round_config(server_round))
         content = RecordDict({"arrays": ArrayRecord(weights), "config": config})
         return [Message(content=content, message_type=MessageType.TRAIN, dst_node_id=n) for n in nodes]
 
@@ -145,44 +147,78 @@ class FederatedServer:
             metrics.append({k: float(v) for k, v in meta.items() if isinstance(v, int | float)})
         return updates, metrics
 
-    def run_round(self, grid: Grid, state: ServerState, server_round: int) -> tuple[State, dict[str, Any]]:
+    def run_round(
+        self, grid: Grid, context: Context | None, state: ServerState, server_round: int
+    ) -> tuple[State, dict[str, Any]]:
         """Train one round, retrying when fewer than the quorum's updates are good."""
         for attempt in range(self.fed.retries + 1):
             nodes = self.wait_for_clients(grid)
             t0 = time.perf_counter()
-            messages = self.train_messages(nodes, state.weights, server_round)
-            replies = list(grid.send_and_receive(messages, timeout=self.fed.round_timeout))
-            updates, metrics = self.collect(replies, state.weights, server_round)
-            missing = len(nodes) - len(replies)
-            if missing:
-                self.event("clients-timed-out", round=server_round, missing=missing, timeout=self.fed.round_timeout)
-            if len(updates) >= self.fed.quorum:
-                weights = aggregate(updates, state.weights, self.row_params)
-                examples = sum(u.examples for u in updates)
-                loss = sum(m.get("train_loss", 0.0) * u.examples for m, u in zip(metrics, updates, strict=True))
+            if self.fed.secure_aggregation:
+                weights, metrics = self.secure_attempt(grid, context, nodes, state.weights, server_round)
+                good = len(metrics)
+            else:
+                weights, metrics = self.plain_attempt(grid, nodes, state.weights, server_round)
+                good = len(metrics)
+            if weights is not None:
+                examples = sum(m["num-examples"] for m in metrics)
+                loss = sum(m.get("train_loss", 0.0) * m["num-examples"] for m in metrics)
                 return weights, {
                     "round": server_round,
                     "clients": len(nodes),
-                    "updates": len(updates),
+                    "updates": good,
                     "attempt": attempt + 1,
                     "examples": examples,
                     "train_loss": loss / examples,
                     "seconds": time.perf_counter() - t0,
                 }
-            self.event(
-                "round-retry", round=server_round, attempt=attempt + 1, good=len(updates), quorum=self.fed.quorum
-            )
+            self.event("round-retry", round=server_round, attempt=attempt + 1, good=good, quorum=self.fed.quorum)
         raise FederationError(
             f"round {server_round}: fewer than {self.fed.quorum} good updates in {self.fed.retries + 1} attempts "
             f"(see {self.out / EVENTS_FILE})"
         )
 
+    def plain_attempt(
+        self, grid: Grid, nodes: list[int], weights: State, server_round: int
+    ) -> tuple[State | None, list[dict[str, float]]]:
+        """Each client's update checked, the good ones averaged (None: fewer than the quorum)."""
+        replies = list(grid.send_and_receive(self.train_messages(nodes, weights, server_round), self.fed.round_timeout))
+        updates, metrics = self.collect(replies, weights, server_round)
+        if len(nodes) > len(replies):
+            missing = len(nodes) - len(replies)
+            self.event("clients-timed-out", round=server_round, missing=missing, timeout=self.fed.round_timeout)
+        if len(updates) < self.fed.quorum:
+            return None, metrics
+        for m, u in zip(metrics, updates, strict=True):
+            m["num-examples"] = u.examples
+        return aggregate(updates, weights, self.row_params), metrics
+
+    def secure_attempt(
+        self, grid: Grid, context: Context | None, nodes: list[int], weights: State, server_round: int
+    ) -> tuple[State | None, list[dict[str, float]]]:
+        """A SecAgg+ round: only the average is seen, so only the average is checked."""
+        from kelm.app.federate.secure import secure_round
+
+        if context is None:
+            raise FederationError("secure aggregation needs the Flower run's context")
+        merged, metrics = secure_round(grid, context, nodes, weights, self.round_config(server_round), self.fed)
+        if len(metrics) < len(nodes):
+            self.event("clients-dropped", round=server_round, dropped=len(nodes) - len(metrics), secure=True)
+        if merged is None or len(metrics) < self.fed.quorum:
+            return None, metrics
+        try:
+            check_update(merged, weights, 1.0)
+        except BadUpdate as err:
+            self.event("aggregate-rejected", round=server_round, reason=str(err))
+            return None, metrics
+        return merged, metrics
+
     # -- the run --------------------------------------------------------------------------------
-    def run(self, grid: Grid) -> dict[str, Any]:
+    def run(self, grid: Grid, context: Context | None = None) -> dict[str, Any]:
         state = self.start_state()
         t0 = time.perf_counter()
         for server_round in range(state.round + 1, self.fed.rounds + 1):
-            weights, record = self.run_round(grid, state, server_round)
+            weights, record = self.run_round(grid, context, state, server_round)
             if server_round % self.fed.eval_every == 0 or server_round == self.fed.rounds:
                 record["valid"] = evaluate_state(self.task, self.job.train, weights, "valid")
             state = ServerState(server_round, weights, [*state.history, record])
