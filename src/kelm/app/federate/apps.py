@@ -7,13 +7,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
-from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from kelm.app.federate import fault
 from kelm.app.federate.local import FederatedJob, evaluate_state, evaluation_weight, train_round
-from kelm.app.federate.secure import is_secure, read_secure, secure_reply
+from kelm.app.federate.secure import is_secure, read_secure, secure_mod, secure_reply
 
 JobSource = Callable[[Context], FederatedJob]
 
@@ -24,7 +23,7 @@ def client_index(context: Context) -> int:
 
 
 def make_client_app(job_of: JobSource) -> ClientApp:
-    app = ClientApp(mods=[secaggplus_mod])  # the mod passes plain (non-SecAgg+) messages through
+    app = ClientApp(mods=[secure_mod])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

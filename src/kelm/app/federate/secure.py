@@ -15,8 +15,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType
+from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitIns, FitRes, Parameters, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server import LegacyContext, ServerConfig
 from flwr.server.client_proxy import ClientProxy
@@ -105,6 +107,14 @@ def secure_round(
 
 
 # -- the client's side ------------------------------------------------------------------------------
+def secure_mod(msg: Message, context: Context, call_next: Any) -> Message:
+    """Flower's SecAgg+ client mod for the messages of a secure round; others go straight on
+    (the mod alone would take every training message for a SecAgg+ stage)."""
+    if msg.metadata.message_type == MessageType.TRAIN and RECORD_KEY_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
 def is_secure(msg: Message) -> bool:
     """A message SecAgg+'s client mod hands on to be trained: the legacy fit format."""
     return "fitins.parameters" in msg.content.array_records

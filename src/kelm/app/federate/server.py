@@ -182,7 +182,8 @@ class FederatedServer:
         self, grid: Grid, nodes: list[int], weights: State, server_round: int
     ) -> tuple[State | None, list[dict[str, float]]]:
         """Each client's update checked, the good ones averaged (None: fewer than the quorum)."""
-        replies = list(grid.send_and_receive(self.train_messages(nodes, weights, server_round), self.fed.round_timeout))
+        messages = self.train_messages(nodes, weights, server_round)
+        replies = list(grid.send_and_receive(messages, timeout=self.fed.round_timeout))
         updates, metrics = self.collect(replies, weights, server_round)
         if len(nodes) > len(replies):
             missing = len(nodes) - len(replies)
