@@ -189,6 +189,7 @@ def federated_umls(data_dir: Path, tmp_path_factory: pytest.TempPathFactory, mon
     root = tmp_path_factory.mktemp("fed")
     monkeypatch_module.setenv("KELM_FEDERATE_FAULT", "corrupt:1:2")
     summary = simulate(load_run_config(_config(root / "fed.toml", 4)), root / "run")
+    monkeypatch_module.delenv("KELM_FEDERATE_FAULT")
     return root, summary
 
 
