@@ -41,6 +41,17 @@ class FederateConfig(Section):
     secagg_max_weight: float = Field(1e5, gt=0, description="SecAgg+: the largest number of examples of one client")
     secagg_clipping_range: float = Field(8.0, gt=0, description="SecAgg+: parameters are clipped to ± this")
     secagg_quantization_range: int = Field(2**22, ge=2, description="SecAgg+: levels parameters are quantized to")
+    dp_epsilon: float | None = Field(
+        None, gt=0, description="differential privacy: each client's ε at dp_delta over the whole run (sets the noise)"
+    )
+    dp_noise_multiplier: float | None = Field(
+        None, gt=0, description="DP-SGD noise over clipping norm (instead of dp_epsilon)"
+    )
+    dp_delta: float = Field(1e-5, gt=0, lt=1)
+    dp_max_grad_norm: float = Field(1.0, gt=0, description="DP-SGD: each sample's gradient is clipped to this norm")
+    dp_trainable: list[str] = Field(
+        default_factory=list, description="DP: train only parameters whose names contain one of these (empty: all)"
+    )
     partition: Literal["auto", "relation", "entity", "random", "iid", "dirichlet"] = Field(
         "auto", description="how the data is split: auto is 'relation' for triples, 'iid' for samples"
     )
@@ -60,9 +71,18 @@ class FederateConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> FederateConfig:
+        if self.dp_epsilon is not None and self.dp_noise_multiplier is not None:
+            raise ValueError("set dp_epsilon or dp_noise_multiplier, not both")
+        if self.private and self.secure_aggregation:
+            raise ValueError("differential privacy and secure aggregation are not combined yet")
         if self.min_clients is not None and self.min_clients > self.clients:
             raise ValueError(f"min_clients ({self.min_clients}) exceeds clients ({self.clients})")
         return self
+
+    @property
+    def private(self) -> bool:
+        """Clients train with DP-SGD."""
+        return self.dp_epsilon is not None or self.dp_noise_multiplier is not None
 
     @property
     def quorum(self) -> int:

@@ -13,6 +13,7 @@ from torch import nn
 
 from kelm.app.federate.config import FederateConfig
 from kelm.app.federate.partition import Partition, SampleView, TripleView, default_split, view_of
+from kelm.app.federate.privacy import check_private_task, make_private, plan_privacy, record_steps, unwrap
 from kelm.app.federate.updates import State, encode_update
 from kelm.app.run import RunConfig
 from kelm.atomic import atomic_path
@@ -75,8 +76,12 @@ def federated_task(run: RunConfig) -> Task:
     (a vocabulary compacted to the tokens the data uses): every client's weights align."""
     task = run.build_task()
     cfg = getattr(task, "cfg", None)
-    if getattr(cfg, "compact_vocab", False):
-        cfg.compact_vocab = False
+    off = ["compact_vocab"]
+    if run.config.federate.private:  # speed-ups that rewrite forward or backward passes Opacus hooks
+        off += ["sparse_embedding_grads", "short_row_attention"]
+    for name in off:
+        if getattr(cfg, name, False):
+            setattr(cfg, name, False)
     return task
 
 
@@ -100,6 +105,8 @@ def client_train_config(job: FederatedJob, server_round: int, index: int, lr: fl
             "checkpoint_every": None,
             "tensorboard": False,
             "threads": fed.client_threads,
+            # DP-SGD clips each sample's gradient itself
+            "clip_grad_norm": None if fed.private else train.clip_grad_norm,
         }
     )
 
@@ -136,8 +143,12 @@ def train_round(
     samples = len(task.train_data())
     cfg = client_train_config(job, server_round, index, lr, samples)
     trainer = Trainer(task, cfg, job.client_dir(index), run_config={"train": cfg.model_dump()})
-
     kept = job.client_dir(index) / OPTIMIZER_FILE if job.fed.keep_optimizer_state else None
+    plan = None
+    if job.fed.private:
+        check_private_task(task)
+        per_round = job.fed.local_steps or job.fed.local_epochs * (samples // cfg.batch_size)
+        plan = plan_privacy(job.fed, samples, cfg.batch_size, per_round)
 
     def prepare(t: Trainer) -> None:
         missing, unexpected = t.model.load_state_dict(state, strict=False)
@@ -145,19 +156,26 @@ def train_round(
             raise ValueError(f"the global weights do not fit this client's model: {(missing + unexpected)[:3]}")
         if kept is not None and kept.is_file():
             restore_optimizer(t.optimizer, kept)
-        if mu > 0:
-            t.optimizer.register_step_pre_hook(proximal_hook(t.model, mu))
+        inner = t.optimizer
+        if plan is not None:
+            make_private(t, plan, job.fed.dp_trainable, cfg.seed)
+        if mu > 0:  # on the inner optimizer: after DP's noise, a data-free term costs no privacy
+            inner.register_step_pre_hook(proximal_hook(unwrap(t.model), mu))
 
     try:
         stats = trainer.train_only(prepare)
         rows = view.row_counts() if job.fed.shared_rows and not dense else {}
-        update = encode_update(trainer.model.state_dict(), rows)
+        update = encode_update(unwrap(trainer.model).state_dict(), rows)
         if kept is not None:
+            inner = getattr(trainer.optimizer, "original_optimizer", trainer.optimizer)
             with atomic_path(kept) as tmp:
-                torch.save(trainer.optimizer.state_dict(), tmp)
+                torch.save(inner.state_dict(), tmp)
     finally:
         trainer.close()
-    return update, size, {"train_loss": stats["loss"], "steps": stats["steps"]}
+    metrics = {"train_loss": stats["loss"], "steps": stats["steps"]}
+    if plan is not None:
+        metrics["epsilon"] = record_steps(job.client_dir(index), int(stats["steps"]), plan)
+    return update, size, metrics
 
 
 def evaluate_state(task: Task, train: TrainConfig, state: State, split: str = "valid") -> dict[str, float]:

@@ -163,7 +163,10 @@ class FederatedServer:
             if weights is not None:
                 examples = sum(m["num-examples"] for m in metrics)
                 loss = sum(m.get("train_loss", 0.0) * m["num-examples"] for m in metrics)
+                spent = [m["epsilon"] for m in metrics if "epsilon" in m]
+                extra = {"epsilon": max(spent)} if spent else {}
                 return weights, {
+                    **extra,
                     "round": server_round,
                     "clients": len(nodes),
                     "updates": good,
@@ -252,6 +255,23 @@ class FederatedServer:
         metrics = {k: v / total for k, v in sums.items()} if total else {}
         return {**metrics, "clients": float(answered)} if metrics else {}
 
+    def privacy(self, state: ServerState) -> dict[str, Any]:
+        """``privacy``: the largest ε any client reported spending, at the run's δ."""
+        if not self.fed.private:
+            return {}
+        spent = [h["epsilon"] for h in state.history if "epsilon" in h]
+        fed = self.fed
+        return {
+            "privacy": {
+                "epsilon": max(spent) if spent else None,
+                "delta": fed.dp_delta,
+                "target_epsilon": fed.dp_epsilon,
+                "noise_multiplier": fed.dp_noise_multiplier,
+                "max_grad_norm": fed.dp_max_grad_norm,
+                "accountant": "rdp",
+            }
+        }
+
     def finish(self, state: ServerState, seconds: float, client_test: dict[str, float]) -> dict[str, Any]:
         """The global model as a kelm model folder, its test metrics, and ``metrics.json``."""
         folder = self.out / "model"
@@ -272,6 +292,7 @@ class FederatedServer:
             "valid": valid,
             "test": evaluate_state(self.task, self.job.train, state.weights, "test"),
             "client_test": client_test,
+            **self.privacy(state),
             "history": state.history,
             "config": self.job.run.as_dict(),
         }
