@@ -109,9 +109,8 @@ def main() -> None:
     print("| setting | clients | test MRR | Hits@10 | of central | wall |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(
-            f"| {r['setting']} | {r['clients']} | {r['mrr']:.4f} | {r['hits@10']:.3f} | {r['of_central']:.1%} | {r['seconds']:.0f} s |"
-        )
+        cells = [r["setting"], r["clients"], f"{r['mrr']:.4f}", f"{r['hits@10']:.3f}", f"{r['of_central']:.1%}"]
+        print("| " + " | ".join(str(c) for c in cells) + f" | {r['seconds']:.0f} s |")
 
 
 if __name__ == "__main__":

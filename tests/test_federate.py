@@ -273,7 +273,14 @@ def test_federated_fine_tuning_on_a_non_iid_split(tmp_path: Path, algorithm: str
         "max_length": 32,
     }
     train = {"lr": 3e-3, "batch_size": 16, "tensorboard": False}
-    fed = {"clients": 3, "rounds": 12, "local_epochs": 2, "partition": "dirichlet", "algorithm": algorithm, "proximal_mu": 0.01}
+    fed = {
+        "clients": 3,
+        "rounds": 12,
+        "local_epochs": 2,
+        "partition": "dirichlet",
+        "algorithm": algorithm,
+        "proximal_mu": 0.01,
+    }
     summary = simulate(load_run_config({"task": task, "train": train, "federate": fed}), tmp_path / "run")
     sizes = [h["examples"] for h in summary["history"]]
     assert sizes == [300.0] * 12  # every sample on exactly one client

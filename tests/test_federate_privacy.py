@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kelm.app.federate.privacy import FROZEN_UNDER_DP, PrivacyPlan, check_private_task, freeze_for_privacy
+from kelm.app.federate.privacy import FROZEN_UNDER_DP, PrivacyPlan, check_private_task, freeze
 from kelm.errors import ConfigError
 
 pytest.importorskip("opacus")
@@ -48,7 +48,7 @@ def test_opacus_per_sample_gradients_equal_one_sample_at_a_time(tmp_path: Path) 
     for m in model.modules():  # dropout off: the two ways must see the same network
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
-    trained = freeze_for_privacy(model, [])
+    trained = freeze(model, [], private=True)
     assert not any(part in n for n in trained for part in FROZEN_UNDER_DP)
     samples = [task.train_data()[i] for i in range(6)]
     wrapped = GradSampleModule(model, loss_reduction="mean")

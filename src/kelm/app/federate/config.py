@@ -49,8 +49,10 @@ class FederateConfig(Section):
     )
     dp_delta: float = Field(1e-5, gt=0, lt=1)
     dp_max_grad_norm: float = Field(1.0, gt=0, description="DP-SGD: each sample's gradient is clipped to this norm")
-    dp_trainable: list[str] = Field(
-        default_factory=list, description="DP: train only parameters whose names contain one of these (empty: all)"
+    trainable: list[str] = Field(
+        default_factory=list,
+        description="clients train only the parameters whose names contain one of these (empty: all); "
+        "with DP, the noise grows with the number of parameters trained",
     )
     partition: Literal["auto", "relation", "entity", "random", "iid", "dirichlet"] = Field(
         "auto", description="how the data is split: auto is 'relation' for triples, 'iid' for samples"

@@ -13,7 +13,7 @@ from torch import nn
 
 from kelm.app.federate.config import FederateConfig
 from kelm.app.federate.partition import Partition, SampleView, TripleView, default_split, view_of
-from kelm.app.federate.privacy import check_private_task, make_private, plan_privacy, record_steps, unwrap
+from kelm.app.federate.privacy import check_private_task, freeze, make_private, plan_privacy, record_steps, unwrap
 from kelm.app.federate.updates import State, encode_update
 from kelm.app.run import RunConfig
 from kelm.atomic import atomic_path
@@ -157,8 +157,10 @@ def train_round(
         if kept is not None and kept.is_file():
             restore_optimizer(t.optimizer, kept)
         inner = t.optimizer
+        if job.fed.trainable or plan is not None:
+            freeze(t.model, job.fed.trainable, private=plan is not None)
         if plan is not None:
-            make_private(t, plan, job.fed.dp_trainable, cfg.seed)
+            make_private(t, plan, cfg.seed)
         if mu > 0:  # on the inner optimizer: after DP's noise, a data-free term costs no privacy
             inner.register_step_pre_hook(proximal_hook(unwrap(t.model), mu))
 

@@ -78,18 +78,20 @@ def check_private_task(task: Any) -> None:
         )
 
 
-def freeze_for_privacy(model: nn.Module, trainable: list[str]) -> list[str]:
-    """Freeze what DP cannot train (and, with ``trainable``, every parameter whose name has none
-    of those parts); returns the names left trainable."""
+def freeze(model: nn.Module, trainable: list[str], private: bool = False) -> list[str]:
+    """With ``trainable``, freeze every parameter whose name has none of those parts; under DP
+    also what Opacus cannot train. Returns the names left trainable."""
     kept = []
     for name, p in model.named_parameters():
-        frozen = any(part in name for part in FROZEN_UNDER_DP) or (trainable and not any(t in name for t in trainable))
+        frozen = (private and any(part in name for part in FROZEN_UNDER_DP)) or (
+            trainable and not any(t in name for t in trainable)
+        )
         if frozen:
             p.requires_grad_(False)
         elif p.requires_grad:
             kept.append(name)
     if not kept:
-        raise ConfigError(f"federate.dp_trainable {trainable} leaves no parameter to train")
+        raise ConfigError(f"federate.trainable {trainable} leaves no parameter to train")
     return kept
 
 
@@ -104,13 +106,12 @@ def poisson_batches(data: Any, collate: Any, rate: float, seed: int) -> Iterator
             yield collate([data[i] for i in picked])
 
 
-def make_private(trainer: Trainer, plan: PrivacyPlan, trainable: list[str], seed: int) -> None:
-    """Turn the set-up ``trainer`` into a DP-SGD one: frozen parameters, Opacus' per-sample
-    gradients and noisy optimizer, Poisson-sampled batches."""
+def make_private(trainer: Trainer, plan: PrivacyPlan, seed: int) -> None:
+    """Turn the set-up ``trainer`` into a DP-SGD one: Opacus' per-sample gradients and noisy
+    optimizer, Poisson-sampled batches (its model's parameters frozen as `freeze` says first)."""
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
-    freeze_for_privacy(trainer.model, trainable)
     trainer.model = GradSampleModule(trainer.model, loss_reduction="mean")
     batch = trainer.cfg.batch_size
     trainer.optimizer = DPOptimizer(
