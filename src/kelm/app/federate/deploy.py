@@ -25,6 +25,7 @@ from flwr.app import Context
 
 from kelm.app.federate.apps import make_client_app, make_server_app
 from kelm.app.federate.local import FederatedJob
+from kelm.app.federate.server import STATE_FILE
 from kelm.app.run import RunConfig, load_run_config
 from kelm.errors import ConfigError, KelmError
 
@@ -147,6 +148,8 @@ def serve_federation(run: RunConfig, out_dir: str | Path, address: str, verbose:
     if home.exists():
         shutil.rmtree(home / "apps", ignore_errors=True)
     home.mkdir(parents=True, exist_ok=True)
+    if not (out / STATE_FILE).is_file():  # a new run: no clients remembered from an earlier one
+        (home / "superlink.db").unlink(missing_ok=True)
     connection = {"superlink": {"default": "kelm", "kelm": {"address": f"{host}:{port}", "insecure": True}}}
     (home / "config.toml").write_text(tomli_w.dumps(connection), encoding="utf-8")
     app = write_app(home, run, out)
