@@ -315,3 +315,23 @@ def test_secure_aggregation_with_a_client_dropped_mid_round_equals_the_survivors
         assert not torch.allclose(value.double(), survivors[0]["update"][name].double(), atol=1e-3)
     events = [json.loads(x) for x in (tmp_path / "run" / "federate_events.jsonl").read_text().splitlines()]
     assert any(e["event"] == "clients-dropped" and e["round"] == 2 for e in events)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["federate", "CONFIG", "--out", "x", "--partition", "by-colour"], "federate.partition"),
+        (["federate", "CONFIG"], "needs --out"),
+        (["federate", "CONFIG", "--out", "x", "--partition", "dirichlet"], "does not split triples"),
+        (["federate", "client", "--server", "127.0.0.1:1", "--data", "3/3"], "--data: expected I/N"),
+        (["federate", "client", "--data", "0/3"], "--server HOST:PORT and --data I/N"),
+        (["federate", "server", "CONFIG", "--out", "x", "--address", "nowhere"], "--address: expected HOST:PORT"),
+    ],
+)
+def test_federate_usage_errors_are_one_line(tmp_path: Path, capsys, args: list[str], says: str) -> None:
+    from kelm.cli import main
+
+    config = _config(tmp_path / "fed.toml", 1)
+    code = main([str(config) if a == "CONFIG" else a for a in args])
+    err = capsys.readouterr().err
+    assert code != 0 and says in err and "Traceback" not in err

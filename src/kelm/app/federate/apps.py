@@ -5,6 +5,7 @@ processes that talk over gRPC."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -56,8 +57,9 @@ def make_client_app(job_of: JobSource) -> ClientApp:
     return app
 
 
-def make_server_app(job_of: JobSource, outcome: dict | None = None) -> ServerApp:
-    """``outcome`` (when given) receives the run's summary or the error that ended it."""
+def make_server_app(job_of: JobSource, outcome: dict | None = None, server: Any = None) -> ServerApp:
+    """``outcome`` (when given) receives the run's summary or the error that ended it; ``server``
+    is a `FederatedServer` built already (by default one is built from the run's job)."""
     app = ServerApp()
 
     @app.main()
@@ -65,7 +67,7 @@ def make_server_app(job_of: JobSource, outcome: dict | None = None) -> ServerApp
         from kelm.app.federate.server import FederatedServer
 
         try:
-            summary = FederatedServer(job_of(context)).run(grid, context)
+            summary = (server or FederatedServer(job_of(context))).run(grid, context)
         except BaseException as err:
             if outcome is None:
                 raise

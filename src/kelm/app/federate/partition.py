@@ -170,3 +170,19 @@ def view_of(task: Task) -> TripleView | SampleView:
 
 def default_split(task: Task) -> str:
     return "relation" if isinstance(view_of(task), TripleView) else "iid"
+
+
+def check_partition(task: Task, by: str) -> None:
+    """A config error now, before any client starts, for a split the task's data cannot take."""
+    view = view_of(task)
+    if by == "auto":
+        return
+    if isinstance(view, TripleView) and by not in TRIPLE_SPLITS:
+        raise ConfigError(f"federate.partition: '{by}' does not split triples (use one of {', '.join(TRIPLE_SPLITS)})")
+    if isinstance(view, SampleView):
+        if by not in SAMPLE_SPLITS:
+            raise ConfigError(
+                f"federate.partition: '{by}' does not split samples (use one of {', '.join(SAMPLE_SPLITS)})"
+            )
+        if by == "dirichlet" and view.labels() is None:
+            raise ConfigError("federate.partition 'dirichlet' needs a task with one label per sample")

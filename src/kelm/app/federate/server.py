@@ -17,7 +17,7 @@ from flwr.serverapp import Grid
 
 from kelm.app.federate.config import round_lr
 from kelm.app.federate.local import FederatedJob, evaluate_state, federated_task
-from kelm.app.federate.partition import view_of
+from kelm.app.federate.partition import check_partition, view_of
 from kelm.app.federate.updates import BadUpdate, State, Update, aggregate, check_update
 from kelm.artifacts import CONFIG, WEIGHTS, write_toml
 from kelm.atomic import atomic_path
@@ -72,6 +72,7 @@ class FederatedServer:
         self.job, self.fed = job, job.fed
         self.out = Path(job.out_dir)
         self.task = federated_task(job.run)
+        check_partition(self.task, self.fed.partition)
         train = job.train
         self.task.configure(train)
         seed_everything(train.seed)

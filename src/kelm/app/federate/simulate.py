@@ -16,7 +16,7 @@ from kelm.errors import KelmError
 
 def quiet_flower(verbose: bool = False) -> None:
     """Flower's and Ray's INFO chatter off (warnings and errors stay)."""
-    level = logging.INFO if verbose else logging.WARNING
+    level = logging.INFO if verbose else logging.ERROR
     logging.getLogger("flwr").setLevel(level)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -28,8 +28,11 @@ def simulate(run: RunConfig, out_dir: str | Path, verbose: bool = False) -> dict
     from flwr.simulation import run_simulation
 
     quiet_flower(verbose)
+    from kelm.app.federate.server import FederatedServer
+
     fed = run.config.federate
     job = FederatedJob(run, fed, Path(out_dir))
+    server = FederatedServer(job)  # a bad config fails here, before any worker starts
     outcome: dict[str, Any] = {}
     cores = os.cpu_count() or 1
     per_client = min(fed.client_threads, cores)
@@ -41,7 +44,7 @@ def simulate(run: RunConfig, out_dir: str | Path, verbose: bool = False) -> dict
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         run_simulation(
-            server_app=make_server_app(lambda _: job, outcome),
+            server_app=make_server_app(lambda _: job, outcome, server),
             client_app=make_client_app(lambda _: job),
             num_supernodes=fed.clients,
             backend_config=backend,
