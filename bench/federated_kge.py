@@ -35,6 +35,17 @@ def load(path: Path) -> dict[str, Any] | None:
     return json.loads(metrics.read_text()) if metrics.is_file() else None
 
 
+def row(setting: str, clients: int, test: dict[str, float], seconds: float, **extra: Any) -> dict[str, Any]:
+    return {
+        "setting": setting,
+        "clients": clients,
+        "mrr": test["mrr"],
+        "hits@10": test["hits@10"],
+        "seconds": seconds,
+        **extra,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(ROOT / "configs" / "federate" / "fb15k-237-complex.toml"))
@@ -67,39 +78,14 @@ def main() -> None:
             ),
             central_dir,
         )
-    rows.append(
-        {
-            "setting": "central",
-            "clients": 1,
-            "mrr": central["test"]["mrr"],
-            "hits@10": central["test"]["hits@10"],
-            "seconds": central["wall_seconds"],
-        }
-    )
+    rows.append(row("central", 1, central["test"], central["wall_seconds"]))
 
     for n in args.clients:
         over = {**common, "federate.clients": n, "federate.client_threads": threads}
         local = load(runs / f"local-{n}") or train_local_only(load_run_config(args.config, over), runs / f"local-{n}")
-        rows.append(
-            {
-                "setting": "local-only",
-                "clients": n,
-                "mrr": local["client_test"]["mrr"],
-                "hits@10": local["client_test"]["hits@10"],
-                "seconds": local["wall_seconds"],
-            }
-        )
+        rows.append(row("local-only", n, local["client_test"], local["wall_seconds"]))
         fed = load(runs / f"federated-{n}") or simulate(load_run_config(args.config, over), runs / f"federated-{n}")
-        rows.append(
-            {
-                "setting": "federated",
-                "clients": n,
-                "mrr": fed["client_test"]["mrr"],
-                "hits@10": fed["client_test"]["hits@10"],
-                "seconds": fed["wall_seconds"],
-                "global_test_mrr": fed["test"]["mrr"],
-            }
-        )
+        rows.append(row("federated", n, fed["client_test"], fed["wall_seconds"], global_test_mrr=fed["test"]["mrr"]))
 
     for r in rows:
         r["of_central"] = r["mrr"] / rows[0]["mrr"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-from serving import TOKEN, Server, texts
+from serving import TOKEN, Server, cue_word_task
 
 from kelm.app import run_training
 
@@ -74,19 +74,7 @@ def conll04_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
 @pytest.fixture(scope="session")
 def classifier_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("serve-cls")
-    for split, n, seed in (("train", 240, 0), ("dev", 40, 1)):
-        rows = [f"{i}\t{t}\t{lab}" for i, (t, lab) in enumerate(texts(n, seed))]
-        (root / f"{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    task = {
-        "name": "classification",
-        "train": str(root / "train.tsv"),
-        "dev": str(root / "dev.tsv"),
-        "model": "tiny-bert",
-        "hidden_size": 32,
-        "num_layers": 1,
-        "num_heads": 2,
-        "max_length": 32,
-    }
+    task = cue_word_task(root, {"train": (240, 0), "dev": (40, 1)})
     train = {"strategy": "single", "threads": 1, "lr": 3e-3, "batch_size": 16, "epochs": 4, "tensorboard": False}
     run_training({"task": task, "train": train}, root / "classifier")
     return root / "classifier"

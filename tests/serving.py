@@ -9,6 +9,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -28,6 +29,16 @@ def texts(n: int, seed: int) -> list[tuple[str, str]]:
         rng.shuffle(words)
         out.append((" ".join(words), label))
     return out
+
+
+def cue_word_task(root: Path, splits: dict[str, tuple[int, int]], **extra: Any) -> dict[str, Any]:
+    """A tiny-BERT classification ``[task]`` over cue-word texts written to ``root/SPLIT.tsv``
+    (``splits``: split → (number of texts, seed))."""
+    for split, (n, seed) in splits.items():
+        rows = [f"{i}\t{t}\t{lab}" for i, (t, lab) in enumerate(texts(n, seed))]
+        (root / f"{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    task = {"name": "classification", "model": "tiny-bert", "hidden_size": 32, "num_layers": 1, "num_heads": 2}
+    return {**task, "max_length": 32, **{split: str(root / f"{split}.tsv") for split in splits}, **extra}
 
 
 def free_port() -> int:

@@ -254,24 +254,12 @@ def test_a_finished_run_resumes_from_its_state_for_more_rounds(federated_umls, m
 @pytest.mark.parametrize("algorithm", ["fedavg", "fedprox"])
 def test_federated_fine_tuning_on_a_non_iid_split(tmp_path: Path, algorithm: str) -> None:
     """A tiny BERT classifier over 3 clients whose labels are Dirichlet(0.5)-skewed."""
-    from serving import texts
+    from serving import cue_word_task
 
     from kelm.app.federate.simulate import simulate
     from kelm.app.run import load_run_config
 
-    for split, n, seed in (("train", 300, 0), ("dev", 80, 1)):
-        rows = [f"{i}\t{t}\t{lab}" for i, (t, lab) in enumerate(texts(n, seed))]
-        (tmp_path / f"{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    task = {
-        "name": "classification",
-        "train": str(tmp_path / "train.tsv"),
-        "dev": str(tmp_path / "dev.tsv"),
-        "model": "tiny-bert",
-        "hidden_size": 32,
-        "num_layers": 1,
-        "num_heads": 2,
-        "max_length": 32,
-    }
+    task = cue_word_task(tmp_path, {"train": (300, 0), "dev": (80, 1)})
     train = {"lr": 3e-3, "batch_size": 16, "tensorboard": False}
     fed = {
         "clients": 3,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from serving import free_port
 
 pytest.importorskip("flwr")
 
@@ -42,12 +42,6 @@ round_timeout = 30
 retries = 1
 """
 KELM = [sys.executable, "-m", "kelm.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Federation:
