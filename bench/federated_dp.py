@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4, help="non-private, all parameters")
     ap.add_argument("--dp-lr", type=float, default=2e-3, help="private, and non-private of --trainable only")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--dp-optimizer", default="adamw", help="optimizer of the --trainable runs (adamw, sgd)")
     ap.add_argument("--trainable", nargs="+", default=["classifier", "pooler"])
     ap.add_argument("--runs", default="runs/federated-dp")
     ap.add_argument("--json", action="store_true")
