@@ -41,15 +41,15 @@ def umls_store(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path
 @pytest.mark.parametrize(
     "args, says",
     [
-        (["kg", "subgraph", "virus", "--fanout", "0"], "--fanout"),
-        (["kg", "subgraph"], "Missing argument"),
-        (["kg", "subgraph", "virus", "--bogus"], "No such option: --bogus"),
+        (["kg", "subgraph", "virus", "--fanout", "0"], ("--fanout",)),
+        (["kg", "subgraph"], ("Missing argument",)),
+        (["kg", "subgraph", "virus", "--bogus"], ("No such option", "--bogus")),  # click words it two ways
     ],
 )
-def test_usage_errors_are_one_message_not_a_traceback(args: list[str], says: str) -> None:
+def test_usage_errors_are_one_message_not_a_traceback(args: list[str], says: tuple[str, ...]) -> None:
     res = kelm(*args)
     assert res.returncode == 2
-    assert says in res.stderr
+    assert all(part in res.stderr for part in says)
     assert "Traceback" not in res.stderr + res.stdout
 
 
