@@ -323,3 +323,19 @@ def test_federate_usage_errors_are_one_line(tmp_path: Path, capsys, args: list[s
     code = main([str(config) if a == "CONFIG" else a for a in args])
     err = capsys.readouterr().err
     assert code != 0 and says in err and "Traceback" not in err
+
+
+def test_a_round_short_of_its_quorum_is_retried_then_fails_in_one_line(
+    data_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from kelm.app.federate.server import FederationError
+    from kelm.app.federate.simulate import simulate
+    from kelm.app.run import load_run_config
+
+    monkeypatch.setenv("KELM_FEDERATE_FAULT", "fail:0:1")  # client 0 fails every attempt of round 1
+    config = _config(tmp_path / "fed.toml", 2, min_clients=3, retries=1)
+    with pytest.raises(FederationError, match="round 1: fewer than 3 good updates in 2 attempts"):
+        simulate(load_run_config(config), tmp_path / "run")
+    events = [json.loads(x)["event"] for x in (tmp_path / "run" / "federate_events.jsonl").read_text().splitlines()]
+    assert events.count("client-failed") == 2 and events.count("round-retry") == 2
+    assert not (tmp_path / "run" / "federate_state.pt").exists()  # no round finished, nothing saved
