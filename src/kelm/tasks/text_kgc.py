@@ -179,12 +179,8 @@ class TextKGCTask(Task):
         self.valid_triples = self._split(cfg.valid_split) if cfg.valid_split else None
         self.test_triples = self._split(cfg.test_split) if cfg.test_split else None
         self.known = torch.cat(list(self.tensors.triples.values()))
-        E, R = self.tensors.num_entities, self.tensors.num_relations
-        self.num_entities, self.num_relations = E, R
-        h, r, t = self.train_triples.unbind(1)
-        self.samples = torch.cat([self.train_triples, torch.stack([t, r + R, h], 1)])
-        s_h, s_r, s_t = self.samples.unbind(1)
-        self.train_keys = torch.unique(triple_keys(s_h, s_r, s_t, E, 2 * R))  # sorted
+        self.num_entities, self.num_relations = self.tensors.num_entities, self.tensors.num_relations
+        self.use_training_triples(self.train_triples)
         self.tokenizer = load_tokenizer(cfg.model)
         ids, warn = self.tensors.entity_ids, is_main_process()
         if cfg.entity_text == "types":
@@ -239,6 +235,16 @@ class TextKGCTask(Task):
         return {"task": self.name, "model": spec}
 
     # -- data -----------------------------------------------------------------------------------
+    def use_training_triples(self, triples: torch.Tensor) -> None:
+        """Train on ``triples`` (the training split, or one federated client's part of it): the
+        samples with their reciprocals, and the keys of the in-batch negatives to mask."""
+        E, R = self.num_entities, self.num_relations
+        self.train_triples = triples
+        h, r, t = triples.unbind(1)
+        self.samples = torch.cat([triples, torch.stack([t, r + R, h], 1)])
+        s_h, s_r, s_t = self.samples.unbind(1)
+        self.train_keys = torch.unique(triple_keys(s_h, s_r, s_t, E, 2 * R))  # sorted
+
     def train_data(self) -> Sequence[Any]:
         return Indices(len(self.samples))
 

@@ -23,6 +23,8 @@ from kelm.errors import ConfigError
 from kelm.train.task import Task
 
 TRIPLE_SPLITS = ("relation", "entity", "random")
+#: Tasks trained on triples that a client can restrict to its part (`use_training_triples`).
+TRIPLE_TASKS = ("link-prediction", "text-kgc")
 SAMPLE_SPLITS = ("iid", "dirichlet")
 PartitionBy = Literal["relation", "entity", "random", "iid", "dirichlet"]
 
@@ -121,9 +123,12 @@ class TripleView:
         return len(mine["train"])
 
     def row_counts(self) -> dict[str, torch.Tensor]:
-        """FedE's weights: per entity (and relation) row, how often this client's triples use it;
-        rows a client never trains on get weight 0 and are left to the clients that hold them."""
+        """FedE's weights: per entity (and relation) row of a KGE model, how often this client's
+        triples use it; rows a client never trains on get weight 0 and are left to the clients
+        that hold them. (A text-KGC encoder has no such tables: FedAvg.)"""
         t = self.task
+        if t.name != "link-prediction":
+            return {}
         tr = t.train_triples
         E, R = t.tensors.num_entities, t.tensors.num_relations
         ent = torch.bincount(torch.cat([tr[:, 0], tr[:, 2]]), minlength=E).double()
@@ -160,7 +165,7 @@ class SampleView:
 
 def view_of(task: Task) -> TripleView | SampleView:
     """The view that splits ``task``'s data, or a config error for a task that cannot be split yet."""
-    if hasattr(task, "use_training_triples") and hasattr(task, "train_triples"):
+    if task.name in TRIPLE_TASKS:
         return TripleView(task)
     splits = getattr(task, "splits", None)
     if isinstance(splits, dict) and isinstance(splits.get("train"), list):
