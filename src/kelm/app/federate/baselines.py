@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kelm.app.federate.local import FederatedJob, client_train_config, evaluation_weight
+from kelm.app.federate.updates import weighted_mean
 from kelm.app.run import RunConfig
 from kelm.train.distributed import shutdown
 from kelm.train.logging import write_run_summary
@@ -17,12 +18,6 @@ from kelm.train.trainer import Trainer
 def epochs_of(job: FederatedJob) -> int:
     """The epochs a baseline trains: as many as a client trains over all rounds."""
     return job.fed.rounds * job.fed.local_epochs
-
-
-def weighted_mean(parts: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
-    total = sum(w for w, _ in parts)
-    keys = set.intersection(*(set(m) for _, m in parts)) if parts else set()
-    return {k: sum(w * m[k] for w, m in parts) / total for k in sorted(keys)} if total else {}
 
 
 def train_local_only(run: RunConfig, out_dir: str | Path) -> dict[str, Any]:

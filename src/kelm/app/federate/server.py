@@ -18,7 +18,7 @@ from flwr.serverapp import Grid
 from kelm.app.federate.config import round_lr
 from kelm.app.federate.local import FederatedJob, evaluate_state, federated_task
 from kelm.app.federate.partition import check_partition, view_of
-from kelm.app.federate.updates import BadUpdate, State, Update, aggregate, check_update
+from kelm.app.federate.updates import BadUpdate, State, Update, aggregate, check_update, weighted_mean
 from kelm.artifacts import CONFIG, WEIGHTS, write_toml
 from kelm.atomic import atomic_path
 from kelm.errors import KelmError
@@ -92,6 +92,10 @@ class FederatedServer:
         with (self.out / EVENTS_FILE).open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
 
+    def client_failed(self, reply: Message, server_round: int | str) -> None:
+        reason = str(reply.error.reason)[-500:]
+        self.event("client-failed", round=server_round, node=reply.metadata.src_node_id, reason=reason)
+
     def start_state(self) -> ServerState:
         path = self.out / STATE_FILE
         if path.is_file():
@@ -133,7 +137,7 @@ class FederatedServer:
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
-                self.event("client-failed", round=server_round, node=node, reason=str(reply.error.reason)[-500:])
+                self.client_failed(reply, server_round)
                 continue
             try:
                 arrays = reply.content.array_records.get("arrays")
@@ -237,23 +241,14 @@ class FederatedServer:
         nodes = self.wait_for_clients(grid)
         content = RecordDict({"arrays": ArrayRecord(weights)})
         messages = [Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=n) for n in nodes]
-        sums: dict[str, float] = {}
-        total, answered = 0.0, 0
+        parts = []
         for reply in grid.send_and_receive(messages, timeout=self.fed.round_timeout):
             if reply.has_error():
-                self.event(
-                    "client-failed",
-                    round="test",
-                    node=reply.metadata.src_node_id,
-                    reason=str(reply.error.reason)[-500:],
-                )
+                self.client_failed(reply, "test")
                 continue
-            metrics = dict(reply.content["metrics"])
-            n = float(metrics.pop("num-examples", 0.0))
-            total, answered = total + n, answered + 1
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * n
-        metrics = {k: v / total for k, v in sums.items()} if total else {}
+            metrics = {k: float(v) for k, v in reply.content["metrics"].items()}
+            parts.append((metrics.pop("num-examples", 0.0), metrics))
+        metrics, answered = weighted_mean(parts), len(parts)
         return {**metrics, "clients": float(answered)} if metrics else {}
 
     def privacy(self, state: ServerState) -> dict[str, Any]:

@@ -126,3 +126,10 @@ def aggregate(updates: list[Update], reference: Mapping[str, torch.Tensor], row_
         merged[seen] = acc[seen] / mass[seen].view(-1, *[1] * (ref.dim() - 1))
         out[name] = merged.to(ref.dtype)
     return out
+
+
+def weighted_mean(parts: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
+    """Metrics averaged over clients, each weighted by its number of examples (keys all share)."""
+    total = sum(w for w, _ in parts)
+    keys = set.intersection(*(set(m) for _, m in parts)) if parts else set()
+    return {k: sum(w * m[k] for w, m in parts) / total for k in sorted(keys)} if total else {}
